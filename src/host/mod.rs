@@ -1,0 +1,1 @@
+//! Host setup: the TUN device's addresses, link state and routes (rtnetlink), forwarding.

@@ -1,0 +1,1 @@
+//! `clusterway lab`: a demo topology in network namespaces it owns.

@@ -1,0 +1,10 @@
+//! clusterway: an off-cluster gateway that makes Kubernetes Service ClusterIPs reachable.
+//!
+//! The control plane (`cluster`) builds immutable `ServiceTable` snapshots; the dataplane
+//! (`dataplane`) reads them and moves packets; `host` owns the TUN device's addresses and
+//! routes; `lab` builds the demo topology in network namespaces.
+
+pub mod cluster;
+pub mod dataplane;
+pub mod host;
+pub mod lab;
