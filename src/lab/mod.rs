@@ -1,1 +1,471 @@
 //! `clusterway lab`: a demo topology in network namespaces it owns.
+//!
+//! Builds client, gateway and pod namespaces ([`topology`]), runs a demo backend in every pod
+//! ([`backend`]), writes a snapshot of demo Services and EndpointSlices ([`demo_snapshot`]) and
+//! runs `clusterway run` on it inside the gateway namespace, until Ctrl-C.
+//!
+//! Owns: the `{prefix}-*` namespaces, the processes it starts, a temporary directory. Must not
+//! touch: the host namespace (no link, address, route or sysctl changes outside its
+//! namespaces).
+
+pub mod backend;
+pub mod netns;
+pub mod topology;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use self::topology::Topology;
+
+/// Options of `clusterway lab`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LabArgs {
+    /// Prefix of the namespace names (`{prefix}-cl`, `{prefix}-gw`, `{prefix}-p1`, ..).
+    #[arg(long, default_value = "cwlab")]
+    pub prefix: String,
+    /// Number of pod namespaces.
+    #[arg(long, default_value_t = 2)]
+    pub pods: usize,
+}
+
+/// The demo Services' IPv4 ClusterIPs and ports, as [`demo_snapshot`] writes them.
+pub const WEB_V4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// `demo/web`'s IPv6 ClusterIP.
+pub const WEB_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x10);
+/// `demo/dns-echo`'s IPv4 ClusterIP (UDP 53 → pods' 5353).
+pub const DNS_ECHO_V4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 53);
+/// `demo/dns-echo`'s IPv6 ClusterIP.
+pub const DNS_ECHO_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x53);
+/// `demo/sticky`'s ClusterIP (sessionAffinity: ClientIP).
+pub const STICKY_V4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+/// `demo/empty`'s ClusterIP (no endpoints).
+pub const EMPTY_V4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 99);
+/// Port the demo backends serve HTTP on in every pod.
+pub const BACKEND_HTTP_PORT: u16 = 8080;
+/// Port the demo backends echo UDP on in every pod.
+pub const BACKEND_UDP_PORT: u16 = 5353;
+/// Service CIDRs the lab routes to the gateway.
+pub const SERVICE_CIDRS: [&str; 2] = ["10.96.0.0/16", "fd00:10:96::/112"];
+
+/// The arguments of `clusterway demo-backend` for pod `k` as the lab runs it.
+pub fn backend_args(k: usize) -> Vec<String> {
+    let (h, u) = (BACKEND_HTTP_PORT, BACKEND_UDP_PORT);
+    [
+        "demo-backend".to_owned(),
+        "--name".to_owned(),
+        format!("pod-{k}"),
+        "--http".to_owned(),
+        format!("0.0.0.0:{h}"),
+        "--http".to_owned(),
+        format!("[::]:{h}"),
+        "--udp".to_owned(),
+        format!("0.0.0.0:{u}"),
+        "--udp".to_owned(),
+        format!("[::]:{u}"),
+    ]
+    .into()
+}
+
+/// A snapshot of demo Services and EndpointSlices (Kubernetes API objects, a `kind: List`
+/// as `kubectl get svc,endpointslices -n demo -o yaml` writes it), with `pods` as endpoints:
+///
+/// - `demo/web`: dual-stack 10.96.0.10 + fd00:10:96::10, TCP 80 (name `http`) → targetPort
+///   `http` = 8080 on the pods; one IPv4 and one IPv6 EndpointSlice;
+/// - `demo/dns-echo`: 10.96.0.53 + fd00:10:96::53, UDP 53 → 5353;
+/// - `demo/sticky`: 10.96.0.20, TCP 80 → 8080, `sessionAffinity: ClientIP`;
+/// - `demo/empty`: 10.96.0.99, TCP 80 → 8080, an EndpointSlice without endpoints.
+pub fn demo_snapshot(pods: &[(Ipv4Addr, Ipv6Addr)]) -> String {
+    let v4: Vec<String> = pods.iter().map(|(a, _)| a.to_string()).collect();
+    let v6: Vec<String> = pods.iter().map(|(_, a)| a.to_string()).collect();
+    let items = vec![
+        service(
+            "web",
+            &[&WEB_V4.to_string(), &WEB_V6.to_string()],
+            json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]),
+            None,
+        ),
+        service(
+            "dns-echo",
+            &[&DNS_ECHO_V4.to_string(), &DNS_ECHO_V6.to_string()],
+            json!([{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]),
+            None,
+        ),
+        service(
+            "sticky",
+            &[&STICKY_V4.to_string()],
+            json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]),
+            Some(10800),
+        ),
+        service(
+            "empty",
+            &[&EMPTY_V4.to_string()],
+            json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]),
+            None,
+        ),
+        slice("web", "IPv4", &v4, "http", BACKEND_HTTP_PORT, "TCP"),
+        slice("web", "IPv6", &v6, "http", BACKEND_HTTP_PORT, "TCP"),
+        slice("dns-echo", "IPv4", &v4, "dns", BACKEND_UDP_PORT, "UDP"),
+        slice("dns-echo", "IPv6", &v6, "dns", BACKEND_UDP_PORT, "UDP"),
+        slice("sticky", "IPv4", &v4, "http", BACKEND_HTTP_PORT, "TCP"),
+        slice("empty", "IPv4", &[], "http", BACKEND_HTTP_PORT, "TCP"),
+    ];
+    let list = json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "metadata": {"resourceVersion": ""},
+        "items": items,
+    });
+    let yaml = serde_yaml_ng::to_string(&list).unwrap_or_else(|e| {
+        // Serialising a serde_json::Value to YAML cannot fail; fall back to JSON (valid YAML).
+        tracing::warn!(error = %e, "YAML serialisation failed, writing JSON");
+        list.to_string()
+    });
+    format!(
+        "# clusterway lab demo snapshot. Edit and save: the gateway reloads it.\n\
+         # Services: demo/web (TCP, dual-stack), demo/dns-echo (UDP), demo/sticky (ClientIP\n\
+         # affinity), demo/empty (no endpoints).\n{yaml}"
+    )
+}
+
+fn service(name: &str, cluster_ips: &[&str], ports: Value, affinity_timeout: Option<u32>) -> Value {
+    let families: Vec<&str> = cluster_ips
+        .iter()
+        .map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" })
+        .collect();
+    let mut spec = json!({
+        "type": "ClusterIP",
+        "clusterIP": cluster_ips[0],
+        "clusterIPs": cluster_ips,
+        "ipFamilies": families,
+        "ipFamilyPolicy": if cluster_ips.len() > 1 { "RequireDualStack" } else { "SingleStack" },
+        "internalTrafficPolicy": "Cluster",
+        "ports": ports,
+        "selector": {"app": name},
+        "sessionAffinity": "None",
+    });
+    if let Some(timeout) = affinity_timeout {
+        spec["sessionAffinity"] = json!("ClientIP");
+        spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": timeout}});
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "demo", "labels": {"app": name}},
+        "spec": spec,
+        "status": {"loadBalancer": {}},
+    })
+}
+
+fn slice(
+    service: &str,
+    family: &str,
+    addrs: &[String],
+    port_name: &str,
+    port: u16,
+    protocol: &str,
+) -> Value {
+    let endpoints: Vec<Value> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            json!({
+                "addresses": [a],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": "lab",
+                "targetRef": {"kind": "Pod", "namespace": "demo", "name": format!("pod-{}", i + 1)},
+            })
+        })
+        .collect();
+    let suffix = if family == "IPv6" { "v6" } else { "v4" };
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "addressType": family,
+        "metadata": {
+            "name": format!("{service}-{suffix}"),
+            "namespace": "demo",
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "clusterway-lab",
+            },
+        },
+        // The API server returns `endpoints: null` for a slice without endpoints.
+        "endpoints": if endpoints.is_empty() { Value::Null } else { Value::Array(endpoints) },
+        "ports": [{"name": port_name, "port": port, "protocol": protocol}],
+    })
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) when dropped.
+struct Guarded {
+    what: String,
+    child: Child,
+}
+
+impl Guarded {
+    fn stop(&mut self, grace: Duration) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid, no memory effects.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("lab: {} did not stop in {grace:?}, killing it", self.what);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(3));
+    }
+}
+
+/// A temporary directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Result<TempDir> {
+        let path = std::env::temp_dir().join(format!("clusterway-{prefix}-{}", std::process::id()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
+        }
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `clusterway lab`: runs the demo until SIGINT/SIGTERM or until the gateway exits, then
+/// removes everything it created.
+pub async fn run(args: LabArgs) -> Result<()> {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "clusterway lab needs root (it creates network namespaces with `ip netns`); \
+             run it with sudo"
+        );
+    }
+    if args.pods == 0 || args.pods > topology::MAX_PODS {
+        bail!("--pods must be 1..={}", topology::MAX_PODS);
+    }
+    let exe = std::env::current_exe().context("finding the clusterway binary")?;
+
+    // Signals are caught from the start, so Ctrl-C during setup still cleans up.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+
+    let prefix = args.prefix.clone();
+    let pods = args.pods;
+    let topo = tokio::task::spawn_blocking(move || Topology::with_prefix(&prefix, pods))
+        .await
+        .context("topology task")??;
+    let dir = TempDir::new(&args.prefix)?;
+    let snapshot = dir.0.join("snapshot.yaml");
+    topo.write_demo_snapshot(&snapshot)?;
+
+    // Declared after `topo`, so they are dropped (stopped) before the namespaces go.
+    let mut children: Vec<Guarded> = Vec::new();
+    for k in 1..=topo.pod_count() {
+        let child = topo
+            .pod(k)
+            .exec(&exe, backend_args(k))
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting the demo backend in {}", topo.pod(k).name()))?;
+        children.push(Guarded {
+            what: format!("demo backend pod-{k}"),
+            child,
+        });
+    }
+    let mut gw_args: Vec<String> = vec![
+        "run".into(),
+        "--from-file".into(),
+        snapshot.display().to_string(),
+    ];
+    for cidr in SERVICE_CIDRS {
+        gw_args.push("--service-cidr".into());
+        gw_args.push(cidr.into());
+    }
+    let gateway = topo
+        .gateway()
+        .exec(&exe, &gw_args)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting the gateway")?;
+    let mut gateway = Guarded {
+        what: "gateway".into(),
+        child: gateway,
+    };
+
+    let ready = wait_gateway_ready(&topo, &mut gateway, Duration::from_secs(15)).await;
+    match ready {
+        Ok(()) => print_instructions(&topo, &snapshot),
+        Err(e) => {
+            eprintln!("lab: {e:#}; cleaning up");
+            gateway.stop(Duration::from_secs(3));
+            drop(children);
+            drop(topo);
+            return Err(e);
+        }
+    }
+
+    let outcome = loop {
+        tokio::select! {
+            _ = sigint.recv() => break Ok(()),
+            _ = sigterm.recv() => break Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                match gateway.child.try_wait() {
+                    Ok(Some(status)) => break Err(anyhow::anyhow!("the gateway exited: {status}")),
+                    Ok(None) => {}
+                    Err(e) => break Err(e).context("waiting for the gateway"),
+                }
+            }
+        }
+    };
+    eprintln!("lab: stopping the gateway and the backends, removing the namespaces");
+    gateway.stop(Duration::from_secs(5));
+    drop(children);
+    let gw_name = topo.gateway().name().to_owned();
+    tokio::task::spawn_blocking(move || drop(topo))
+        .await
+        .context("cleanup task")?;
+    drop(dir);
+    eprintln!("lab: removed {}-* ({gw_name} and the others)", args.prefix);
+    outcome
+}
+
+/// Waits until the gateway's TUN device is up in the gateway namespace and the Service CIDR
+/// routes through it, or fails if the gateway exits first.
+async fn wait_gateway_ready(
+    topo: &Topology,
+    gateway: &mut Guarded,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let probe = format!("ip route get {WEB_V4}");
+    loop {
+        if let Some(status) = gateway
+            .child
+            .try_wait()
+            .context("waiting for the gateway")?
+        {
+            bail!("the gateway exited during start: {status}");
+        }
+        if topo
+            .gateway()
+            .sh(&probe)
+            .is_ok_and(|out| out.contains(" dev cw0"))
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("the gateway did not route {WEB_V4} via cw0 within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn print_instructions(topo: &Topology, snapshot: &Path) {
+    let cl = topo.client().name();
+    let gw = topo.gateway().name();
+    let pods: Vec<&str> = (1..=topo.pod_count()).map(|k| topo.pod(k).name()).collect();
+    eprintln!(
+        "
+clusterway lab is up.
+  namespaces: client {cl} (192.168.77.2, fd77::2), gateway {gw}, pods {pods}
+  snapshot:   {snap}   (edit and save it: the gateway reloads it)
+
+Try, in another terminal:
+  sudo ip netns exec {cl} curl http://{WEB_V4}/                 # demo/web, answers pod-1 or pod-2
+  sudo ip netns exec {cl} curl -g 'http://[{WEB_V6}]/'     # the same over IPv6
+  sudo ip netns exec {cl} curl http://{STICKY_V4}/                 # demo/sticky: always the same pod
+  sudo ip netns exec {cl} curl -m 2 http://{EMPTY_V4}/          # demo/empty: refused at once
+  echo hi | sudo ip netns exec {cl} socat -t1 - UDP:{DNS_ECHO_V4}:53  # demo/dns-echo (UDP)
+  echo hi | sudo ip netns exec {cl} socat -t1 - 'UDP6:[{DNS_ECHO_V6}]:53'
+  sudo ip netns exec {cl} dig +tries=1 +timeout=1 @{DNS_ECHO_V4} example.org  # dig sends a DNS query;
+                                        # the echo server returns it prefixed, so dig reports garbage
+  sudo ip netns exec {cl} ping -c3 {WEB_V4}                       # answered by the gateway
+  sudo ip netns exec {gw} ip route                                # routes via cw0
+  sudo ip netns exec {cl} curl http://{pod1}:8080/            # straight to a pod, no gateway
+
+Ctrl-C stops everything and removes the namespaces.
+",
+        pods = pods.join(" "),
+        snap = snapshot.display(),
+        pod1 = topo.pod_ip(1, false),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_snapshot_is_a_kubernetes_list() {
+        let pods = [
+            (
+                Ipv4Addr::new(10, 244, 1, 10),
+                "fd00:10:244:1::a".parse().unwrap(),
+            ),
+            (
+                Ipv4Addr::new(10, 244, 2, 10),
+                "fd00:10:244:2::a".parse().unwrap(),
+            ),
+        ];
+        let text = demo_snapshot(&pods);
+        let v: Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(v["kind"], "List");
+        let items = v["items"].as_array().unwrap();
+        let web = items
+            .iter()
+            .find(|i| i["kind"] == "Service" && i["metadata"]["name"] == "web")
+            .unwrap();
+        assert_eq!(
+            web["spec"]["clusterIPs"],
+            json!(["10.96.0.10", "fd00:10:96::10"])
+        );
+        assert_eq!(web["spec"]["ports"][0]["targetPort"], "http");
+        let web_v6 = items
+            .iter()
+            .find(|i| i["metadata"]["name"] == "web-v6")
+            .unwrap();
+        assert_eq!(web_v6["addressType"], "IPv6");
+        assert_eq!(web_v6["endpoints"][1]["addresses"][0], "fd00:10:244:2::a");
+        assert_eq!(
+            web_v6["metadata"]["labels"]["kubernetes.io/service-name"],
+            "web"
+        );
+        let sticky = items
+            .iter()
+            .find(|i| i["kind"] == "Service" && i["metadata"]["name"] == "sticky")
+            .unwrap();
+        assert_eq!(sticky["spec"]["sessionAffinity"], "ClientIP");
+        let empty = items
+            .iter()
+            .find(|i| i["metadata"]["name"] == "empty-v4")
+            .unwrap();
+        assert!(empty["endpoints"].is_null());
+    }
+}
