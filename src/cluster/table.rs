@@ -183,6 +183,16 @@ impl ServiceTable {
         self.cluster_ips.keys().copied()
     }
 
+    /// The entry of a Service (exposed or not) by namespace and name.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&ServiceEntry> {
+        self.services
+            .binary_search_by(|e| {
+                (e.id.namespace.as_str(), e.id.name.as_str()).cmp(&(namespace, name))
+            })
+            .ok()
+            .and_then(|i| self.services.get(i))
+    }
+
     /// All exposed ports, in no particular order.
     pub fn ports(&self) -> impl Iterator<Item = &Arc<ServicePort>> {
         self.ports.values()
