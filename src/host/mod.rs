@@ -1,1 +1,4 @@
 //! Host setup: the TUN device's addresses, link state and routes (rtnetlink), forwarding.
+
+pub mod netlink;
+pub mod sysctl;
