@@ -339,6 +339,21 @@ fn configure_link_sets_addresses_mtu_and_up() {
         // MTU not asked for: left as it was.
         assert_eq!(link_state(&host, ifindex).await.1, 1400);
 
+        // Deleting an unwanted IPv4 primary takes its secondaries with it (unless
+        // promote_secondaries is on); a wanted secondary must still be there afterwards.
+        ip(&["addr", "add", "10.1.2.3/24", "dev", TUN]);
+        ip(&["addr", "add", "10.1.2.4/24", "dev", TUN]);
+        let keep = [wanted[0], net("10.1.2.4/24")];
+        let diff = host.configure_link(ifindex, &keep, None).await.unwrap();
+        assert_eq!(diff.removed, vec![net("10.1.2.3/24")]);
+        let global: Vec<_> = addresses(&host, ifindex)
+            .await
+            .into_iter()
+            .filter(|(_, scope, _)| *scope == AddressScope::Universe)
+            .map(|(n, _, _)| n)
+            .collect();
+        assert_eq!(global, vec![net("10.1.2.4/24"), wanted[0]]);
+
         let err = host
             .configure_link(999_999, &wanted, None)
             .await

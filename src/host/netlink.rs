@@ -291,6 +291,13 @@ impl Host {
             }
         }
 
+        // Read again: deleting an IPv4 primary address also deletes its secondaries (unless
+        // promote_secondaries is set), which may include a wanted one.
+        let current = if diff.removed.is_empty() {
+            current
+        } else {
+            self.global_addresses(ifindex).await?
+        };
         for addr in addrs {
             if current.iter().any(|(net, _)| net == addr) || diff.added.contains(addr) {
                 continue;
