@@ -83,7 +83,8 @@ pub enum SourceError {
     #[error("{file}: {error}{}", more_suffix(*more))]
     Object {
         file: String,
-        error: ObjectError,
+        /// Boxed: keeps `Result<_, SourceError>` small on the happy path.
+        error: Box<ObjectError>,
         more: usize,
     },
 }
@@ -112,7 +113,7 @@ impl SourceError {
         let more = errors.len().saturating_sub(1);
         errors.into_iter().next().map(|error| SourceError::Object {
             file: file.to_string(),
-            error,
+            error: Box::new(error),
             more,
         })
     }

@@ -123,13 +123,26 @@ fn yaml_documents(file: &str, text: &str) -> Result<Vec<Value>, SourceError> {
     Ok(docs)
 }
 
-/// Both serde_json and serde_yaml_ng append " at line N column M" to their messages; the
-/// position is reported separately.
+/// serde_json and serde_yaml_ng put " at line N column M" into their messages; the position
+/// is reported separately, so it is cut out of the message.
 fn strip_position(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+    let mut out = msg.to_string();
+    while let Some(start) = out.find(" at line ") {
+        let rest = &out[start + " at line ".len()..];
+        let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+        let line_len = digits(rest);
+        let after_line = &rest[line_len..];
+        let Some(col) = after_line.strip_prefix(" column ") else {
+            break;
+        };
+        let col_len = digits(col);
+        if line_len == 0 || col_len == 0 {
+            break;
+        }
+        let end = start + " at line ".len() + line_len + " column ".len() + col_len;
+        out.replace_range(start..end, "");
     }
+    out
 }
 
 /// Replaces a `kind: List` (or `ServiceList`, as the raw API returns it) by its items.
@@ -258,7 +271,7 @@ fn typed<T: DeserializeOwned>(
             let field = locate_error::<T>(&value, &e.to_string());
             Err(SourceError::Object {
                 file: file.to_string(),
-                error: ObjectError::new(kind, object, field, e.to_string()),
+                error: Box::new(ObjectError::new(kind, object, field, e.to_string())),
                 more: 0,
             })
         }
@@ -277,8 +290,7 @@ enum Seg {
 /// small, so the repeated attempts cost nothing that matters.
 fn locate_error<T: DeserializeOwned>(value: &Value, message: &str) -> String {
     let mut path: Vec<Seg> = Vec::new();
-    loop {
-        let Some(node) = get(value, &path) else { break };
+    while let Some(node) = get(value, &path) {
         let children: Vec<Seg> = match node {
             Value::Object(m) => m.keys().map(|k| Seg::Key(k.clone())).collect(),
             Value::Array(a) => (0..a.len()).map(Seg::Index).collect(),
@@ -363,7 +375,7 @@ fn fill_identity(
         _ => {
             return Err(SourceError::Object {
                 file: file.to_string(),
-                error: ObjectError::new(kind, label, "metadata.name", "missing"),
+                error: Box::new(ObjectError::new(kind, label, "metadata.name", "missing")),
                 more: 0,
             })
         }
@@ -392,12 +404,12 @@ fn check_unique(
         }
         Entry::Occupied(o) => Err(SourceError::Object {
             file: file.to_string(),
-            error: ObjectError::new(
+            error: Box::new(ObjectError::new(
                 kind,
                 id,
                 "metadata.name",
                 format!("defined twice ({} and {label})", o.get()),
-            ),
+            )),
             more: 0,
         }),
     }
@@ -605,6 +617,19 @@ ports:
         assert!(objs.services.is_empty() && objs.slices.is_empty());
         let objs = parse_objects("c.yaml", "# nothing\n").expect("comments");
         assert!(objs.services.is_empty());
+    }
+
+    #[test]
+    fn position_is_cut_from_messages() {
+        assert_eq!(
+            strip_position("did not find ',' at line 5 column 1, while parsing"),
+            "did not find ',', while parsing"
+        );
+        assert_eq!(
+            strip_position("key must be a string at line 3 column 2"),
+            "key must be a string"
+        );
+        assert_eq!(strip_position("at line x"), "at line x");
     }
 
     #[test]
