@@ -1,0 +1,296 @@
+#!/usr/bin/env bash
+# clusterway benchmark: client -- gateway -- pod in network namespaces, four paths compared
+# in one interleaved run. See bench/README.md. Never touches the host namespace: everything
+# (links, addresses, routes, sysctls, nftables, servers) lives in namespaces this script
+# creates, and a trap removes them on exit, also after a failure or Ctrl-C.
+#
+# Environment: REPS (5) repetitions, DUR (5) seconds per measurement, PATHS ("route dnat
+# haproxy clusterway"), CLUSTERWAY (target/release/clusterway), OUT (bench/results/<date>).
+set -euo pipefail
+
+REPS=${REPS:-5}
+DUR=${DUR:-5}
+PATHS=${PATHS:-"route dnat haproxy clusterway"}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+CLUSTERWAY=${CLUSTERWAY:-$REPO/target/release/clusterway}
+OUT=${OUT:-$HERE/results/$(date +%Y%m%d-%H%M%S)}
+P="cwb$$"                       # namespace prefix, unique per run
+CL="$P-cl" GW="$P-gw" POD="$P-p1"
+VIP=10.96.0.10
+POD_IP=10.244.1.10
+SAMPLES="$OUT/samples.tsv"
+
+log() { printf '%s bench: %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "needs root (it creates network namespaces)"
+
+# --- tools ---------------------------------------------------------------------------------
+need=()
+for t in iperf3:iperf3 wrk:wrk haproxy:haproxy nginx:nginx nft:nftables python3:python3 \
+         curl:curl; do
+    command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null \
+        || die "apt-get install ${need[*]} failed"
+fi
+
+# File limit: at most what the hard limit allows (20,000 on the reference machines).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+mkdir -p "$OUT"
+: >"$SAMPLES"
+log "results in $OUT; REPS=$REPS DUR=${DUR}s paths: $PATHS"
+
+# --- namespaces ----------------------------------------------------------------------------
+ns_down() {
+    local ns
+    for ns in "$CL" "$GW" "$POD"; do
+        [ -e "/run/netns/$ns" ] || continue
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    done
+    sleep 0.2
+    for ns in "$CL" "$GW" "$POD"; do
+        [ -e "/run/netns/$ns" ] || continue
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+        ip netns del "$ns" 2>/dev/null || true
+    done
+}
+cleanup() {
+    local rc=$?
+    ns_down
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Fresh namespaces for every (path, repetition): no TIME_WAIT or conntrack state carries
+# over between measurements (see BENCH-NOTES.md, early demux trap).
+ns_up() {
+    ns_down
+    local ns
+    for ns in "$CL" "$GW" "$POD"; do
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+        ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+    done
+    # veths are created from inside the namespaces: nothing appears in the host namespace.
+    ip -n "$CL" link add eth0 type veth peer name veth-cl netns "$GW"
+    ip -n "$POD" link add eth0 type veth peer name veth-p1 netns "$GW"
+    ip -n "$CL" addr add 192.168.77.2/24 dev eth0
+    ip -n "$CL" link set eth0 up
+    ip -n "$CL" route add default via 192.168.77.1
+    ip -n "$GW" addr add 192.168.77.1/24 dev veth-cl
+    ip -n "$GW" addr add 10.244.1.1/24 dev veth-p1
+    ip -n "$GW" link set veth-cl up
+    ip -n "$GW" link set veth-p1 up
+    ip netns exec "$GW" sysctl -qw net.ipv4.ip_forward=1
+    ip -n "$POD" addr add "$POD_IP/24" dev eth0
+    ip -n "$POD" link set eth0 up
+    ip -n "$POD" route add default via 10.244.1.1
+    # Many short connections from one client address: widen the port range, reuse TIME_WAIT.
+    ip netns exec "$CL" sysctl -qw net.ipv4.ip_local_port_range="1024 65000" \
+        net.ipv4.tcp_tw_reuse=1
+}
+
+# --- servers in the pod ----------------------------------------------------------------------
+start_pod_servers() {
+    local dir=$1
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes auto;
+pid $dir/nginx.pid;
+error_log $dir/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 60s;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    server {
+        listen 80 backlog=4096;
+        location / { default_type text/plain; return 200 "ok\n"; }
+    }
+}
+EOF
+    ip netns exec "$POD" sysctl -qw net.core.somaxconn=4096
+    ip netns exec "$POD" nginx -c "$dir/nginx.conf" -e "$dir/nginx-error.log" \
+        || die "nginx did not start (see $dir)"
+    ip netns exec "$POD" iperf3 -s -D -p 5201 --logfile "$dir/iperf3-server.log" \
+        || die "iperf3 server did not start"
+}
+
+# --- the paths -------------------------------------------------------------------------------
+setup_route() { TARGET=$POD_IP; }
+
+setup_dnat() {
+    ip netns exec "$GW" nft -f - <<EOF
+table ip cwbench {
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        ip daddr $VIP tcp dport { 80, 5201 } dnat to $POD_IP
+    }
+}
+EOF
+    TARGET=$VIP
+}
+
+setup_haproxy() {
+    local dir=$1
+    # The VIP as a local address of the gateway namespace, HAProxy listening on it.
+    ip -n "$GW" addr add "$VIP/32" dev lo
+    cat >"$dir/haproxy.cfg" <<EOF
+global
+    maxconn 8000
+    nbthread 2
+    pidfile $dir/haproxy.pid
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend http
+    bind $VIP:80
+    default_backend pod_http
+backend pod_http
+    server pod $POD_IP:80
+frontend iperf
+    bind $VIP:5201
+    default_backend pod_iperf
+backend pod_iperf
+    server pod $POD_IP:5201
+EOF
+    ip netns exec "$GW" haproxy -D -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 \
+        || die "haproxy did not start: $(cat "$dir/haproxy.log")"
+    TARGET=$VIP
+}
+
+clusterway_available() {
+    [ -x "$CLUSTERWAY" ] && "$CLUSTERWAY" run --help >/dev/null 2>&1
+}
+
+setup_clusterway() {
+    local dir=$1
+    cat >"$dir/snapshot.yaml" <<EOF
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: vip, namespace: bench}
+  spec:
+    type: ClusterIP
+    clusterIP: $VIP
+    clusterIPs: [$VIP]
+    ipFamilies: [IPv4]
+    ports:
+    - {name: http, port: 80, protocol: TCP, targetPort: 80}
+    - {name: iperf, port: 5201, protocol: TCP, targetPort: 5201}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata:
+    name: vip-1
+    namespace: bench
+    labels: {kubernetes.io/service-name: vip}
+  addressType: IPv4
+  endpoints:
+  - addresses: [$POD_IP]
+    conditions: {ready: true, serving: true, terminating: false}
+  ports:
+  - {name: http, port: 80, protocol: TCP}
+  - {name: iperf, port: 5201, protocol: TCP}
+EOF
+    ip netns exec "$GW" "$CLUSTERWAY" run --from-file "$dir/snapshot.yaml" \
+        --service-cidr 10.96.0.0/16 >"$dir/clusterway.log" 2>&1 &
+    local i
+    for i in $(seq 100); do
+        if ip -n "$GW" route get "$VIP" 2>/dev/null | grep -q ' dev cw0'; then
+            TARGET=$VIP
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "clusterway did not route $VIP via cw0 in 10 s; log: $(tail -20 "$dir/clusterway.log")"
+}
+
+# --- measurements ----------------------------------------------------------------------------
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$SAMPLES"; }
+
+iperf_gbps() { # streams
+    local json
+    json=$(ip netns exec "$CL" iperf3 -c "$TARGET" -p 5201 -t "$DUR" -P "$1" -J) \
+        || { log "iperf3 -P $1 failed"; return 1; }
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)' \
+        <<<"$json"
+}
+
+wrk_rps() { # extra wrk args...
+    local out
+    out=$(ip netns exec "$CL" wrk -c 50 -t 2 -d "${DUR}s" "$@" "http://$TARGET/") \
+        || { log "wrk failed"; return 1; }
+    if grep -qE 'Socket errors|Non-2xx' <<<"$out"; then
+        log "wrk reported errors ($*): $(grep -E 'Socket errors|Non-2xx' <<<"$out" | tr -s ' ')"
+    fi
+    awk '/^Requests\/sec:/ {print $2}' <<<"$out"
+}
+
+measure() { # path rep
+    local path=$1 rep=$2 v
+    if ! ip netns exec "$CL" curl -fsS -m 3 "http://$TARGET/" >/dev/null; then
+        log "$path: http://$TARGET/ does not answer; skipping this repetition"
+        return 0
+    fi
+    v=$(iperf_gbps 1) && record "$path" tcp1 "$rep" "$v"
+    sleep 0.5
+    v=$(iperf_gbps 4) && record "$path" tcp4 "$rep" "$v"
+    sleep 0.5
+    v=$(ip netns exec "$CL" python3 "$HERE/rtt.py" "$TARGET" 80 "$DUR") && {
+        record "$path" rtt_p50 "$rep" "${v%% *}"
+        v=${v#* }
+        record "$path" rtt_p99 "$rep" "${v%% *}"
+    }
+    v=$(wrk_rps) && record "$path" http_ka "$rep" "$v"
+    # Last: it leaves TIME_WAIT sockets behind (the namespaces are rebuilt next).
+    v=$(wrk_rps -H 'Connection: close') && record "$path" http_close "$rep" "$v"
+}
+
+# --- main ------------------------------------------------------------------------------------
+run_paths=()
+for path in $PATHS; do
+    case $path in
+    route | dnat | haproxy) run_paths+=("$path") ;;
+    clusterway)
+        if clusterway_available; then
+            run_paths+=(clusterway)
+        else
+            log "SKIPPING clusterway: $CLUSTERWAY missing or has no 'run' subcommand" \
+                "(build it with: cargo build --release)"
+        fi
+        ;;
+    *) die "unknown path '$path' (route dnat haproxy clusterway)" ;;
+    esac
+done
+
+for rep in $(seq "$REPS"); do
+    for path in "${run_paths[@]}"; do
+        dir="$OUT/$path-$rep"
+        mkdir -p "$dir"
+        log "rep $rep/$REPS: $path"
+        ns_up
+        start_pod_servers "$dir"
+        "setup_$path" "$dir"
+        measure "$path" "$rep"
+        ns_down
+    done
+done
+
+log "done; samples in $SAMPLES"
+echo
+python3 "$HERE/summarize.py" "$SAMPLES" | tee "$OUT/table.md"
