@@ -57,9 +57,10 @@ impl Delta {
     pub(crate) fn replace(&mut self, old: &[u8], new: &[u8]) {
         debug_assert_eq!(old.len(), new.len());
         debug_assert_eq!(old.len() % 2, 0);
-        // ~m summed word by word equals (0xffff * words) - sum(m); both stay far below 2^64.
-        let words = (old.len() / 2) as u64;
-        self.0 += words * 0xffff - sum(old) + sum(new);
+        // ~m, summed word by word, is congruent (mod 0xffff) to the complement of m's
+        // folded sum. `sum` adds 32-bit words, so it is not bounded by 0xffff per word:
+        // fold before complementing.
+        self.0 += u64::from(!fold(sum(old))) + sum(new);
     }
 
     pub(crate) fn add(&mut self, other: Delta) {

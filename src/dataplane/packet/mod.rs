@@ -26,6 +26,9 @@ mod vnet;
 #[cfg(test)]
 mod tests;
 
+#[doc(hidden)]
+pub mod fuzz;
+
 use std::net::{IpAddr, SocketAddr};
 
 pub use build::{

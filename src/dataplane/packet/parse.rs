@@ -126,7 +126,7 @@ pub(crate) fn walk_v6(pkt: &[u8], through_first_fragment: bool) -> Result<V6End,
     let mut next = *pkt.get(6).ok_or(DropReason::Truncated)?;
     let mut nh_at = 6;
     let mut off = 40;
-    for _ in 0..MAX_EXT_HEADERS {
+    for _ in 0..=MAX_EXT_HEADERS {
         match next {
             EXT_HOP_BY_HOP | EXT_ROUTING | EXT_DEST_OPTS => {
                 // Hop-by-hop must come first (RFC 8200 §4.1).
