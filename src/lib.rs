@@ -5,6 +5,8 @@
 //! routes; `lab` builds the demo topology in network namespaces.
 
 pub mod cluster;
+pub mod config;
 pub mod dataplane;
+pub mod gateway;
 pub mod host;
 pub mod lab;

@@ -1,1 +1,63 @@
-fn main() {}
+//! The `clusterway` binary: subcommands over the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use clusterway::config::RunArgs;
+use clusterway::lab::backend::BackendArgs;
+use clusterway::lab::LabArgs;
+
+/// Makes Kubernetes Service ClusterIPs reachable from outside the cluster.
+#[derive(Parser)]
+#[command(name = "clusterway", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway in the foreground.
+    Run(RunArgs),
+    /// Build a demo topology in network namespaces and run the gateway in it (as root).
+    Lab(LabArgs),
+    /// A demo pod: HTTP and UDP echo servers (used by the lab and the tests).
+    #[command(hide = true)]
+    DemoBackend(BackendArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clusterway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => clusterway::gateway::run(args).await,
+            Command::Lab(args) => clusterway::lab::run(args).await,
+            Command::DemoBackend(args) => clusterway::lab::backend::serve(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clusterway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,3 +1,11 @@
 //! The dataplane: packets in from the TUN device, decisions, packets and sockets out.
 //! It never talks to the API server; it reads the published `ServiceTable` only.
+pub mod balancer;
+pub mod engine;
+pub mod nat;
 pub mod packet;
+pub mod stats;
+pub mod tcp;
+pub mod tun;
+pub mod udp;
+pub mod worker;

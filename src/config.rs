@@ -1,0 +1,248 @@
+//! Command-line flags and their validation. Everything here is checked before the gateway
+//! touches the host (no device, no route, no sysctl until the configuration is good).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::dataplane::nat::NatConfig;
+
+/// Descriptors kept back for everything that is not a proxied flow (listeners, netlink,
+/// the file watcher, logs, the status server).
+const RESERVED_FDS: u64 = 256;
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Read Services and EndpointSlices from this file (YAML or JSON, multi-document or a
+    /// `kind: List`, as `kubectl get svc,endpointslices -A -o yaml` writes it); reloaded
+    /// when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub from_file: PathBuf,
+
+    /// A Service CIDR to route into the gateway (repeatable, IPv4 and IPv6). Without any,
+    /// one host route per exposed ClusterIP is installed and kept in step with the table.
+    #[arg(long = "service-cidr", value_name = "CIDR", value_parser = parse_cidr)]
+    pub service_cidrs: Vec<IpNet>,
+
+    /// Name of the TUN device.
+    #[arg(long, default_value = "cw0", value_parser = parse_ifname)]
+    pub tun_name: String,
+
+    /// Inner IPv4 prefix on the TUN device: the listener takes its first address, virtual
+    /// client addresses the following ones. Must not overlap any routed network.
+    #[arg(long, default_value = "198.18.0.0/16", value_name = "CIDR")]
+    pub inner_v4: Ipv4Net,
+
+    /// Inner IPv6 prefix on the TUN device (as --inner-v4).
+    #[arg(long, default_value = "fdc7:7779::/64", value_name = "CIDR")]
+    pub inner_v6: Ipv6Net,
+
+    /// Virtual client addresses per family (each gives 64,512 NAT ports).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub virtual_addrs: u32,
+
+    /// This gateway's name: Services labelled `service.kubernetes.io/service-proxy-name`
+    /// are exposed only when the label has this value.
+    #[arg(long, value_name = "NAME")]
+    pub proxy_name: Option<String>,
+
+    /// Most concurrent proxied TCP connections (default: from RLIMIT_NOFILE, two
+    /// descriptors each).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tcp_flows: Option<u64>,
+
+    /// Most concurrent UDP flows (default: from RLIMIT_NOFILE, one descriptor each).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_udp_flows: Option<u64>,
+
+    /// A UDP flow idle this long in both directions ends (e.g. 30s, 2m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub udp_idle_timeout: Duration,
+}
+
+/// Limits derived from the descriptor limit and the flags, shown at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub nofile: u64,
+    pub tcp_flows: u64,
+    pub udp_flows: u64,
+}
+
+impl RunArgs {
+    /// Check what clap cannot: prefixes that overlap, sizes that do not fit.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut nat = NatConfig::new(self.inner_v4, self.inner_v6, 1);
+        nat.virtual_addrs = self.virtual_addrs;
+        nat.validate()?;
+        let inner = [IpNet::V4(self.inner_v4), IpNet::V6(self.inner_v6)];
+        for cidr in &self.service_cidrs {
+            for i in &inner {
+                if cidr.contains(i) || i.contains(cidr) {
+                    return Err(format!(
+                        "--service-cidr {cidr} overlaps the inner prefix {i}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Table sizes from `RLIMIT_NOFILE` unless given: a TCP flow holds two descriptors
+    /// (client and endpoint socket), a UDP flow one. UDP gets an eighth by default.
+    pub fn limits(&self, nofile: u64) -> Result<Limits, String> {
+        let budget = nofile.saturating_sub(RESERVED_FDS);
+        let udp = self.max_udp_flows.unwrap_or((budget / 8).max(1));
+        let tcp = self
+            .max_tcp_flows
+            .unwrap_or((budget.saturating_sub(udp) / 2).max(1));
+        let need = tcp * 2 + udp + RESERVED_FDS;
+        if need > nofile {
+            return Err(format!(
+                "{tcp} TCP flows (2 descriptors each) and {udp} UDP flows need {need} open files, \
+                 but RLIMIT_NOFILE is {nofile}: lower --max-tcp-flows/--max-udp-flows or raise the limit"
+            ));
+        }
+        Ok(Limits {
+            nofile,
+            tcp_flows: tcp,
+            udp_flows: udp,
+        })
+    }
+}
+
+/// The soft descriptor limit, raised to the hard limit first when allowed.
+pub fn nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let net: IpNet = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a CIDR (like 10.96.0.0/12 or fd00:10:96::/112)"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "`{s}` has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+pub fn parse_ifname(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 {
+        return Err(format!("interface name `{s}` must be 1 to 15 characters"));
+    }
+    if s == "." || s == ".." || s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        return Err(format!(
+            "interface name `{s}` may not contain '/', ':' or spaces"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// `30s`, `2m`, `1h`, `500ms`, or a number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (like 30s, 2m, 500ms)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => {
+            return Err(format!(
+                "`{s}` has an unknown unit `{unit}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    if d.is_zero() {
+        return Err("a duration must be more than zero".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(extra: &[&str]) -> Result<RunArgs, String> {
+        let mut v = vec!["t", "--from-file", "x.yaml"];
+        v.extend_from_slice(extra);
+        T::try_parse_from(v)
+            .map(|t| t.run)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_the_reason() {
+        assert!(args(&["--service-cidr", "10.96.0.1/12"])
+            .unwrap_err()
+            .contains("host bits"));
+        assert!(args(&["--service-cidr", "banana"])
+            .unwrap_err()
+            .contains("not a CIDR"));
+        assert!(args(&["--tun-name", "a-very-long-name-indeed"])
+            .unwrap_err()
+            .contains("1 to 15"));
+        assert!(args(&["--udp-idle-timeout", "5x"])
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(args(&["--max-tcp-flows", "0"]).is_err());
+        let a = args(&["--service-cidr", "198.18.0.0/15"]).unwrap();
+        assert!(a.validate().unwrap_err().contains("overlaps"));
+    }
+
+    #[test]
+    fn limits_follow_the_descriptor_limit() {
+        let a = args(&[]).unwrap();
+        let l = a.limits(20_000).unwrap();
+        assert_eq!(l.udp_flows, (20_000 - 256) / 8);
+        assert!(l.tcp_flows >= 8_000, "{l:?}");
+        assert!(l.tcp_flows * 2 + l.udp_flows + 256 <= 20_000);
+        let a = args(&["--max-tcp-flows", "10000"]).unwrap();
+        assert!(a.limits(20_000).unwrap_err().contains("RLIMIT_NOFILE"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("0s").is_err());
+    }
+}

@@ -1,0 +1,520 @@
+//! The per-packet decision core: one packet from the TUN device in, one [`Verdict`] out.
+//!
+//! It owns the NAT table, the UDP flow table, the balancer, the fragment reassembler and
+//! the error rate limit of one worker. It takes `now` and the current `ServiceTable`, does
+//! no I/O and spawns nothing: the worker (the shell) writes packets, opens sockets and
+//! talks to the proxy tasks according to the verdict.
+//!
+//! Two directions reach it:
+//! - client → ClusterIP (`C:cp → S:sp`): looked up in the table; TCP is rewritten to
+//!   `V:vp → L:lp` (the listener), UDP goes to a flow socket, echo requests are answered;
+//! - listener → virtual client (`L:lp → V:vp`): reverse-NATed to `S:sp → C:cp`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use super::balancer::{Balancer, Candidates};
+use super::nat::{FlowKey, FlowState, NatConfig, NatError, NatTable};
+use super::packet::{self, Checksum, Packet, Reassembler, TcpFlags, Transport, Unreachable};
+use super::stats::{ConnResult, Reason, Stats};
+use super::udp::UdpFlows;
+use crate::cluster::table::{Lookup, Protocol, ServicePort, ServiceTable};
+
+const IPPROTO_TCP: u8 = 6;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub nat: NatConfig,
+    pub udp_capacity: usize,
+    pub udp_idle: Duration,
+    /// Errors (ICMP unreachable, RST) the gateway builds, per second, and burst.
+    pub error_rate: u32,
+    pub error_burst: u32,
+    pub reassembly_bytes: usize,
+    pub reassembly_datagrams: usize,
+    pub reassembly_timeout: Duration,
+}
+
+impl EngineConfig {
+    pub fn new(nat: NatConfig, udp_capacity: usize) -> Self {
+        EngineConfig {
+            nat,
+            udp_capacity,
+            udp_idle: Duration::from_secs(30),
+            error_rate: 1000,
+            error_burst: 200,
+            reassembly_bytes: 4 << 20,
+            reassembly_datagrams: 256,
+            reassembly_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A new TCP flow, handed to the listener's acceptor before its SYN goes on.
+#[derive(Debug, Clone)]
+pub struct PendingFlow {
+    pub virt: SocketAddr,
+    pub key: FlowKey,
+    pub port: Arc<ServicePort>,
+    pub candidates: Candidates,
+}
+
+/// What the worker must do with the packet it passed in.
+#[derive(Debug)]
+pub enum Verdict<'e, T> {
+    /// Write `buf[..len]` (rewritten in place) back into the TUN device.
+    Forward { len: usize },
+    /// Write `scratch[..len]` (a packet the gateway built) into the TUN device.
+    Reply { len: usize },
+    /// A new TCP flow: give `flow` to the acceptor, then write `buf[..len]`.
+    NewTcp { len: usize, flow: PendingFlow },
+    /// A datagram of an existing UDP flow: send `buf[payload]` on `flow`'s socket.
+    UdpSend { flow: &'e T, payload: Range<usize> },
+    /// A new UDP flow to `endpoint`: open its socket, [`Engine::udp_insert`] it, then send
+    /// `buf[payload]`. If the socket cannot be opened, answer with [`Engine::reject`].
+    UdpNew {
+        key: FlowKey,
+        port: Arc<ServicePort>,
+        endpoint: SocketAddr,
+        payload: Range<usize>,
+    },
+    /// Nothing to send (counted under `reason`).
+    Drop(Reason),
+}
+
+/// Token bucket for the errors the gateway generates.
+#[derive(Debug)]
+struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        RateLimit {
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            last: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub struct Engine<T> {
+    nat: NatTable,
+    balancer: Balancer,
+    udp: UdpFlows<T>,
+    frag: Reassembler,
+    frag_out: Box<[u8]>,
+    errors: RateLimit,
+    inner_v4: Ipv4Net,
+    inner_v6: Ipv6Net,
+    listener_v4: SocketAddr,
+    listener_v6: SocketAddr,
+    stats: Arc<Stats>,
+    generation: u64,
+}
+
+impl<T> Engine<T> {
+    /// `listener_port` is the port the listeners bound on L (both families).
+    pub fn new(config: EngineConfig, listener_port: u16, stats: Arc<Stats>, now: Instant) -> Self {
+        let listener_v4 = SocketAddr::new(config.nat.listener_v4().into(), listener_port);
+        let listener_v6 = SocketAddr::new(config.nat.listener_v6().into(), listener_port);
+        Engine {
+            inner_v4: config.nat.inner_v4,
+            inner_v6: config.nat.inner_v6,
+            nat: NatTable::new(config.nat, now),
+            balancer: Balancer::new(),
+            udp: UdpFlows::new(config.udp_capacity, config.udp_idle),
+            frag: Reassembler::new(
+                config.reassembly_bytes,
+                config.reassembly_datagrams,
+                config.reassembly_timeout,
+            ),
+            frag_out: vec![0u8; packet::MAX_PACKET].into_boxed_slice(),
+            errors: RateLimit::new(config.error_rate, config.error_burst, now),
+            listener_v4,
+            listener_v6,
+            stats,
+            generation: 0,
+        }
+    }
+
+    pub fn nat(&self) -> &NatTable {
+        &self.nat
+    }
+
+    pub fn udp(&self) -> &UdpFlows<T> {
+        &self.udp
+    }
+
+    fn is_inner(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.inner_v4.contains(&a),
+            IpAddr::V6(a) => self.inner_v6.contains(&a),
+        }
+    }
+
+    fn listener(&self, v6: bool) -> SocketAddr {
+        if v6 {
+            self.listener_v6
+        } else {
+            self.listener_v4
+        }
+    }
+
+    /// Decide what to do with `buf[..len]`, a packet read from the TUN device. `buf` must
+    /// hold at least [`packet::MAX_PACKET`] bytes (a reassembled datagram replaces the
+    /// fragment in it); `scratch` at least 1,280 bytes, for packets the gateway builds.
+    pub fn handle(
+        &mut self,
+        table: &ServiceTable,
+        buf: &mut [u8],
+        len: usize,
+        csum: Checksum,
+        now: Instant,
+        scratch: &mut [u8],
+    ) -> Verdict<'_, T> {
+        if table.generation != self.generation {
+            self.on_table(table);
+        }
+        let mut csum = csum;
+        let mut len = len.min(buf.len());
+        let mut pkt = match packet::parse(&buf[..len]) {
+            Ok(p) => p,
+            Err(r) => return Verdict::Drop(Reason::Malformed(r)),
+        };
+        if let Transport::Fragment { .. } = pkt.transport {
+            match self.frag.push(&buf[..len], &pkt, now, &mut self.frag_out) {
+                Ok(Some(n)) if n <= buf.len() => {
+                    buf[..n].copy_from_slice(&self.frag_out[..n]);
+                    len = n;
+                    csum = Checksum::Full;
+                    pkt = match packet::parse(&buf[..len]) {
+                        Ok(p) => p,
+                        Err(r) => return Verdict::Drop(Reason::Malformed(r)),
+                    };
+                }
+                Ok(Some(_)) => {
+                    return Verdict::Drop(Reason::Malformed(packet::DropReason::FragmentTooLarge))
+                }
+                Ok(None) => return Verdict::Drop(Reason::FragmentQueued),
+                Err(r) => return Verdict::Drop(Reason::Malformed(r)),
+            }
+        }
+        if self.is_inner(pkt.dst) {
+            return self.listener_to_client(buf, &pkt, csum);
+        }
+        match pkt.transport {
+            Transport::Tcp {
+                src_port,
+                dst_port,
+                flags,
+                ..
+            } => {
+                let key = FlowKey {
+                    client: SocketAddr::new(pkt.src, src_port),
+                    service: SocketAddr::new(pkt.dst, dst_port),
+                };
+                self.tcp_from_client(table, buf, &pkt, key, flags, csum, now, scratch)
+            }
+            Transport::Udp {
+                src_port,
+                dst_port,
+                payload_offset,
+                payload_len,
+            } => {
+                let key = FlowKey {
+                    client: SocketAddr::new(pkt.src, src_port),
+                    service: SocketAddr::new(pkt.dst, dst_port),
+                };
+                let payload = payload_offset..payload_offset + payload_len;
+                self.udp_from_client(table, buf, &pkt, key, payload, now, scratch)
+            }
+            Transport::EchoRequest { .. } => {
+                if table.service_of(pkt.dst).is_some() {
+                    let n = packet::echo_reply_in_place(buf, &pkt);
+                    Verdict::Forward { len: n }
+                } else {
+                    Verdict::Drop(Reason::NotService)
+                }
+            }
+            Transport::IcmpError { inner, .. } => self.icmp_error(buf, &pkt, inner),
+            Transport::OtherIcmp { .. } => Verdict::Drop(Reason::IcmpIgnored),
+            Transport::Fragment { .. } => {
+                Verdict::Drop(Reason::Malformed(packet::DropReason::FragmentOverlap))
+            }
+        }
+    }
+
+    /// `L:lp → V:vp`: the kernel's side of a proxied connection, back to the client.
+    fn listener_to_client(
+        &mut self,
+        buf: &mut [u8],
+        pkt: &Packet,
+        csum: Checksum,
+    ) -> Verdict<'_, T> {
+        let Transport::Tcp {
+            src_port, dst_port, ..
+        } = pkt.transport
+        else {
+            return Verdict::Drop(Reason::NoReverseFlow);
+        };
+        let virt = SocketAddr::new(pkt.dst, dst_port);
+        if SocketAddr::new(pkt.src, src_port) != self.listener(pkt.src.is_ipv6()) {
+            return Verdict::Drop(Reason::NoReverseFlow);
+        }
+        match self.nat.reverse(&virt) {
+            Some((key, _)) => {
+                packet::rewrite(buf, pkt, key.service, key.client, csum);
+                Verdict::Forward { len: pkt.len }
+            }
+            None => Verdict::Drop(Reason::NoReverseFlow),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn tcp_from_client(
+        &mut self,
+        table: &ServiceTable,
+        buf: &mut [u8],
+        pkt: &Packet,
+        key: FlowKey,
+        flags: TcpFlags,
+        csum: Checksum,
+        now: Instant,
+        scratch: &mut [u8],
+    ) -> Verdict<'_, T> {
+        let syn = flags.has(TcpFlags::SYN) && !flags.has(TcpFlags::ACK);
+        let listener = self.listener(pkt.src.is_ipv6());
+        if let Some((virt, state)) = self.nat.get(&key) {
+            let reopened = syn && matches!(state, FlowState::Closed { .. });
+            if !reopened {
+                packet::rewrite(buf, pkt, virt, listener, csum);
+                return Verdict::Forward { len: pkt.len };
+            }
+        }
+        let port = match table.lookup(pkt.dst, key.service.port(), Protocol::Tcp) {
+            Lookup::Port(p) => p.clone(),
+            Lookup::UnknownPort => return self.rst(pkt, flags, now, scratch, Reason::NoFlow),
+            Lookup::NotService => return Verdict::Drop(Reason::NotService),
+        };
+        if !syn {
+            return self.rst(pkt, flags, now, scratch, Reason::NoFlow);
+        }
+        let Some(candidates) = self.balancer.pick(&port, key.client.ip(), now) else {
+            self.stats.tcp_conn(ConnResult::NoEndpoints);
+            return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
+        };
+        match self.nat.insert(key, now) {
+            Ok(virt) => {
+                packet::rewrite(buf, pkt, virt, listener, csum);
+                Verdict::NewTcp {
+                    len: pkt.len,
+                    flow: PendingFlow {
+                        virt,
+                        key,
+                        port,
+                        candidates,
+                    },
+                }
+            }
+            Err(e) => {
+                self.stats.tcp_conn(ConnResult::TableFull);
+                tracing::trace!(error = %e, client = %key.client, "new TCP flow refused");
+                let _ = NatError::label(e);
+                self.rst(pkt, flags, now, scratch, Reason::NoFlow)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn udp_from_client(
+        &mut self,
+        table: &ServiceTable,
+        buf: &mut [u8],
+        pkt: &Packet,
+        key: FlowKey,
+        payload: Range<usize>,
+        now: Instant,
+        scratch: &mut [u8],
+    ) -> Verdict<'_, T> {
+        if self.udp.contains(&key) {
+            let flow = self.udp.touch(&key, now).expect("flow present");
+            return Verdict::UdpSend { flow, payload };
+        }
+        let port = match table.lookup(pkt.dst, key.service.port(), Protocol::Udp) {
+            Lookup::Port(p) => p.clone(),
+            Lookup::UnknownPort => {
+                return self.unreachable(buf, pkt, Unreachable::Port, now, scratch)
+            }
+            Lookup::NotService => return Verdict::Drop(Reason::NotService),
+        };
+        let Some(candidates) = self.balancer.pick(&port, key.client.ip(), now) else {
+            self.stats.udp_flow(ConnResult::NoEndpoints);
+            return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
+        };
+        if self.udp.is_full() {
+            self.stats.udp_flow(ConnResult::TableFull);
+            return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
+        }
+        Verdict::UdpNew {
+            key,
+            port,
+            endpoint: candidates.first(),
+            payload,
+        }
+    }
+
+    /// An ICMP error about a packet the gateway sent to a client on behalf of a proxied
+    /// TCP flow (`S:sp → C:cp`): hand it to the listener's socket as an error about
+    /// `L:lp → V:vp` (path MTU, unreachable client).
+    fn icmp_error(&mut self, buf: &mut [u8], pkt: &Packet, inner: packet::Inner) -> Verdict<'_, T> {
+        if inner.protocol != IPPROTO_TCP {
+            return Verdict::Drop(Reason::IcmpIgnored);
+        }
+        let key = FlowKey {
+            client: inner.dst,
+            service: inner.src,
+        };
+        let Some((virt, _)) = self.nat.get(&key) else {
+            return Verdict::Drop(Reason::IcmpIgnored);
+        };
+        let listener = self.listener(virt.is_ipv6());
+        if packet::rewrite_icmp_error(buf, pkt, listener.ip(), listener, virt) {
+            Verdict::Forward { len: pkt.len }
+        } else {
+            Verdict::Drop(Reason::IcmpIgnored)
+        }
+    }
+
+    fn rst(
+        &mut self,
+        pkt: &Packet,
+        flags: TcpFlags,
+        now: Instant,
+        scratch: &mut [u8],
+        reason: Reason,
+    ) -> Verdict<'_, T> {
+        if flags.has(TcpFlags::RST) {
+            return Verdict::Drop(reason);
+        }
+        if !self.errors.take(now) {
+            return Verdict::Drop(Reason::RateLimited);
+        }
+        self.stats
+            .replies_built
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Verdict::Reply {
+            len: packet::build_tcp_rst(scratch, pkt),
+        }
+    }
+
+    fn unreachable(
+        &mut self,
+        buf: &[u8],
+        pkt: &Packet,
+        kind: Unreachable,
+        now: Instant,
+        scratch: &mut [u8],
+    ) -> Verdict<'_, T> {
+        if !self.errors.take(now) {
+            return Verdict::Drop(Reason::RateLimited);
+        }
+        let n =
+            packet::build_unreachable(scratch, &buf[..pkt.len.min(buf.len())], pkt, pkt.dst, kind);
+        if n == 0 {
+            return Verdict::Drop(Reason::IcmpIgnored);
+        }
+        self.stats
+            .replies_built
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Verdict::Reply { len: n }
+    }
+
+    /// Answer `buf[..len]` (the packet of a [`Verdict::UdpNew`] whose socket could not be
+    /// opened, or a flow refused later) with ICMP port unreachable. Returns the reply length
+    /// in `scratch`, 0 when nothing should be sent.
+    pub fn reject(&mut self, buf: &[u8], len: usize, now: Instant, scratch: &mut [u8]) -> usize {
+        let Ok(pkt) = packet::parse(&buf[..len.min(buf.len())]) else {
+            return 0;
+        };
+        match self.unreachable(buf, &pkt, Unreachable::Port, now, scratch) {
+            Verdict::Reply { len } => len,
+            _ => 0,
+        }
+    }
+
+    /// Record a UDP flow whose socket the worker opened for a [`Verdict::UdpNew`].
+    pub fn udp_insert(
+        &mut self,
+        key: FlowKey,
+        port: Arc<ServicePort>,
+        endpoint: SocketAddr,
+        handle: T,
+        now: Instant,
+    ) {
+        self.balancer.served(&port, key.client.ip(), endpoint, now);
+        self.udp.insert(key, handle, port, endpoint, now);
+        self.stats.udp_flow(ConnResult::Ok);
+    }
+
+    /// The acceptor took the connection from `virt`.
+    pub fn tcp_accepted(&mut self, virt: SocketAddr) {
+        self.nat.accepted(virt);
+    }
+
+    /// A proxied connection ended. `served_by` is the endpoint it was connected to, if any
+    /// (refreshes ClientIP affinity).
+    pub fn tcp_closed(&mut self, virt: SocketAddr, now: Instant) {
+        self.nat.closed(virt, now);
+    }
+
+    /// A dial succeeded: affinity follows the endpoint that answered.
+    pub fn tcp_served(
+        &mut self,
+        port: &ServicePort,
+        client: IpAddr,
+        endpoint: SocketAddr,
+        now: Instant,
+    ) {
+        self.balancer.served(port, client, endpoint, now);
+    }
+
+    /// Periodic housekeeping: idle UDP flows, unaccepted and closed TCP flows, old
+    /// fragments, old affinities. `last_reply` tells when a UDP flow last saw a reply.
+    pub fn expire(&mut self, now: Instant, last_reply: impl Fn(&T) -> Option<Instant>) -> Vec<T> {
+        self.nat.expire(now);
+        self.frag.expire(now);
+        self.balancer.expire(now, Duration::from_secs(86_400));
+        self.udp.expire(now, last_reply)
+    }
+
+    /// A new table: UDP flows whose endpoint is no longer usable end (as kube-proxy clears
+    /// their conntrack entries); TCP connections go on until they close.
+    fn on_table(&mut self, table: &ServiceTable) {
+        self.generation = table.generation;
+        self.udp.retain_usable(table);
+    }
+}
+
+#[cfg(test)]
+mod tests;

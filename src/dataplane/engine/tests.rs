@@ -1,0 +1,554 @@
+//! Engine decisions on packets built by etherparse (an independent encoder), against a
+//! table built from real Service/EndpointSlice YAML.
+
+use super::*;
+use crate::cluster::build::{build_table, BuildOptions};
+use crate::cluster::parse::parse_objects;
+use etherparse::PacketBuilder;
+
+const SNAPSHOT: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: web, namespace: demo}
+  spec:
+    clusterIP: 10.96.0.10
+    clusterIPs: [10.96.0.10, "fd00:10:96::10"]
+    ipFamilies: [IPv4, IPv6]
+    ports: [{name: http, port: 80, protocol: TCP, targetPort: http}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: dns, namespace: demo}
+  spec:
+    clusterIP: 10.96.0.53
+    clusterIPs: [10.96.0.53]
+    ports: [{name: dns, port: 53, protocol: UDP, targetPort: 5353}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: empty, namespace: demo}
+  spec:
+    clusterIP: 10.96.0.99
+    clusterIPs: [10.96.0.99]
+    ports: [{name: http, port: 80, protocol: TCP}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: web-a, namespace: demo, labels: {kubernetes.io/service-name: web}}
+  addressType: IPv4
+  endpoints:
+  - addresses: [10.244.1.10]
+    conditions: {ready: true}
+  - addresses: [10.244.2.10]
+    conditions: {ready: true}
+  ports: [{name: http, port: 8080, protocol: TCP}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: web-b, namespace: demo, labels: {kubernetes.io/service-name: web}}
+  addressType: IPv6
+  endpoints:
+  - addresses: ["fd00:10:244:1::a"]
+    conditions: {}
+  ports: [{name: http, port: 8080, protocol: TCP}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: dns-a, namespace: demo, labels: {kubernetes.io/service-name: dns}}
+  addressType: IPv4
+  endpoints:
+  - addresses: [10.244.1.10]
+  ports: [{name: dns, port: 5353, protocol: UDP}]
+"#;
+
+fn table() -> ServiceTable {
+    let objs = parse_objects("test.yaml", SNAPSHOT).unwrap();
+    let (t, errors) = build_table(1, &objs, &BuildOptions::default());
+    assert!(errors.is_empty(), "{errors:?}");
+    t
+}
+
+fn engine(now: Instant) -> Engine<u32> {
+    let nat = NatConfig::new(
+        "198.18.0.0/16".parse().unwrap(),
+        "fdc7:7779::/64".parse().unwrap(),
+        4,
+    );
+    let mut cfg = EngineConfig::new(nat, 2);
+    cfg.error_burst = 1000;
+    Engine::new(cfg, 4000, Arc::new(Stats::default()), now)
+}
+
+fn v4(src: [u8; 4], dst: [u8; 4]) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    // etherparse builds the IP layer from the builder; TTL 64.
+    PacketBuilder::ipv4(src, dst, 64)
+}
+
+fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool, ack: bool) -> Vec<u8> {
+    let mut b = v4(src, dst).tcp(sport, dport, 1000, 64240);
+    if syn {
+        b = b.syn();
+    }
+    if ack {
+        b = b.ack(5000);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
+fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    v4(src, dst)
+        .udp(sport, dport)
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+struct Run {
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl Run {
+    fn new(pkt: &[u8]) -> Self {
+        let mut buf = vec![0u8; packet::MAX_PACKET];
+        buf[..pkt.len()].copy_from_slice(pkt);
+        Run {
+            buf,
+            scratch: vec![0u8; 2048],
+        }
+    }
+}
+
+const CLIENT: [u8; 4] = [192, 168, 77, 2];
+const WEB: [u8; 4] = [10, 96, 0, 10];
+
+fn parsed(b: &[u8]) -> etherparse::SlicedPacket<'_> {
+    etherparse::SlicedPacket::from_ip(b).unwrap()
+}
+
+#[test]
+fn syn_to_a_service_is_redirected_to_the_listener_and_replies_come_back() {
+    let t0 = Instant::now();
+    let table = table();
+    let mut e = engine(t0);
+    let syn = tcp(CLIENT, 40000, WEB, 80, true, false);
+    let mut r = Run::new(&syn);
+    let flow = match e.handle(
+        &table,
+        &mut r.buf,
+        syn.len(),
+        Checksum::Full,
+        t0,
+        &mut r.scratch,
+    ) {
+        Verdict::NewTcp { len, flow } => {
+            assert_eq!(len, syn.len());
+            flow
+        }
+        v => panic!("expected NewTcp, got {v:?}"),
+    };
+    assert_eq!(flow.key.client, "192.168.77.2:40000".parse().unwrap());
+    assert_eq!(flow.key.service, "10.96.0.10:80".parse().unwrap());
+    assert_eq!(flow.candidates.as_slice().len(), 2);
+    let p = parsed(&r.buf[..syn.len()]);
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        panic!()
+    };
+    assert_eq!(
+        ip.header().source_addr(),
+        "198.18.0.2".parse::<std::net::Ipv4Addr>().unwrap()
+    );
+    assert_eq!(
+        ip.header().destination_addr(),
+        "198.18.0.1".parse::<std::net::Ipv4Addr>().unwrap()
+    );
+    let Some(etherparse::TransportSlice::Tcp(th)) = p.transport else {
+        panic!()
+    };
+    assert_eq!(th.destination_port(), 4000);
+    assert_eq!(th.source_port(), flow.virt.port());
+    // A retransmitted SYN keeps the same mapping.
+    let mut r2 = Run::new(&syn);
+    assert!(matches!(
+        e.handle(
+            &table,
+            &mut r2.buf,
+            syn.len(),
+            Checksum::Full,
+            t0,
+            &mut r2.scratch
+        ),
+        Verdict::Forward { .. }
+    ));
+    assert_eq!(r2.buf[..syn.len()], r.buf[..syn.len()]);
+
+    // SYN-ACK from the listener to the virtual client goes back as the service.
+    let IpAddr::V4(vip) = flow.virt.ip() else {
+        panic!()
+    };
+    let synack = tcp(
+        [198, 18, 0, 1],
+        4000,
+        vip.octets(),
+        flow.virt.port(),
+        true,
+        true,
+    );
+    let mut r3 = Run::new(&synack);
+    assert!(matches!(
+        e.handle(
+            &table,
+            &mut r3.buf,
+            synack.len(),
+            Checksum::Full,
+            t0,
+            &mut r3.scratch
+        ),
+        Verdict::Forward { .. }
+    ));
+    let p = parsed(&r3.buf[..synack.len()]);
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        panic!()
+    };
+    assert_eq!(ip.header().source_addr().octets(), WEB);
+    assert_eq!(ip.header().destination_addr().octets(), CLIENT);
+    let Some(etherparse::TransportSlice::Tcp(th)) = p.transport else {
+        panic!()
+    };
+    assert_eq!((th.source_port(), th.destination_port()), (80, 40000));
+    let expected = th
+        .to_header()
+        .calc_checksum_ipv4(&ip.header().to_header(), th.payload())
+        .unwrap();
+    assert_eq!(th.checksum(), expected, "TCP checksum after reverse NAT");
+}
+
+#[test]
+fn syn_to_an_unknown_port_gets_a_rst_and_no_endpoints_an_icmp_unreachable() {
+    let t0 = Instant::now();
+    let table = table();
+    let mut e = engine(t0);
+    let syn = tcp(CLIENT, 40000, WEB, 81, true, false);
+    let mut r = Run::new(&syn);
+    let Verdict::Reply { len } = e.handle(
+        &table,
+        &mut r.buf,
+        syn.len(),
+        Checksum::Full,
+        t0,
+        &mut r.scratch,
+    ) else {
+        panic!()
+    };
+    let p = parsed(&r.scratch[..len]);
+    let Some(etherparse::TransportSlice::Tcp(th)) = p.transport else {
+        panic!("not TCP")
+    };
+    assert!(th.rst());
+    assert_eq!(th.acknowledgment_number(), 1001);
+
+    let syn = tcp(CLIENT, 40001, [10, 96, 0, 99], 80, true, false);
+    let mut r = Run::new(&syn);
+    let Verdict::Reply { len } = e.handle(
+        &table,
+        &mut r.buf,
+        syn.len(),
+        Checksum::Full,
+        t0,
+        &mut r.scratch,
+    ) else {
+        panic!()
+    };
+    let p = parsed(&r.scratch[..len]);
+    let Some(etherparse::TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!("not ICMP")
+    };
+    assert_eq!((icmp.type_u8(), icmp.code_u8()), (3, 3));
+    assert_eq!(e.stats.tcp_count(ConnResult::NoEndpoints), 1);
+}
+
+#[test]
+fn non_syn_of_no_flow_gets_a_rst_and_not_a_service_is_dropped() {
+    let t0 = Instant::now();
+    let table = table();
+    let mut e = engine(t0);
+    let ack = tcp(CLIENT, 40000, WEB, 80, false, true);
+    let mut r = Run::new(&ack);
+    assert!(matches!(
+        e.handle(
+            &table,
+            &mut r.buf,
+            ack.len(),
+            Checksum::Full,
+            t0,
+            &mut r.scratch
+        ),
+        Verdict::Reply { .. }
+    ));
+    let other = tcp(CLIENT, 40000, [10, 96, 5, 5], 80, true, false);
+    let mut r = Run::new(&other);
+    assert!(matches!(
+        e.handle(
+            &table,
+            &mut r.buf,
+            other.len(),
+            Checksum::Full,
+            t0,
+            &mut r.scratch
+        ),
+        Verdict::Drop(Reason::NotService)
+    ));
+}
+
+#[test]
+fn udp_new_flow_then_send_then_full_table_rejects() {
+    let t0 = Instant::now();
+    let table = table();
+    let mut e = engine(t0);
+    let dns = [10, 96, 0, 53];
+    let d = udp(CLIENT, 5000, dns, 53, b"hello");
+    let mut r = Run::new(&d);
+    let (key, port, endpoint, payload) = match e.handle(
+        &table,
+        &mut r.buf,
+        d.len(),
+        Checksum::Full,
+        t0,
+        &mut r.scratch,
+    ) {
+        Verdict::UdpNew {
+            key,
+            port,
+            endpoint,
+            payload,
+        } => (key, port, endpoint, payload),
+        v => panic!("expected UdpNew, got {v:?}"),
+    };
+    assert_eq!(&r.buf[payload.clone()], b"hello");
+    assert_eq!(endpoint, "10.244.1.10:5353".parse().unwrap());
+    e.udp_insert(key, port, endpoint, 7, t0);
+    let mut r = Run::new(&d);
+    match e.handle(
+        &table,
+        &mut r.buf,
+        d.len(),
+        Checksum::Full,
+        t0,
+        &mut r.scratch,
+    ) {
+        Verdict::UdpSend { flow, payload } => {
+            assert_eq!(*flow, 7);
+            assert_eq!(&r.buf[payload], b"hello");
+        }
+        v => panic!("expected UdpSend, got {v:?}"),
+    }
+    // Capacity 2: a second flow fits, a third is refused with ICMP port unreachable.
+    for (i, sport) in [5001u16, 5002].into_iter().enumerate() {
+        let d = udp(CLIENT, sport, dns, 53, b"x");
+        let mut r = Run::new(&d);
+        match e.handle(
+            &table,
+            &mut r.buf,
+            d.len(),
+            Checksum::Full,
+            t0,
+            &mut r.scratch,
+        ) {
+            Verdict::UdpNew {
+                key,
+                port,
+                endpoint,
+                ..
+            } if i == 0 => e.udp_insert(key, port, endpoint, 8, t0),
+            Verdict::Reply { len } if i == 1 => {
+                let p = parsed(&r.scratch[..len]);
+                let Some(etherparse::TransportSlice::Icmpv4(icmp)) = p.transport else {
+                    panic!()
+                };
+                assert_eq!((icmp.type_u8(), icmp.code_u8()), (3, 3));
+            }
+            v => panic!("unexpected {v:?} for flow {i}"),
+        }
+    }
+    assert_eq!(e.stats.udp_count(ConnResult::TableFull), 1);
+    // Unknown UDP port: port unreachable.
+    let d = udp(CLIENT, 5003, dns, 54, b"x");
+    let mut r = Run::new(&d);
+    assert!(matches!(
+        e.handle(
+            &table,
+            &mut r.buf,
+            d.len(),
+            Checksum::Full,
+            t0,
+            &mut r.scratch
+        ),
+        Verdict::Reply { .. }
+    ));
+}
+
+#[test]
+fn echo_requests_to_cluster_ips_are_answered() {
+    let t0 = Instant::now();
+    let table = table();
+    let mut e = engine(t0);
+    let mut ping = Vec::new();
+    v4(CLIENT, WEB)
+        .icmpv4_echo_request(9, 1)
+        .write(&mut ping, b"abcdefgh")
+        .unwrap();
+    let mut r = Run::new(&ping);
+    let Verdict::Forward { len } = e.handle(
+        &table,
+        &mut r.buf,
+        ping.len(),
+        Checksum::Full,
+        t0,
+        &mut r.scratch,
+    ) else {
+        panic!()
+    };
+    let p = parsed(&r.buf[..len]);
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        panic!()
+    };
+    assert_eq!(ip.header().source_addr().octets(), WEB);
+    let Some(etherparse::TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!()
+    };
+    assert_eq!(icmp.type_u8(), 0);
+    let mut ping = Vec::new();
+    v4(CLIENT, [10, 96, 7, 7])
+        .icmpv4_echo_request(9, 1)
+        .write(&mut ping, b"x")
+        .unwrap();
+    let mut r = Run::new(&ping);
+    assert!(matches!(
+        e.handle(
+            &table,
+            &mut r.buf,
+            ping.len(),
+            Checksum::Full,
+            t0,
+            &mut r.scratch
+        ),
+        Verdict::Drop(Reason::NotService)
+    ));
+}
+
+#[test]
+fn ipv6_syn_is_redirected_to_the_ipv6_listener() {
+    let t0 = Instant::now();
+    let table = table();
+    let mut e = engine(t0);
+    let client: std::net::Ipv6Addr = "fd77::2".parse().unwrap();
+    let svc: std::net::Ipv6Addr = "fd00:10:96::10".parse().unwrap();
+    let mut syn = Vec::new();
+    PacketBuilder::ipv6(client.octets(), svc.octets(), 64)
+        .tcp(40000, 80, 1, 64240)
+        .syn()
+        .write(&mut syn, &[])
+        .unwrap();
+    let mut r = Run::new(&syn);
+    let Verdict::NewTcp { flow, len } = e.handle(
+        &table,
+        &mut r.buf,
+        syn.len(),
+        Checksum::Full,
+        t0,
+        &mut r.scratch,
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        flow.candidates.first(),
+        "[fd00:10:244:1::a]:8080".parse().unwrap()
+    );
+    let p = parsed(&r.buf[..len]);
+    let Some(etherparse::NetSlice::Ipv6(ip)) = p.net else {
+        panic!()
+    };
+    assert_eq!(
+        ip.header().destination_addr(),
+        "fdc7:7779::1".parse::<std::net::Ipv6Addr>().unwrap()
+    );
+    let Some(etherparse::TransportSlice::Tcp(th)) = p.transport else {
+        panic!()
+    };
+    let expected = th
+        .to_header()
+        .calc_checksum_ipv6(&ip.header().to_header(), th.payload())
+        .unwrap();
+    assert_eq!(th.checksum(), expected);
+}
+
+#[test]
+fn full_nat_table_refuses_with_rst_and_keeps_existing_flows() {
+    let t0 = Instant::now();
+    let table = table();
+    let mut e = engine(t0);
+    for p in 0..4u16 {
+        let syn = tcp(CLIENT, 30000 + p, WEB, 80, true, false);
+        let mut r = Run::new(&syn);
+        assert!(matches!(
+            e.handle(
+                &table,
+                &mut r.buf,
+                syn.len(),
+                Checksum::Full,
+                t0,
+                &mut r.scratch
+            ),
+            Verdict::NewTcp { .. }
+        ));
+    }
+    let syn = tcp(CLIENT, 30009, WEB, 80, true, false);
+    let mut r = Run::new(&syn);
+    let Verdict::Reply { len } = e.handle(
+        &table,
+        &mut r.buf,
+        syn.len(),
+        Checksum::Full,
+        t0,
+        &mut r.scratch,
+    ) else {
+        panic!()
+    };
+    let p = parsed(&r.scratch[..len]);
+    let Some(etherparse::TransportSlice::Tcp(th)) = p.transport else {
+        panic!()
+    };
+    assert!(th.rst());
+    assert_eq!(e.stats.tcp_count(ConnResult::TableFull), 1);
+    let ack = tcp(CLIENT, 30000, WEB, 80, false, true);
+    let mut r = Run::new(&ack);
+    assert!(matches!(
+        e.handle(
+            &table,
+            &mut r.buf,
+            ack.len(),
+            Checksum::Full,
+            t0,
+            &mut r.scratch
+        ),
+        Verdict::Forward { .. }
+    ));
+}
+
+#[test]
+fn malformed_packets_are_counted_drops() {
+    let t0 = Instant::now();
+    let table = table();
+    let mut e = engine(t0);
+    let mut r = Run::new(&[0x45, 0, 0, 99, 0, 0]);
+    assert!(matches!(
+        e.handle(&table, &mut r.buf, 6, Checksum::Full, t0, &mut r.scratch),
+        Verdict::Drop(Reason::Malformed(_))
+    ));
+    let mut r = Run::new(&[0x10; 40]);
+    assert!(matches!(
+        e.handle(&table, &mut r.buf, 40, Checksum::Full, t0, &mut r.scratch),
+        Verdict::Drop(Reason::Malformed(_))
+    ));
+}

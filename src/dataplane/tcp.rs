@@ -1,0 +1,233 @@
+//! The TCP proxy: the listeners on the inner listener address L, the acceptor that matches
+//! each accepted connection (peer `V:vp`) to the flow the dataplane mapped, and one task per
+//! connection that dials an endpoint (retrying the next ones with short timeouts) and moves
+//! bytes both ways, propagating half-close.
+//!
+//! It owns sockets only; it learns flows from the worker over a bounded channel and tells
+//! the worker what happened to them over another. It never reads the ServiceTable.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::balancer::MAX_ATTEMPTS;
+use super::engine::PendingFlow;
+use super::stats::{ConnResult, Stats};
+
+/// Dial timeouts per attempt, as kube-proxy's userspace mode used them.
+pub const DIAL_TIMEOUTS: [Duration; MAX_ATTEMPTS] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+
+/// A pending flow the listener never accepted is forgotten after this long.
+const PENDING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What happened to a proxied connection, for the worker that owns its NAT entry.
+#[derive(Debug)]
+pub enum FlowEvent {
+    /// The listener accepted the connection from `virt`.
+    Accepted { virt: SocketAddr },
+    /// The dial to `endpoint` succeeded (ClientIP affinity follows it).
+    Served {
+        flow: Box<PendingFlow>,
+        endpoint: SocketAddr,
+    },
+    /// The connection from `virt` is finished.
+    Closed { virt: SocketAddr },
+}
+
+/// Bind the listener of one family on `addr` (port 0 picks one). `IP_FREEBIND`, so the
+/// bind does not race the address appearing on the device.
+pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(SockProtocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_v6(true)?;
+    } else {
+        socket.set_freebind_v4(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    // The kernel caps this at net.core.somaxconn.
+    socket.listen(8192)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts connections on the listeners and hands each to its own proxy task.
+pub struct Acceptor {
+    pub listeners: Vec<TcpListener>,
+    /// Flows the worker mapped (sent before their SYN is written to the device).
+    pub flows: mpsc::Receiver<PendingFlow>,
+    pub events: mpsc::Sender<FlowEvent>,
+    pub stats: Arc<Stats>,
+}
+
+impl Acceptor {
+    pub async fn run(mut self) {
+        let mut pending: HashMap<SocketAddr, (PendingFlow, Instant)> = HashMap::new();
+        let mut sweep = tokio::time::interval(Duration::from_secs(5));
+        let (l0, l1) = match self.listeners.len() {
+            0 => return,
+            1 => (self.listeners.remove(0), None),
+            _ => {
+                let a = self.listeners.remove(0);
+                (a, Some(self.listeners.remove(0)))
+            }
+        };
+        loop {
+            let accepted = tokio::select! {
+                flow = self.flows.recv() => {
+                    match flow {
+                        Some(f) => { pending.insert(f.virt, (f, Instant::now())); }
+                        None => return,
+                    }
+                    continue;
+                }
+                r = l0.accept() => r,
+                r = accept_opt(&l1) => r,
+                _ = sweep.tick() => {
+                    let now = Instant::now();
+                    pending.retain(|_, (_, at)| now.duration_since(*at) < PENDING_TIMEOUT);
+                    continue;
+                }
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let peer = normalize(peer);
+            let mut flow = pending.remove(&peer).map(|(f, _)| f);
+            if flow.is_none() {
+                // The flow was sent before its SYN went out; it may still be queued.
+                while let Ok(f) = self.flows.try_recv() {
+                    pending.insert(f.virt, (f, Instant::now()));
+                }
+                flow = pending.remove(&peer).map(|(f, _)| f);
+            }
+            let Some(flow) = flow else {
+                tracing::debug!(peer = %peer, "accepted a connection no flow owns; resetting it");
+                reset(stream);
+                continue;
+            };
+            let events = self.events.clone();
+            let stats = self.stats.clone();
+            tokio::spawn(proxy(stream, flow, events, stats));
+        }
+    }
+}
+
+async fn accept_opt(l: &Option<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn normalize(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// Close with a RST rather than a FIN: the client must see a failure, not an empty reply.
+fn reset(stream: TcpStream) {
+    if let Ok(std) = stream.into_std() {
+        let s = Socket::from(std);
+        let _ = s.set_linger(Some(Duration::ZERO));
+    }
+}
+
+/// Dial the flow's candidates in order, each with its own short timeout.
+async fn dial(flow: &PendingFlow) -> Option<(TcpStream, SocketAddr)> {
+    for (attempt, endpoint) in flow.candidates.as_slice().iter().enumerate() {
+        let timeout = DIAL_TIMEOUTS[attempt.min(MAX_ATTEMPTS - 1)];
+        match tokio::time::timeout(timeout, TcpStream::connect(endpoint)).await {
+            Ok(Ok(s)) => return Some((s, *endpoint)),
+            Ok(Err(e)) => {
+                tracing::debug!(service = %flow.port.service, endpoint = %endpoint, attempt, error = %e, "dial failed");
+            }
+            Err(_) => {
+                tracing::debug!(service = %flow.port.service, endpoint = %endpoint, attempt, ?timeout, "dial timed out");
+            }
+        }
+    }
+    None
+}
+
+async fn proxy(
+    client: TcpStream,
+    flow: PendingFlow,
+    events: mpsc::Sender<FlowEvent>,
+    stats: Arc<Stats>,
+) {
+    let virt = flow.virt;
+    // The worker must learn of the accept (its NAT entry stops being "pending").
+    if events.send(FlowEvent::Accepted { virt }).await.is_err() {
+        return;
+    }
+    match dial(&flow).await {
+        None => {
+            stats.tcp_conn(ConnResult::DialFailed);
+            tracing::info!(service = %flow.port.service, client = %flow.key.client, "no endpoint answered; resetting the client");
+            reset(client);
+        }
+        Some((upstream, endpoint)) => {
+            stats.tcp_conn(ConnResult::Ok);
+            stats.tcp_active.fetch_add(1, Ordering::Relaxed);
+            let _ = events
+                .send(FlowEvent::Served {
+                    flow: Box::new(flow),
+                    endpoint,
+                })
+                .await;
+            let _ = client.set_nodelay(true);
+            let _ = upstream.set_nodelay(true);
+            let (to_ep, to_client) = splice_both(client, upstream).await;
+            stats.bytes_to_endpoint.fetch_add(to_ep, Ordering::Relaxed);
+            stats
+                .bytes_to_client
+                .fetch_add(to_client, Ordering::Relaxed);
+            stats.tcp_active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _ = events.send(FlowEvent::Closed { virt }).await;
+}
+
+/// Copy both ways until both directions are finished; EOF on one side is passed on as a
+/// shutdown of the other's write half (half-close). Returns bytes (client→endpoint,
+/// endpoint→client).
+async fn splice_both(mut client: TcpStream, mut upstream: TcpStream) -> (u64, u64) {
+    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 64 * 1024, 64 * 1024)
+        .await
+    {
+        Ok((a, b)) => (a, b),
+        Err(e) => {
+            tracing::debug!(error = %e, "proxied connection ended with an error");
+            (0, 0)
+        }
+    }
+}

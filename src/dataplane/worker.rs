@@ -1,0 +1,249 @@
+//! The dataplane worker: the shell around one [`Engine`]. It reads packets from its TUN
+//! queue (a batch per wake-up), applies the engine's verdicts (writes packets, feeds UDP
+//! flow sockets, hands new TCP flows to the acceptor), runs the UDP reply tasks, and applies
+//! what the proxy tasks report. It owns the engine; nothing else touches it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+use super::engine::{Engine, PendingFlow, Verdict};
+use super::nat::FlowKey;
+use super::packet::{self, Checksum};
+use super::stats::{Reason, Stats};
+use super::tcp::FlowEvent;
+use super::tun::TunQueue;
+use crate::cluster::table::ServiceTable;
+
+/// Packets read per wake-up before the worker looks at its other inputs again.
+const BATCH: usize = 64;
+
+/// A UDP flow's resources: its connected socket and the task reading replies.
+pub struct UdpHandle {
+    socket: Arc<UdpSocket>,
+    /// Milliseconds since the worker's epoch at the last reply (0: none yet).
+    last_reply_ms: Arc<AtomicU64>,
+    task: AbortHandle,
+}
+
+impl UdpHandle {
+    /// Send one datagram now. A plain non-blocking send(2): tokio's `try_send` would report
+    /// WouldBlock on a socket whose readiness its reactor has not seen yet (a new flow).
+    fn send(&self, payload: &[u8]) -> io::Result<usize> {
+        socket2::SockRef::from(self.socket.as_ref()).send(payload)
+    }
+}
+
+impl Drop for UdpHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub struct Worker {
+    pub queue: Arc<TunQueue>,
+    pub table: Arc<ArcSwap<ServiceTable>>,
+    pub engine: Engine<UdpHandle>,
+    /// New TCP flows, to the acceptor. Bounded (see `flows_capacity` where it is made):
+    /// when the acceptor lags that far behind, new SYNs are dropped and retried by clients.
+    pub flows: mpsc::Sender<PendingFlow>,
+    pub events: mpsc::Receiver<FlowEvent>,
+    pub stats: Arc<Stats>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Worker {
+    pub async fn run(mut self) -> io::Result<()> {
+        let epoch = Instant::now();
+        let mut buf = vec![0u8; packet::MAX_PACKET].into_boxed_slice();
+        let mut scratch = vec![0u8; 2048].into_boxed_slice();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => return Ok(()),
+                ev = self.events.recv() => {
+                    let Some(ev) = ev else { return Ok(()) };
+                    self.apply(ev);
+                    while let Ok(ev) = self.events.try_recv() {
+                        self.apply(ev);
+                    }
+                }
+                r = self.queue.recv(&mut buf) => {
+                    let rx = r?;
+                    self.packet(&mut buf, rx.len, rx.checksum, &mut scratch, epoch).await;
+                    for _ in 1..BATCH {
+                        match self.queue.try_recv(&mut buf) {
+                            Ok(rx) => self.packet(&mut buf, rx.len, rx.checksum, &mut scratch, epoch).await,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let gone = self.engine.expire(now, |h: &UdpHandle| {
+                        let ms = h.last_reply_ms.load(Ordering::Relaxed);
+                        (ms > 0).then(|| epoch + Duration::from_millis(ms))
+                    });
+                    drop(gone);
+                    self.stats.udp_active.store(self.engine.udp().len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, ev: FlowEvent) {
+        match ev {
+            FlowEvent::Accepted { virt } => self.engine.tcp_accepted(virt),
+            FlowEvent::Served { flow, endpoint } => {
+                self.engine
+                    .tcp_served(&flow.port, flow.key.client.ip(), endpoint, Instant::now())
+            }
+            FlowEvent::Closed { virt } => self.engine.tcp_closed(virt, Instant::now()),
+        }
+    }
+
+    async fn packet(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        csum: Checksum,
+        scratch: &mut [u8],
+        epoch: Instant,
+    ) {
+        self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let table = self.table.load();
+        let write = match self.engine.handle(&table, buf, len, csum, now, scratch) {
+            Verdict::Forward { len } => Some((false, len)),
+            Verdict::Reply { len } => Some((true, len)),
+            Verdict::NewTcp { len, flow } => match self.flows.try_send(flow) {
+                Ok(()) => Some((false, len)),
+                Err(_) => {
+                    // The acceptor is behind: drop the SYN; the client retransmits it.
+                    self.stats.count_drop(Reason::RateLimited);
+                    None
+                }
+            },
+            Verdict::UdpSend { flow, payload } => {
+                if flow.send(&buf[payload]).is_err() {
+                    self.stats.count_drop(Reason::UdpSendFailed);
+                }
+                None
+            }
+            Verdict::UdpNew {
+                key,
+                port,
+                endpoint,
+                payload,
+            } => match self.open_udp(key, endpoint, epoch) {
+                Ok(handle) => {
+                    if let Err(e) = handle.send(&buf[payload]) {
+                        tracing::debug!(service = %port.service, endpoint = %endpoint, error = %e, "first datagram of a UDP flow not sent");
+                        self.stats.count_drop(Reason::UdpSendFailed);
+                    }
+                    self.engine.udp_insert(key, port, endpoint, handle, now);
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(service = %port.service, endpoint = %endpoint, error = %e, "cannot open a UDP flow socket");
+                    let n = self.engine.reject(buf, len, now, scratch);
+                    (n > 0).then_some((true, n))
+                }
+            },
+            Verdict::Drop(reason) => {
+                self.stats.count_drop(reason);
+                None
+            }
+        };
+        if let Some((from_scratch, n)) = write {
+            let pkt = if from_scratch {
+                &scratch[..n]
+            } else {
+                &buf[..n]
+            };
+            let csum = if from_scratch { Checksum::Full } else { csum };
+            match self.queue.send(pkt, csum).await {
+                Ok(()) => {
+                    self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::trace!(error = %e, "TUN write failed"),
+            }
+        }
+    }
+
+    /// Open the connected socket of a new UDP flow and start its reply task.
+    fn open_udp(
+        &self,
+        key: FlowKey,
+        endpoint: SocketAddr,
+        epoch: Instant,
+    ) -> io::Result<UdpHandle> {
+        let bind: SocketAddr = if endpoint.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        let std = std::net::UdpSocket::bind(bind)?;
+        std.connect(endpoint)?;
+        std.set_nonblocking(true)?;
+        let socket = Arc::new(UdpSocket::from_std(std)?);
+        let last_reply_ms = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(udp_replies(
+            socket.clone(),
+            key,
+            self.queue.clone(),
+            last_reply_ms.clone(),
+            epoch,
+            self.stats.clone(),
+        ))
+        .abort_handle();
+        Ok(UdpHandle {
+            socket,
+            last_reply_ms,
+            task,
+        })
+    }
+}
+
+/// Read the endpoint's replies and write them to the client as `S:sp → C:cp` packets.
+async fn udp_replies(
+    socket: Arc<UdpSocket>,
+    key: FlowKey,
+    queue: Arc<TunQueue>,
+    last_reply_ms: Arc<AtomicU64>,
+    epoch: Instant,
+    stats: Arc<Stats>,
+) {
+    let v6 = key.client.is_ipv6();
+    let offset = packet::udp_payload_offset(v6);
+    let mut buf = vec![0u8; packet::MAX_PACKET].into_boxed_slice();
+    loop {
+        let n = match socket.recv(&mut buf[offset..]).await {
+            Ok(n) => n,
+            // ICMP errors from the endpoint (ECONNREFUSED) arrive as recv errors: go on.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(e) => {
+                tracing::debug!(client = %key.client, error = %e, "UDP flow socket failed");
+                return;
+            }
+        };
+        last_reply_ms.store(epoch.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
+        let Some(len) = packet::build_udp_headers(&mut buf, key.service, key.client, n) else {
+            stats.count_drop(Reason::UdpSendFailed);
+            continue;
+        };
+        stats.bytes_to_client.fetch_add(n as u64, Ordering::Relaxed);
+        if queue.send(&buf[..len], Checksum::Full).await.is_ok() {
+            stats.packets_out.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

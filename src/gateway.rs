@@ -1,0 +1,201 @@
+//! `clusterway run`: wires the source, the host setup and the dataplane together, and
+//! takes everything down again on SIGINT/SIGTERM.
+//!
+//! Order matters: flags and the source file are checked before anything on the host is
+//! touched; a crashed run's leftovers are removed before the new device is made; routes go
+//! last (traffic arrives only when everything that handles it is running) and first on the
+//! way out.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+use crate::cluster::build::BuildOptions;
+use crate::cluster::file::FileSource;
+use crate::cluster::table::ServiceTable;
+use crate::config::{nofile_limit, RunArgs};
+use crate::dataplane::engine::{Engine, EngineConfig};
+use crate::dataplane::nat::NatConfig;
+use crate::dataplane::stats::Stats;
+use crate::dataplane::tcp::{bind_listener, Acceptor};
+use crate::dataplane::tun::TunDevice;
+use crate::dataplane::worker::Worker;
+use crate::host::netlink::Host;
+use crate::host::sysctl;
+
+/// New TCP flows waiting for the acceptor: one burst of SYNs per worker batch several times
+/// over; past it the SYN is dropped and the client retransmits.
+const FLOWS_CAPACITY: usize = 4096;
+/// Events from proxy tasks to the worker. Senders await when it is full (backpressure on
+/// connection set-up, never on bytes).
+const EVENTS_CAPACITY: usize = 8192;
+
+/// The routes the table asks for: the Service CIDRs, or one host route per ClusterIP.
+pub fn desired_routes(cidrs: &[IpNet], table: &ServiceTable) -> BTreeSet<IpNet> {
+    if !cidrs.is_empty() {
+        return cidrs.iter().copied().collect();
+    }
+    table.cluster_ips().map(IpNet::from).collect()
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    args.validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid flags")?;
+    let limits = args.limits(nofile_limit()).map_err(anyhow::Error::msg)?;
+    let opts = BuildOptions {
+        proxy_name: args.proxy_name.clone(),
+    };
+    let (source, first) = FileSource::open(&args.from_file, opts, 1)?;
+    tracing::info!(
+        file = %args.from_file.display(),
+        services = first.services.len(),
+        ports = first.ports().count(),
+        "snapshot loaded"
+    );
+    tracing::info!(
+        nofile = limits.nofile,
+        max_tcp_flows = limits.tcp_flows,
+        max_udp_flows = limits.udp_flows,
+        "flow limits (each TCP flow holds 2 descriptors, each UDP flow 1)"
+    );
+
+    let host = Host::connect().context("cannot open a netlink socket")?;
+    // A crashed run may have left its device (if persistent) and routes behind.
+    if host.delete_link(&args.tun_name).await? {
+        tracing::info!(device = %args.tun_name, "removed a device left by an earlier run");
+    }
+    let stale = host.remove_owned(None).await?;
+    if !stale.is_empty() {
+        tracing::info!(routes = ?stale, "removed routes left by an earlier run");
+    }
+
+    let device = TunDevice::open(&args.tun_name, 1)?;
+    let result = serve(&args, limits, &host, &device, source, first).await;
+    // Routes first, then the device (closing its queues removes it).
+    if let Err(e) = host.remove_owned(Some(device.index)).await {
+        tracing::warn!(error = %e, "could not remove routes on shutdown");
+    }
+    let name = device.name.clone();
+    drop(device);
+    if let Err(e) = host.delete_link(&name).await {
+        tracing::warn!(error = %e, "could not remove the device on shutdown");
+    }
+    tracing::info!("stopped; device and routes removed");
+    result
+}
+
+async fn serve(
+    args: &RunArgs,
+    limits: crate::config::Limits,
+    host: &Host,
+    device: &TunDevice,
+    source: FileSource,
+    first: ServiceTable,
+) -> Result<()> {
+    let mut nat = NatConfig::new(args.inner_v4, args.inner_v6, limits.tcp_flows as usize);
+    nat.virtual_addrs = args.virtual_addrs;
+    let listener_v4 = nat.listener_v4();
+    let listener_v6 = nat.listener_v6();
+    let addrs = [
+        IpNet::new(IpAddr::V4(listener_v4), args.inner_v4.prefix_len())?,
+        IpNet::new(IpAddr::V6(listener_v6), args.inner_v6.prefix_len())?,
+    ];
+    host.configure_link(device.index, &addrs, None).await?;
+    sysctl::enable_forwarding()?;
+
+    let l4 = bind_listener(SocketAddr::new(listener_v4.into(), 0))
+        .context("cannot bind the IPv4 listener")?;
+    let port = l4.local_addr()?.port();
+    let l6 = bind_listener(SocketAddr::new(listener_v6.into(), port))
+        .with_context(|| format!("cannot bind the IPv6 listener on port {port}"))?;
+
+    let stats = Arc::new(Stats::default());
+    let table = Arc::new(ArcSwap::from_pointee(first));
+    let (changed_tx, mut changed_rx) = watch::channel(0u64);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (flows_tx, flows_rx) = mpsc::channel(FLOWS_CAPACITY);
+    let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
+
+    let mut config = EngineConfig::new(nat, limits.udp_flows as usize);
+    config.udp_idle = args.udp_idle_timeout;
+    let engine = Engine::new(config, port, stats.clone(), Instant::now());
+    let queue = device.queues[0].clone();
+    let worker = Worker {
+        queue,
+        table: table.clone(),
+        engine,
+        flows: flows_tx,
+        events: events_rx,
+        stats: stats.clone(),
+        shutdown: shutdown_rx,
+    };
+    let acceptor = Acceptor {
+        listeners: vec![l4, l6],
+        flows: flows_rx,
+        events: events_tx,
+        stats: stats.clone(),
+    };
+    let mut worker_task = tokio::spawn(worker.run());
+    let acceptor_task = tokio::spawn(acceptor.run());
+
+    let live = table.clone();
+    let source_task = tokio::spawn(source.run(move |t: ServiceTable| {
+        let generation = t.generation;
+        live.store(Arc::new(t));
+        let _ = changed_tx.send(generation);
+    }));
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut installed = BTreeSet::new();
+    let result: Result<()> = loop {
+        let want = desired_routes(&args.service_cidrs, &table.load());
+        if want != installed {
+            match host.reconcile_routes(device.index, &want).await {
+                Ok(diff) => {
+                    if !diff.is_empty() {
+                        tracing::info!(routes = want.len(), change = ?diff, "routes reconciled");
+                    }
+                    installed = want;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "route reconcile failed; retrying on the next change")
+                }
+            }
+        }
+        tracing::info!(
+            device = %device.name,
+            listener_port = port,
+            generation = table.load().generation,
+            "gateway ready"
+        );
+        tokio::select! {
+            _ = sigint.recv() => break Ok(()),
+            _ = sigterm.recv() => break Ok(()),
+            r = changed_rx.changed() => {
+                if r.is_err() { break Err(anyhow::anyhow!("the file source stopped")); }
+            }
+            r = &mut worker_task => {
+                break match r {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("the dataplane worker stopped")),
+                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("the dataplane worker failed")),
+                    Err(e) => Err(anyhow::Error::new(e).context("the dataplane worker panicked")),
+                };
+            }
+        }
+    };
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    source_task.abort();
+    acceptor_task.abort();
+    worker_task.abort();
+    result
+}
