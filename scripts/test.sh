@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite: format, lints, unit and property tests, and the integration tests
+# that build their own network namespaces, TUN devices and veth pairs (as root).
+# On a fresh Debian 12 machine it installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/test.sh: run as root: the integration tests create network namespaces and TUN devices" >&2
+  exit 1
+fi
+
+# Debian packages the tests use, installed only when missing.
+need=()
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+[ -e /dev/net/tun ] || { echo "scripts/test.sh: /dev/net/tun is missing" >&2; exit 1; }
+
+echo "==> cargo fmt --check"
+cargo fmt --check
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "==> cargo test"
+cargo test --all-targets 2>&1
+left=$(ip netns list | grep -c '^cw' || true)
+if [ "$left" != 0 ]; then
+  echo "scripts/test.sh: $left test network namespace(s) left behind:" >&2
+  ip netns list >&2
+  exit 1
+fi
