@@ -291,6 +291,8 @@ pub async fn run(args: LabArgs) -> Result<()> {
         let child = topo
             .pod(k)
             .exec(&exe, backend_args(k))
+            // The backends' start-up lines would drown the gateway's; warnings still show.
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting the demo backend in {}", topo.pod(k).name()))?;
@@ -319,7 +321,11 @@ pub async fn run(args: LabArgs) -> Result<()> {
         child: gateway,
     };
 
-    let ready = wait_gateway_ready(&topo, &mut gateway, Duration::from_secs(15)).await;
+    let ready = tokio::select! {
+        r = wait_gateway_ready(&topo, &mut gateway, Duration::from_secs(15)) => r,
+        _ = sigint.recv() => Err(anyhow::anyhow!("interrupted")),
+        _ = sigterm.recv() => Err(anyhow::anyhow!("terminated")),
+    };
     match ready {
         Ok(()) => print_instructions(&topo, &snapshot),
         Err(e) => {

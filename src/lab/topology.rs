@@ -171,7 +171,8 @@ impl Topology {
         self.pods.len()
     }
 
-    /// Pod `k`'s address (1-based): 10.244.K.10 or fd00:10:244:K::a.
+    /// Pod `k`'s address (1-based): 10.244.K.10 or fd00:10:244:K::a (K written in hex there,
+    /// as IPv6 groups are).
     pub fn pod_ip(&self, k: usize, v6: bool) -> IpAddr {
         if v6 {
             self.pod_v6(k).into()
