@@ -171,12 +171,12 @@ async fn serve(
                 }
             }
         }
-        tracing::info!(
-            device = %device.name,
-            listener_port = port,
-            generation = table.load().generation,
-            "gateway ready"
-        );
+        let generation = table.load().generation;
+        if generation == 1 {
+            tracing::info!(device = %device.name, listener_port = port, generation, "gateway ready");
+        } else {
+            tracing::info!(generation, "table applied");
+        }
         tokio::select! {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),

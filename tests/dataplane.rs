@@ -178,6 +178,17 @@ fn tcp_round_robin_udp_ping_and_ipv6() {
         "two UDP flows should go to two pods: {seen:?}"
     );
 
+    // A datagram larger than the MTU: the client's kernel fragments it, the gateway
+    // reassembles it (the forwarding path does not), the pod echoes it, and the reply
+    // (built with DF clear) is fragmented again on the way to the client.
+    let big: Vec<u8> = (0..4000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let reply = udp_roundtrip(topo.client(), sa("10.96.0.53:53"), &big).unwrap();
+    assert!(
+        reply.ends_with(std::str::from_utf8(&big).unwrap()),
+        "reply of {} bytes",
+        reply.len()
+    );
+
     // The gateway answers pings for ClusterIPs.
     ping(topo.client(), "10.96.0.10".parse().unwrap()).unwrap();
     ping(topo.client(), "fd00:10:96::10".parse().unwrap()).unwrap();
