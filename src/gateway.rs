@@ -45,6 +45,17 @@ pub fn desired_routes(cidrs: &[IpNet], table: &ServiceTable) -> BTreeSet<IpNet> 
     table.cluster_ips().map(IpNet::from).collect()
 }
 
+/// Whether the kernel lets this namespace use IPv6 (it may be compiled out, or disabled
+/// with `net.ipv6.conf.all.disable_ipv6`).
+fn ipv6_enabled() -> bool {
+    matches!(
+        sysctl::read("net.ipv6.conf.all.disable_ipv6")
+            .as_deref()
+            .map(str::trim),
+        Ok("0")
+    )
+}
+
 pub async fn run(args: RunArgs) -> Result<()> {
     args.validate()
         .map_err(anyhow::Error::msg)
@@ -104,18 +115,37 @@ async fn serve(
     nat.virtual_addrs = args.virtual_addrs;
     let listener_v4 = nat.listener_v4();
     let listener_v6 = nat.listener_v6();
-    let addrs = [
-        IpNet::new(IpAddr::V4(listener_v4), args.inner_v4.prefix_len())?,
-        IpNet::new(IpAddr::V6(listener_v6), args.inner_v6.prefix_len())?,
-    ];
+    let ipv6 = ipv6_enabled();
+    if !ipv6 {
+        tracing::warn!(
+            "IPv6 is disabled on this host (net.ipv6.conf.all.disable_ipv6 = 1); serving IPv4 only"
+        );
+    }
+    let mut addrs = vec![IpNet::new(
+        IpAddr::V4(listener_v4),
+        args.inner_v4.prefix_len(),
+    )?];
+    if ipv6 {
+        addrs.push(IpNet::new(
+            IpAddr::V6(listener_v6),
+            args.inner_v6.prefix_len(),
+        )?);
+    }
     host.configure_link(device.index, &addrs, None).await?;
-    sysctl::enable_forwarding()?;
+    sysctl::ensure("net.ipv4.ip_forward", "1")?;
+    if ipv6 {
+        sysctl::ensure("net.ipv6.conf.all.forwarding", "1")?;
+    }
 
     let l4 = bind_listener(SocketAddr::new(listener_v4.into(), 0))
         .context("cannot bind the IPv4 listener")?;
     let port = l4.local_addr()?.port();
-    let l6 = bind_listener(SocketAddr::new(listener_v6.into(), port))
-        .with_context(|| format!("cannot bind the IPv6 listener on port {port}"))?;
+    let mut listeners = vec![l4];
+    if ipv6 {
+        let l6 = bind_listener(SocketAddr::new(listener_v6.into(), port))
+            .with_context(|| format!("cannot bind the IPv6 listener on port {port}"))?;
+        listeners.push(l6);
+    }
 
     let stats = Arc::new(Stats::default());
     let table = Arc::new(ArcSwap::from_pointee(first));
@@ -138,7 +168,7 @@ async fn serve(
         shutdown: shutdown_rx,
     };
     let acceptor = Acceptor {
-        listeners: vec![l4, l6],
+        listeners,
         flows: flows_rx,
         events: events_tx,
         stats: stats.clone(),
@@ -157,7 +187,10 @@ async fn serve(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut installed = BTreeSet::new();
     let result: Result<()> = loop {
-        let want = desired_routes(&args.service_cidrs, &table.load());
+        let mut want = desired_routes(&args.service_cidrs, &table.load());
+        if !ipv6 {
+            want.retain(|net| matches!(net, IpNet::V4(_)));
+        }
         if want != installed {
             match host.reconcile_routes(device.index, &want).await {
                 Ok(diff) => {

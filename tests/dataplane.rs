@@ -188,6 +188,13 @@ fn tcp_round_robin_udp_ping_and_ipv6() {
         "reply of {} bytes",
         reply.len()
     );
+    // Over IPv6 the gateway fragments the large reply itself (routers may not).
+    let reply = udp_roundtrip(topo.client(), sa("[fd00:10:96::53]:53"), &big).unwrap();
+    assert!(
+        reply.ends_with(std::str::from_utf8(&big).unwrap()),
+        "IPv6 reply of {} bytes",
+        reply.len()
+    );
 
     // The gateway answers pings for ClusterIPs.
     ping(topo.client(), "10.96.0.10".parse().unwrap()).unwrap();
@@ -507,4 +514,35 @@ fn bad_input_at_start_is_a_clear_error_before_the_host_is_touched() {
             "{args:?}: {err}"
         );
     }
+}
+
+#[test]
+fn a_host_without_ipv6_serves_ipv4_only() {
+    let topo = topology(2);
+    let _b = start_backends(&topo);
+    topo.gateway()
+        .sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+        .unwrap();
+    let gw = Gateway::start(
+        &topo,
+        &basic(&topo),
+        &[
+            "--service-cidr",
+            "10.96.0.0/16",
+            "--service-cidr",
+            "fd00:10:96::/112",
+        ],
+    );
+    assert!(
+        gw.wait_routed("10.96.0.10".parse().unwrap(), Duration::from_secs(5)),
+        "{}",
+        gw.logs()
+    );
+    assert!(gw.logged("serving IPv4 only"), "{}", gw.logs());
+    let a = get(&topo, "10.96.0.10:80");
+    let b = get(&topo, "10.96.0.10:80");
+    assert_ne!(a, b, "round-robin over IPv4");
+    assert!(udp_roundtrip(topo.client(), sa("10.96.0.53:53"), b"v4")
+        .unwrap()
+        .ends_with("v4"));
 }

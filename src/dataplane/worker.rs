@@ -226,6 +226,9 @@ async fn udp_replies(
     let v6 = key.client.is_ipv6();
     let offset = packet::udp_payload_offset(v6);
     let mut buf = vec![0u8; packet::MAX_PACKET].into_boxed_slice();
+    let mut frag_buf = [0u8; packet::IPV6_MIN_MTU];
+    // Fragment identification: distinct per flow and per reply.
+    let mut frag_id = (epoch.elapsed().as_nanos() as u32) ^ u32::from(key.client.port()) << 16;
     loop {
         let n = match socket.recv(&mut buf[offset..]).await {
             Ok(n) => n,
@@ -242,7 +245,20 @@ async fn udp_replies(
             continue;
         };
         stats.bytes_to_client.fetch_add(n as u64, Ordering::Relaxed);
-        if queue.send(&buf[..len], Checksum::Full).await.is_ok() {
+        if v6 && len > packet::IPV6_MIN_MTU {
+            // Routers do not fragment IPv6: send fragments every path carries.
+            frag_id = frag_id.wrapping_add(1);
+            let Some(mut frags) =
+                packet::V6Fragments::new(&buf[..len], packet::IPV6_MIN_MTU, frag_id)
+            else {
+                continue;
+            };
+            while let Some(f) = frags.next_into(&mut frag_buf) {
+                if queue.send(&frag_buf[..f], Checksum::Full).await.is_ok() {
+                    stats.packets_out.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        } else if queue.send(&buf[..len], Checksum::Full).await.is_ok() {
             stats.packets_out.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -19,6 +19,7 @@
 mod build;
 mod checksum;
 mod frag;
+mod fragment;
 mod parse;
 mod rewrite;
 mod vnet;
@@ -36,6 +37,7 @@ pub use build::{
     udp_payload_offset,
 };
 pub use frag::Reassembler;
+pub use fragment::{V6Fragments, IPV6_MIN_MTU};
 pub use parse::parse;
 pub use rewrite::{echo_reply_in_place, rewrite, rewrite_icmp_error};
 pub use vnet::VirtioNetHdr;
