@@ -546,3 +546,31 @@ fn a_host_without_ipv6_serves_ipv4_only() {
         .unwrap()
         .ends_with("v4"));
 }
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_pod() {
+    let topo = topology(2);
+    let _b = start_backends(&topo);
+    let (p1, p2) = (pod(&topo, 1, false), pod(&topo, 2, false));
+    let eps = [
+        (p1.as_str(), true, true, false),
+        (p2.as_str(), true, true, false),
+    ];
+    let sticky = "    sessionAffinity: ClientIP\n    sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}\n";
+    let snap = list(&[
+        service_yaml("sticky", &["10.96.0.20"], "TCP", 80, 8080, &eps, sticky),
+        service_yaml("plain", &["10.96.0.21"], "TCP", 80, 8080, &eps, ""),
+    ]);
+    let gw = Gateway::start(&topo, &snap, &[]);
+    assert!(gw.wait_routed("10.96.0.20".parse().unwrap(), Duration::from_secs(5)));
+    let sticky: Vec<String> = (0..6).map(|_| get(&topo, "10.96.0.20:80")).collect();
+    assert!(
+        sticky.iter().all(|a| *a == sticky[0]),
+        "affinity broken: {sticky:?}"
+    );
+    let plain: Vec<String> = (0..6).map(|_| get(&topo, "10.96.0.21:80")).collect();
+    assert!(
+        plain.iter().any(|a| *a != plain[0]),
+        "no round-robin without affinity: {plain:?}"
+    );
+}

@@ -102,10 +102,17 @@ impl Worker {
 
     fn apply(&mut self, ev: FlowEvent) {
         match ev {
-            FlowEvent::Accepted { virt } => self.engine.tcp_accepted(virt),
-            FlowEvent::Served { flow, endpoint } => {
-                self.engine
-                    .tcp_served(&flow.port, flow.key.client.ip(), endpoint, Instant::now())
+            FlowEvent::Dialed {
+                virt,
+                port,
+                client,
+                endpoint,
+            } => {
+                self.engine.tcp_accepted(virt);
+                if let Some(endpoint) = endpoint {
+                    self.engine
+                        .tcp_served(&port, client, endpoint, Instant::now());
+                }
             }
             FlowEvent::Closed { virt } => self.engine.tcp_closed(virt, Instant::now()),
         }
