@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the gateway in the foreground.
     Run(RunArgs),
+    /// Preflight: kubeconfig, API, permissions, TUN, forwarding, pod network (✔/✘ + fixes).
+    Check(clusterway::check::CheckArgs),
     /// Build a demo topology in network namespaces and run the gateway in it (as root).
     Lab(LabArgs),
     /// A demo pod: HTTP and UDP echo servers (used by the lab and the tests).
@@ -31,9 +33,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `check` reports every failure itself; library logs would only repeat them.
+    let default_filter = match cli.command {
+        Command::Check(_) => "off",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -51,6 +58,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => clusterway::gateway::run(args).await,
+            Command::Check(args) => clusterway::check::run(args).await,
             Command::Lab(args) => clusterway::lab::run(args).await,
             Command::DemoBackend(args) => clusterway::lab::backend::serve(args).await,
         }
