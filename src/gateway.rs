@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -150,7 +151,7 @@ async fn serve(
     let stats = Arc::new(Stats::default());
     let table = Arc::new(ArcSwap::from_pointee(first));
     let (changed_tx, mut changed_rx) = watch::channel(0u64);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown = Arc::new(AtomicBool::new(false));
     let (flows_tx, flows_rx) = mpsc::channel(FLOWS_CAPACITY);
     let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
 
@@ -165,7 +166,7 @@ async fn serve(
         flows: flows_tx,
         events: events_rx,
         stats: stats.clone(),
-        shutdown: shutdown_rx,
+        shutdown: shutdown.clone(),
     };
     let acceptor = Acceptor {
         listeners,
@@ -173,7 +174,16 @@ async fn serve(
         events: events_tx,
         stats: stats.clone(),
     };
-    let mut worker_task = tokio::spawn(worker.run());
+    // The worker owns its TUN queue on a thread of its own (see dataplane::tun).
+    let (worker_done_tx, mut worker_done) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Handle::current();
+    let worker_thread = std::thread::Builder::new()
+        .name("cw-dataplane".into())
+        .spawn(move || {
+            let r = worker.run(runtime);
+            let _ = worker_done_tx.send(r);
+        })
+        .context("cannot start the dataplane thread")?;
     let acceptor_task = tokio::spawn(acceptor.run());
 
     let live = table.clone();
@@ -216,19 +226,20 @@ async fn serve(
             r = changed_rx.changed() => {
                 if r.is_err() { break Err(anyhow::anyhow!("the file source stopped")); }
             }
-            r = &mut worker_task => {
+            r = &mut worker_done => {
                 break match r {
                     Ok(Ok(())) => Err(anyhow::anyhow!("the dataplane worker stopped")),
                     Ok(Err(e)) => Err(anyhow::Error::new(e).context("the dataplane worker failed")),
-                    Err(e) => Err(anyhow::Error::new(e).context("the dataplane worker panicked")),
+                    Err(_) => Err(anyhow::anyhow!("the dataplane worker panicked")),
                 };
             }
         }
     };
     tracing::info!("shutting down");
-    let _ = shutdown_tx.send(true);
+    shutdown.store(true, Ordering::Relaxed);
     source_task.abort();
     acceptor_task.abort();
-    worker_task.abort();
+    // The worker notices within its idle poll interval.
+    let _ = tokio::task::spawn_blocking(move || worker_thread.join()).await;
     result
 }

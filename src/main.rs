@@ -45,10 +45,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if matches!(cli.command, Command::Run(_)) && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
     {
+        // The dataplane worker has a core of its own (a dedicated thread); the proxy tasks
+        // get the others. More runtime threads than that only add context switches (on 2
+        // cores: +25 % keep-alive requests/s with one runtime thread instead of two).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder.worker_threads(cores.saturating_sub(1).max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("clusterway: cannot start the runtime: {e}");

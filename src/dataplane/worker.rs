@@ -5,13 +5,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::engine::{Engine, PendingFlow, Verdict};
@@ -24,6 +24,10 @@ use crate::cluster::table::ServiceTable;
 
 /// Packets read per wake-up before the worker looks at its other inputs again.
 const BATCH: usize = 64;
+/// How long an idle worker sleeps in poll(2) before it looks at events, expiry and shutdown.
+const IDLE_POLL_MS: i32 = 50;
+/// How often idle flows, unaccepted SYNs and old fragments are swept.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A UDP flow's resources: its connected socket and the task reading replies.
 pub struct UdpHandle {
@@ -56,48 +60,60 @@ pub struct Worker {
     pub flows: mpsc::Sender<PendingFlow>,
     pub events: mpsc::Receiver<FlowEvent>,
     pub stats: Arc<Stats>,
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: Arc<AtomicBool>,
 }
 
 impl Worker {
-    pub async fn run(mut self) -> io::Result<()> {
+    /// Run on the calling thread (a dedicated OS thread) until `shutdown` is set or the
+    /// queue fails. `runtime` is where UDP flow sockets and their reply tasks live.
+    pub fn run(mut self, runtime: tokio::runtime::Handle) -> io::Result<()> {
+        let _runtime = runtime.enter();
         let epoch = Instant::now();
         let mut buf = vec![0u8; packet::MAX_PACKET].into_boxed_slice();
         let mut scratch = vec![0u8; 2048].into_boxed_slice();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_expiry = Instant::now();
         loop {
-            tokio::select! {
-                biased;
-                _ = self.shutdown.changed() => return Ok(()),
-                ev = self.events.recv() => {
-                    let Some(ev) = ev else { return Ok(()) };
-                    self.apply(ev);
-                    while let Ok(ev) = self.events.try_recv() {
-                        self.apply(ev);
+            if self.shutdown.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            // What the proxy tasks reported since the last batch (per connection, not per
+            // packet; a few milliseconds of delay only postpones NAT bookkeeping).
+            while let Ok(ev) = self.events.try_recv() {
+                self.apply(ev);
+            }
+            if last_expiry.elapsed() >= EXPIRY_INTERVAL {
+                last_expiry = Instant::now();
+                self.expire(epoch);
+            }
+            let mut handled = 0;
+            while handled < BATCH {
+                match self.queue.try_recv(&mut buf) {
+                    Ok(rx) => {
+                        self.packet(&mut buf, rx.len, rx.checksum, &mut scratch, epoch);
+                        handled += 1;
                     }
-                }
-                r = self.queue.recv(&mut buf) => {
-                    let rx = r?;
-                    self.packet(&mut buf, rx.len, rx.checksum, &mut scratch, epoch).await;
-                    for _ in 1..BATCH {
-                        match self.queue.try_recv(&mut buf) {
-                            Ok(rx) => self.packet(&mut buf, rx.len, rx.checksum, &mut scratch, epoch).await,
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) => return Err(e),
-                        }
-                    }
-                }
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    let gone = self.engine.expire(now, |h: &UdpHandle| {
-                        let ms = h.last_reply_ms.load(Ordering::Relaxed);
-                        (ms > 0).then(|| epoch + Duration::from_millis(ms))
-                    });
-                    drop(gone);
-                    self.stats.udp_active.store(self.engine.udp().len() as u64, Ordering::Relaxed);
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
                 }
             }
+            if handled == 0 {
+                // Idle: sleep in poll(2) until a packet arrives (or the idle tick passes).
+                self.queue.wait_readable(IDLE_POLL_MS)?;
+            }
         }
+    }
+
+    fn expire(&mut self, epoch: Instant) {
+        let now = Instant::now();
+        let gone = self.engine.expire(now, |h: &UdpHandle| {
+            let ms = h.last_reply_ms.load(Ordering::Relaxed);
+            (ms > 0).then(|| epoch + Duration::from_millis(ms))
+        });
+        drop(gone);
+        self.stats
+            .udp_active
+            .store(self.engine.udp().len() as u64, Ordering::Relaxed);
     }
 
     fn apply(&mut self, ev: FlowEvent) {
@@ -118,7 +134,7 @@ impl Worker {
         }
     }
 
-    async fn packet(
+    fn packet(
         &mut self,
         buf: &mut [u8],
         len: usize,
@@ -178,7 +194,7 @@ impl Worker {
                 &buf[..n]
             };
             let csum = if from_scratch { Checksum::Full } else { csum };
-            match self.queue.send(pkt, csum).await {
+            match self.queue.send(pkt, csum) {
                 Ok(()) => {
                     self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
                 }
@@ -261,11 +277,11 @@ async fn udp_replies(
                 continue;
             };
             while let Some(f) = frags.next_into(&mut frag_buf) {
-                if queue.send(&frag_buf[..f], Checksum::Full).await.is_ok() {
+                if queue.send(&frag_buf[..f], Checksum::Full).is_ok() {
                     stats.packets_out.fetch_add(1, Ordering::Relaxed);
                 }
             }
-        } else if queue.send(&buf[..len], Checksum::Full).await.is_ok() {
+        } else if queue.send(&buf[..len], Checksum::Full).is_ok() {
             stats.packets_out.fetch_add(1, Ordering::Relaxed);
         }
     }
