@@ -152,6 +152,10 @@ async fn cluster_checks(
             reach::NAME,
             "not allowed to list EndpointSlices (see above)",
         )),
+        Err(f) if f.status() == Some(401) => Err(Check::skip(
+            reach::NAME,
+            "the server rejects the credentials (see above)",
+        )),
         Err(f) => Err(Check::warn(
             reach::NAME,
             format!("cannot list EndpointSlices: {f}"),

@@ -417,6 +417,11 @@ pub async fn permission(client: &Client, needed: &Needed, timeout: Duration) -> 
                     reasons.push(why);
                 }
             }
+            // `/version` is open to anyone on most clusters: this is where a rejected
+            // token shows first, and the gateway cannot run with it.
+            Err(f) if f.status() == Some(401) => {
+                return Check::fail(name, f.to_string(), api_fix(&f));
+            }
             Err(f) => {
                 return Check::warn(
                     name,
