@@ -11,3 +11,5 @@ pub mod dataplane;
 pub mod gateway;
 pub mod host;
 pub mod lab;
+pub mod probe;
+pub mod routes;

@@ -29,6 +29,11 @@ enum Command {
     /// A demo pod: HTTP and UDP echo servers (used by the lab and the tests).
     #[command(hide = true)]
     DemoBackend(BackendArgs),
+    /// Print the static routes that send Service traffic to this gateway (Linux, Cisco IOS,
+    /// Junos, FRR, BIRD).
+    Routes(clusterway::routes::RoutesArgs),
+    /// GET the status server's /readyz (or URL); exit 0 on 200. The container health check.
+    Probe(clusterway::probe::ProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +72,8 @@ fn main() -> ExitCode {
             Command::Check(args) => clusterway::check::run(args).await,
             Command::Lab(args) => clusterway::lab::run(args).await,
             Command::DemoBackend(args) => clusterway::lab::backend::serve(args).await,
+            Command::Routes(args) => clusterway::routes::run(args),
+            Command::Probe(args) => clusterway::probe::run(args),
         }
     });
     match result {
