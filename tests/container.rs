@@ -372,7 +372,7 @@ fn systemd_unit_is_hardened_and_verifies() {
         "PrivateTmp=yes",
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK AF_UNIX",
         "SystemCallFilter=@system-service",
-        "ReadWritePaths=/proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv6/conf/all/forwarding",
+        "ReadWritePaths=/proc/sys/net/ipv4/ip_forward -/proc/sys/net/ipv6/conf/all/forwarding",
         "KillSignal=SIGTERM",
     ] {
         assert!(
