@@ -17,9 +17,48 @@ const RESERVED_FDS: u64 = 256;
 pub struct RunArgs {
     /// Read Services and EndpointSlices from this file (YAML or JSON, multi-document or a
     /// `kind: List`, as `kubectl get svc,endpointslices -A -o yaml` writes it); reloaded
-    /// when it changes.
+    /// when it changes. Without it, the gateway watches the cluster's API server.
     #[arg(long, value_name = "FILE")]
-    pub from_file: PathBuf,
+    pub from_file: Option<PathBuf>,
+
+    /// Kubeconfig file (only this one). Default as kubectl: KUBECONFIG (several files),
+    /// ~/.kube/config, then the in-cluster service account.
+    #[arg(long, value_name = "FILE", conflicts_with = "from_file")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context to use instead of the current one.
+    #[arg(long, value_name = "NAME", conflicts_with = "from_file")]
+    pub context: Option<String>,
+
+    /// Server-side timeout of each watch; a watch silent for this long plus 5 s is taken
+    /// as stalled and re-established.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub watch_timeout: Duration,
+
+    /// Expose only Services in this namespace (repeatable; default: all namespaces).
+    #[arg(long = "namespace", value_name = "NS")]
+    pub namespaces: Vec<String>,
+
+    /// Never expose Services in this namespace (repeatable).
+    #[arg(long = "exclude-namespace", value_name = "NS")]
+    pub exclude_namespaces: Vec<String>,
+
+    /// Expose only Services whose labels match this selector (kubectl syntax: `a=b`,
+    /// `a!=b`, `a in (x,y)`, `a notin (x)`, `a`, `!a`, comma-separated).
+    #[arg(long, value_name = "SELECTOR", value_parser = crate::cluster::policy::LabelSelector::parse)]
+    pub service_selector: Option<crate::cluster::policy::LabelSelector>,
+
+    /// Expose Services that carry no `clusterway.io/expose` annotation. With
+    /// `--expose-by-default=false` only Services annotated `clusterway.io/expose: "true"`
+    /// are exposed; `"false"` always opts a Service out.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub expose_by_default: bool,
+
+    /// Only clients in this CIDR may open flows to any Service (repeatable; default: any).
+    /// A Service's `clusterway.io/allow-sources` annotation narrows it further. Others get
+    /// a TCP RST or ICMP administratively prohibited.
+    #[arg(long = "allow-source", value_name = "CIDR", value_parser = parse_cidr)]
+    pub allow_sources: Vec<IpNet>,
 
     /// A Service CIDR to route into the gateway (repeatable, IPv4 and IPv6). Without any,
     /// one host route per exposed ClusterIP is installed and kept in step with the table.
@@ -60,6 +99,27 @@ pub struct RunArgs {
     /// A UDP flow idle this long in both directions ends (e.g. 30s, 2m).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub udp_idle_timeout: Duration,
+
+    /// Address of the status page, JSON API, `/metrics`, `/healthz` and `/readyz`.
+    /// Loopback by default; a non-loopback address without --status-token is allowed but
+    /// logged as a warning.
+    #[arg(long, default_value = "127.0.0.1:9310", value_name = "ADDR")]
+    pub status_addr: std::net::SocketAddr,
+
+    /// Bearer token required for the status page, the API and `/metrics` (not for
+    /// `/healthz` and `/readyz`).
+    #[arg(
+        long,
+        env = "CLUSTERWAY_STATUS_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub status_token: Option<String>,
+
+    /// `/readyz` fails once the table has been stale (API server unreachable, broken file)
+    /// for this long; forwarding goes on with the last good table either way.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub ready_max_stale: Duration,
 }
 
 /// Limits derived from the descriptor limit and the flags, shown at start.
@@ -71,6 +131,27 @@ pub struct Limits {
 }
 
 impl RunArgs {
+    /// The exposure policy the flags describe.
+    pub fn policy(&self) -> crate::cluster::policy::Policy {
+        crate::cluster::policy::Policy {
+            namespaces: self.namespaces.iter().cloned().collect(),
+            exclude_namespaces: self.exclude_namespaces.iter().cloned().collect(),
+            selector: self.service_selector.clone(),
+            expose_by_default: self.expose_by_default,
+            allow_sources: (!self.allow_sources.is_empty()).then(|| self.allow_sources.clone()),
+        }
+    }
+
+    /// How the Kubernetes source connects.
+    pub fn kube_options(&self) -> crate::cluster::kube::KubeOptions {
+        crate::cluster::kube::KubeOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            watch_timeout: self.watch_timeout,
+            ..Default::default()
+        }
+    }
+
     /// Check what clap cannot: prefixes that overlap, sizes that do not fit.
     pub fn validate(&self) -> Result<(), String> {
         let mut nat = NatConfig::new(self.inner_v4, self.inner_v6, 1);

@@ -20,6 +20,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cluster::build::BuildOptions;
 use crate::cluster::file::FileSource;
+use crate::cluster::kube::{load_config, KubeSource};
+use crate::cluster::sync::SyncStatus;
 use crate::cluster::table::ServiceTable;
 use crate::config::{nofile_limit, RunArgs};
 use crate::dataplane::engine::{Engine, EngineConfig};
@@ -38,8 +40,22 @@ const FLOWS_CAPACITY: usize = 4096;
 /// connection set-up, never on bytes).
 const EVENTS_CAPACITY: usize = 8192;
 
-/// The routes the table asks for: the Service CIDRs, or one host route per ClusterIP.
+/// Where the table comes from.
+// Made once at start-up and moved twice: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Source {
+    /// `--from-file`, with its first table (loaded before the host is touched).
+    File(FileSource, ServiceTable),
+    /// The API server; tables come once the first complete list is in.
+    Kube(Box<KubeSource>, SyncStatus),
+}
+
+/// The routes the table asks for: the cluster's ServiceCIDRs where the API serves them,
+/// else the `--service-cidr` ranges, else one host route per ClusterIP.
 pub fn desired_routes(cidrs: &[IpNet], table: &ServiceTable) -> BTreeSet<IpNet> {
+    if let Some(served) = table.service_cidrs.as_ref().filter(|c| !c.is_empty()) {
+        return served.iter().copied().collect();
+    }
     if !cidrs.is_empty() {
         return cidrs.iter().copied().collect();
     }
@@ -65,13 +81,27 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let opts = BuildOptions {
         proxy_name: args.proxy_name.clone(),
     };
-    let (source, first) = FileSource::open(&args.from_file, opts, 1)?;
-    tracing::info!(
-        file = %args.from_file.display(),
-        services = first.services.len(),
-        ports = first.ports().count(),
-        "snapshot loaded"
-    );
+    let source = match &args.from_file {
+        Some(path) => {
+            let (source, first) = FileSource::open_with(path, opts, args.policy(), 1)?;
+            tracing::info!(
+                file = %path.display(),
+                services = first.services.len(),
+                ports = first.ports().count(),
+                "snapshot loaded"
+            );
+            Source::File(source, first)
+        }
+        None => {
+            let kube_opts = args.kube_options();
+            let config = load_config(&kube_opts).await?;
+            tracing::info!(server = %config.cluster_url, "watching the cluster");
+            let client =
+                ::kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
+            let (source, status) = KubeSource::new(client, opts, args.policy(), kube_opts);
+            Source::Kube(Box::new(source), status)
+        }
+    };
     tracing::info!(
         nofile = limits.nofile,
         max_tcp_flows = limits.tcp_flows,
@@ -90,7 +120,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
 
     let device = TunDevice::open(&args.tun_name, 1)?;
-    let result = serve(&args, limits, &host, &device, source, first).await;
+    let result = serve(&args, limits, &host, &device, source).await;
     // Routes first, then the device (closing its queues removes it).
     if let Err(e) = host.remove_owned(Some(device.index)).await {
         tracing::warn!(error = %e, "could not remove routes on shutdown");
@@ -109,9 +139,23 @@ async fn serve(
     limits: crate::config::Limits,
     host: &Host,
     device: &TunDevice,
-    source: FileSource,
-    first: ServiceTable,
+    source: Source,
 ) -> Result<()> {
+    // The Kubernetes source starts empty (generation 0): nothing is routed until its first
+    // complete table.
+    let (source, first, sync_status) = match source {
+        Source::File(mut source, first) => {
+            // Synced after the first load; a bad file on reload marks it stale.
+            let (tx, status) = SyncStatus::synced_now();
+            source.report_sync(tx);
+            (Source::File(source, ServiceTable::default()), first, status)
+        }
+        Source::Kube(source, status) => (
+            Source::Kube(source, status.clone()),
+            ServiceTable::default(),
+            status,
+        ),
+    };
     let mut nat = NatConfig::new(args.inner_v4, args.inner_v6, limits.tcp_flows as usize);
     nat.virtual_addrs = args.virtual_addrs;
     let listener_v4 = nat.listener_v4();
@@ -151,6 +195,8 @@ async fn serve(
     let stats = Arc::new(Stats::default());
     let table = Arc::new(ArcSwap::from_pointee(first));
     let (changed_tx, mut changed_rx) = watch::channel(0u64);
+    // Read by the status page and metrics (later).
+    let _sync_status = sync_status;
     let shutdown = Arc::new(AtomicBool::new(false));
     let (flows_tx, flows_rx) = mpsc::channel(FLOWS_CAPACITY);
     let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
@@ -187,11 +233,15 @@ async fn serve(
     let acceptor_task = tokio::spawn(acceptor.run());
 
     let live = table.clone();
-    let source_task = tokio::spawn(source.run(move |t: ServiceTable| {
+    let publish = move |t: ServiceTable| {
         let generation = t.generation;
         live.store(Arc::new(t));
         let _ = changed_tx.send(generation);
-    }));
+    };
+    let source_task = match source {
+        Source::File(source, _) => tokio::spawn(source.run(publish)),
+        Source::Kube(source, _) => tokio::spawn((*source).run(publish)),
+    };
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -201,7 +251,12 @@ async fn serve(
         if !ipv6 {
             want.retain(|net| matches!(net, IpNet::V4(_)));
         }
-        if want != installed {
+        let generation = table.load().generation;
+        if generation == 0 {
+            tracing::info!(
+                "waiting for the first complete table from the API server; nothing routed yet"
+            );
+        } else if want != installed {
             match host.reconcile_routes(device.index, &want).await {
                 Ok(diff) => {
                     if !diff.is_empty() {
@@ -213,12 +268,14 @@ async fn serve(
                     tracing::warn!(error = %e, "route reconcile failed; retrying on the next change")
                 }
             }
-        }
-        let generation = table.load().generation;
-        if generation == 1 {
-            tracing::info!(device = %device.name, listener_port = port, generation, "gateway ready");
         } else {
-            tracing::info!(generation, "table applied");
+        }
+        match generation {
+            0 => {}
+            1 => {
+                tracing::info!(device = %device.name, listener_port = port, generation, "gateway ready")
+            }
+            _ => tracing::info!(generation, "table applied"),
         }
         tokio::select! {
             _ = sigint.recv() => break Ok(()),

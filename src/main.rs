@@ -18,6 +18,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once; the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway in the foreground.
@@ -41,7 +43,9 @@ fn main() -> ExitCode {
     // `check` reports every failure itself; library logs would only repeat them.
     let default_filter = match cli.command {
         Command::Check(_) => "off",
-        _ => "info",
+        // kube-client logs every failed request at ERROR (a loop during an outage); the
+        // Kubernetes source reports outages itself, once.
+        _ => "info,kube_client=off",
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -33,6 +33,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::error::ObjectError;
 use super::parse::{Objects, DEFAULT_NAMESPACE};
+use super::policy::Policy;
 use super::table::{
     Conditions, Endpoint, NotExposed, Protocol, ServiceEntry, ServiceId, ServicePort, ServiceTable,
 };
@@ -54,12 +55,25 @@ pub struct BuildOptions {
     pub proxy_name: Option<String>,
 }
 
-/// Builds the table. Bad objects are reported in the returned list (in a stable order:
-/// slices first, then Services, each sorted by namespace/name) and otherwise skipped.
+/// Builds the table with the default policy (every Service exposed, to any client). Bad
+/// objects are reported in the returned list (in a stable order: slices first, then
+/// Services, each sorted by namespace/name) and otherwise skipped.
 pub fn build_table(
     generation: u64,
     objs: &Objects,
     opts: &BuildOptions,
+) -> (ServiceTable, Vec<ObjectError>) {
+    build_table_with(generation, objs, opts, &Policy::default())
+}
+
+/// [`build_table`] under an exposure [`Policy`]. A malformed policy annotation is reported
+/// in the list too (field `metadata.annotations[...]`); its Service stays in the table,
+/// read in the most restrictive way.
+pub fn build_table_with(
+    generation: u64,
+    objs: &Objects,
+    opts: &BuildOptions,
+    policy: &Policy,
 ) -> (ServiceTable, Vec<ObjectError>) {
     let mut errors = Vec::new();
     let slices = index_slices(&objs.slices, &mut errors);
@@ -91,15 +105,12 @@ pub fn build_table(
             namespace: ns,
             name,
         });
-        let mut entry = match service_entry(svc, &id, &slices, opts) {
-            Ok(entry) => entry,
-            Err((field, problem)) => {
-                let err = ObjectError::new("Service", id.to_string(), field, problem);
-                let entry = invalid_entry(svc, &id, err.to_string());
-                errors.push(err);
-                entry
-            }
-        };
+        let svc_slices: Vec<&SliceInfo> = slices
+            .get(&(id.namespace.clone(), id.name.clone()))
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        let (mut entry, problems) = candidate_entry(svc, &id, &svc_slices, opts, policy);
+        errors.extend(problems);
         if entry.not_exposed.is_none() {
             if let Some(err) = claim_cluster_ips(svc, &entry, &mut owners) {
                 entry = invalid_entry(svc, &id, err.to_string());
@@ -118,7 +129,7 @@ pub fn build_table(
 }
 
 /// `(namespace, name)`, namespace defaulted, name possibly empty.
-fn identity(meta: &ObjectMeta) -> (String, String) {
+pub(crate) fn identity(meta: &ObjectMeta) -> (String, String) {
     let ns = meta
         .namespace
         .as_deref()
@@ -137,7 +148,7 @@ fn field_err(field: impl Into<String>, problem: impl Into<String>) -> FieldError
 // EndpointSlices
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Family {
+pub(crate) enum Family {
     V4,
     V6,
 }
@@ -170,15 +181,15 @@ fn valid_port(port: i32) -> Option<u16> {
 }
 
 /// One usable EndpointSlice, validated.
-#[derive(Debug)]
-struct SliceInfo {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SliceInfo {
     family: Family,
     /// (port name, protocol, port number).
     ports: Vec<(String, KubeProtocol, u16)>,
     endpoints: Vec<SliceEndpoint>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct SliceEndpoint {
     ip: IpAddr,
     conditions: Conditions,
@@ -215,23 +226,51 @@ fn index_slices(slices: &[EndpointSlice], errors: &mut Vec<ObjectError>) -> Slic
             ));
             continue;
         }
-        let service = slice
+        // Not managed for a Service (custom slices without the label): kube-proxy skips
+        // it, and so does a file (the watch reports it once, see `incremental`).
+        let labelled = slice
             .metadata
             .labels
             .as_ref()
             .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            .filter(|s| !s.is_empty());
-        // Not managed for a Service (custom slices without the label): kube-proxy skips it.
-        let Some(service) = service else { continue };
-        match slice_info(slice) {
-            Ok(Some(info)) => index.entry((ns, service.clone())).or_default().push(info),
+            .is_some_and(|s| !s.is_empty());
+        if !labelled {
+            continue;
+        }
+        match check_slice(slice, &who) {
+            Ok(Some((service, info))) => index.entry((ns, service)).or_default().push(info),
             Ok(None) => {}
-            Err((field, problem)) => {
-                errors.push(ObjectError::new("EndpointSlice", who, field, problem))
-            }
+            Err(e) => errors.push(e),
         }
     }
     index
+}
+
+/// The Service a slice belongs to and what it holds; `Ok(None)` for an FQDN slice, which
+/// has nothing for a ClusterIP. A slice without the `kubernetes.io/service-name` label is
+/// reported (kube-proxy ignores it: it belongs to no Service). `who` is `namespace/name`.
+pub(crate) fn check_slice(
+    slice: &EndpointSlice,
+    who: &str,
+) -> Result<Option<(String, SliceInfo)>, ObjectError> {
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .filter(|s| !s.is_empty());
+    let Some(service) = service else {
+        return Err(ObjectError::new(
+            "EndpointSlice",
+            who,
+            format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
+            "missing: the slice belongs to no Service",
+        ));
+    };
+    match slice_info(slice) {
+        Ok(info) => Ok(info.map(|i| (service.clone(), i))),
+        Err((field, problem)) => Err(ObjectError::new("EndpointSlice", who, field, problem)),
+    }
 }
 
 /// `Ok(None)` for an FQDN slice, which has nothing for a ClusterIP.
@@ -313,7 +352,7 @@ fn slice_info(slice: &EndpointSlice) -> Result<Option<SliceInfo>, FieldError> {
 // ---------------------------------------------------------------------------------------
 // Services
 
-fn invalid_entry(svc: &Service, id: &Arc<ServiceId>, message: String) -> ServiceEntry {
+pub(crate) fn invalid_entry(svc: &Service, id: &Arc<ServiceId>, message: String) -> ServiceEntry {
     ServiceEntry {
         id: id.clone(),
         cluster_ips: lenient_cluster_ips(svc),
@@ -371,11 +410,36 @@ fn lenient_cluster_ips(svc: &Service) -> Vec<IpAddr> {
         .collect()
 }
 
+/// A Service's entry before ClusterIP conflicts with other Services are settled, with the
+/// problems found in it (a bad field makes it `NotExposed::Invalid`; a malformed policy
+/// annotation restricts it).
+pub(crate) fn candidate_entry(
+    svc: &Service,
+    id: &Arc<ServiceId>,
+    slices: &[&SliceInfo],
+    opts: &BuildOptions,
+    policy: &Policy,
+) -> (ServiceEntry, Vec<ObjectError>) {
+    let mut problems = Vec::new();
+    let entry = match service_entry(svc, id, slices, opts, policy, &mut problems) {
+        Ok(entry) => entry,
+        Err((field, problem)) => {
+            let err = ObjectError::new("Service", id.to_string(), field, problem);
+            let entry = invalid_entry(svc, id, err.to_string());
+            problems.push(err);
+            entry
+        }
+    };
+    (entry, problems)
+}
+
 fn service_entry(
     svc: &Service,
     id: &Arc<ServiceId>,
-    slices: &SliceIndex,
+    svc_slices: &[&SliceInfo],
     opts: &BuildOptions,
+    policy: &Policy,
+    problems: &mut Vec<ObjectError>,
 ) -> Result<ServiceEntry, FieldError> {
     let proxy_label = svc
         .metadata
@@ -391,6 +455,23 @@ fn service_entry(
             ));
         }
     }
+    let decision = policy.evaluate(
+        &id.namespace,
+        svc.metadata.labels.as_ref(),
+        svc.metadata.annotations.as_ref(),
+    );
+    for p in decision.problems {
+        problems.push(ObjectError::new(
+            "Service",
+            id.to_string(),
+            p.field,
+            p.problem,
+        ));
+    }
+    if let Err(reason) = decision.exposed {
+        return Ok(not_exposed_entry(svc, id, NotExposed::Policy(reason)));
+    }
+    let allow = decision.allow;
     let Some(spec) = svc.spec.as_ref() else {
         return Err(field_err("spec", "missing"));
     };
@@ -505,10 +586,6 @@ fn service_entry(
         }
     }
 
-    let no_slices = Vec::new();
-    let svc_slices = slices
-        .get(&(id.namespace.clone(), id.name.clone()))
-        .unwrap_or(&no_slices);
     let mut out_ports = Vec::with_capacity(cluster_ips.len() * served.len());
     for &ip in &cluster_ips {
         for (name, protocol, number) in &served {
@@ -523,6 +600,7 @@ fn service_entry(
                 endpoints,
                 usable,
                 affinity,
+                allow: allow.clone(),
             }));
         }
     }
@@ -564,7 +642,7 @@ fn parse_cluster_ips(raw: &[(String, &str)]) -> Result<Vec<IpAddr>, FieldError> 
 /// All endpoints for one Service port of one family, merged across slices, sorted by
 /// address; an address listed twice keeps its best conditions (ready first).
 fn port_endpoints(
-    slices: &[SliceInfo],
+    slices: &[&SliceInfo],
     fam: Family,
     name: &str,
     protocol: Protocol,
@@ -617,7 +695,7 @@ fn usable(endpoints: &[Endpoint]) -> Vec<SocketAddr> {
 
 /// Records `entry`'s ClusterIPs as owned by it, or reports the first one already owned by
 /// another exposed Service (naming both).
-fn claim_cluster_ips(
+pub(crate) fn claim_cluster_ips(
     svc: &Service,
     entry: &ServiceEntry,
     owners: &mut HashMap<IpAddr, Arc<ServiceId>>,

@@ -37,9 +37,10 @@ use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::build::{build_table, BuildOptions};
+use super::build::{build_table_with, BuildOptions};
 use super::error::SourceError;
 use super::parse::parse_objects;
+use super::policy::Policy;
 use super::table::ServiceTable;
 
 /// How long to wait after a change event for more events before reloading (editors write
@@ -60,13 +61,14 @@ pub fn load(
         file: label.clone(),
         source,
     })?;
-    load_bytes(&label, &bytes, opts, generation)
+    load_bytes(&label, &bytes, opts, &Policy::default(), generation)
 }
 
 fn load_bytes(
     label: &str,
     bytes: &[u8],
     opts: &BuildOptions,
+    policy: &Policy,
     generation: u64,
 ) -> Result<ServiceTable, SourceError> {
     let text = std::str::from_utf8(bytes).map_err(|e| SourceError::Read {
@@ -74,7 +76,7 @@ fn load_bytes(
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
     })?;
     let objs = parse_objects(label, text)?;
-    let (table, errors) = build_table(generation, &objs, opts);
+    let (table, errors) = build_table_with(generation, &objs, opts, policy);
     match SourceError::from_object_errors(label, errors) {
         Some(err) => Err(err),
         None => Ok(table),
@@ -126,11 +128,14 @@ pub struct FileSource {
     path: PathBuf,
     label: String,
     opts: BuildOptions,
+    policy: Policy,
     /// Generation of the last published table.
     generation: u64,
     /// Hash of the content last tried (good or bad): unchanged content is not reloaded.
     content: u64,
     stamp: Option<Stamp>,
+    /// Where reload outcomes are reported (status page, `/readyz`), when someone listens.
+    sync: Option<tokio::sync::watch::Sender<super::sync::SyncState>>,
 }
 
 impl FileSource {
@@ -138,6 +143,17 @@ impl FileSource {
     pub fn open(
         path: impl Into<PathBuf>,
         opts: BuildOptions,
+        generation: u64,
+    ) -> Result<(FileSource, ServiceTable), SourceError> {
+        Self::open_with(path, opts, Policy::default(), generation)
+    }
+
+    /// [`FileSource::open`] under an exposure policy (a malformed policy annotation is an
+    /// error like any bad field).
+    pub fn open_with(
+        path: impl Into<PathBuf>,
+        opts: BuildOptions,
+        policy: Policy,
         generation: u64,
     ) -> Result<(FileSource, ServiceTable), SourceError> {
         let path = path.into();
@@ -148,20 +164,47 @@ impl FileSource {
             file: label.clone(),
             source,
         })?;
-        let table = load_bytes(&label, &bytes, &opts, generation)?;
+        let table = load_bytes(&label, &bytes, &opts, &policy, generation)?;
         let source = FileSource {
             path,
             label,
             opts,
+            policy,
             generation,
             content: hash_bytes(&bytes),
             stamp,
+            sync: None,
         };
         Ok((source, table))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Report reloads to `sync`: a bad file makes the source [`SyncState::Stale`] (since
+    /// the first bad version, with its error) while the last good table keeps serving; the
+    /// next good file makes it `Synced` again.
+    ///
+    /// [`SyncState::Stale`]: super::sync::SyncState::Stale
+    pub fn report_sync(&mut self, sync: tokio::sync::watch::Sender<super::sync::SyncState>) {
+        self.sync = Some(sync);
+    }
+
+    fn set_sync(&self, error: Option<String>) {
+        use super::sync::SyncState;
+        let Some(tx) = &self.sync else { return };
+        let now = SystemTime::now();
+        tx.send_modify(|state| {
+            *state = match (error, &*state) {
+                (None, _) => SyncState::Synced { at: now },
+                (Some(error), SyncState::Stale { since, .. }) => SyncState::Stale {
+                    since: *since,
+                    error,
+                },
+                (Some(error), _) => SyncState::Stale { since: now, error },
+            }
+        });
     }
 
     /// Watches the file forever, calling `publish` with each new good table. Cancel by
@@ -226,6 +269,7 @@ impl FileSource {
         let path = self.path.clone();
         let label = self.label.clone();
         let opts = self.opts.clone();
+        let policy = self.policy.clone();
         let previous = self.content;
         let next_generation = self.generation + 1;
         let stamp_before = stamp(&path);
@@ -239,7 +283,7 @@ impl FileSource {
             if hash == previous {
                 return Ok((hash, None));
             }
-            match load_bytes(&label, &bytes, &opts, next_generation) {
+            match load_bytes(&label, &bytes, &opts, &policy, next_generation) {
                 Ok(table) => Ok((hash, Some(Ok(table)))),
                 Err(e) => Ok((hash, Some(Err(e)))),
             }
@@ -261,6 +305,7 @@ impl FileSource {
                 self.content = hash;
                 tracing::error!(file = %self.label, reason = error.label(), %error,
                     generation = self.generation, "bad file; keeping the last good table");
+                self.set_sync(Some(error.to_string()));
             }
             Ok(Ok((hash, Some(Ok(table))))) => {
                 self.content = hash;
@@ -273,6 +318,7 @@ impl FileSource {
                     "service table reloaded"
                 );
                 publish(table);
+                self.set_sync(None);
             }
         }
     }

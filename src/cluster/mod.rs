@@ -3,16 +3,26 @@
 //!
 //! - `parse`: file text → `Objects` (Services, EndpointSlices, ignored kinds);
 //! - `build`: `Objects` → `ServiceTable`, with kube-proxy's semantics;
+//! - `policy`: which Services are exposed, and to which clients;
+//! - `incremental`: the same semantics kept up to date object by object (the watch);
 //! - `file`: the file source (load at start-up, reload on change);
+//! - `kube`: the Kubernetes source (watches, resync, outages);
+//! - `sync`: the source's state (syncing / synced / stale) and counters;
 //! - `error`: `ObjectError` (one bad object + field) and `SourceError`.
 
 pub mod build;
 pub mod error;
 pub mod file;
+pub mod incremental;
+pub mod kube;
 pub mod parse;
+pub mod policy;
+pub mod sync;
 pub mod table;
 
-pub use build::{build_table, BuildOptions};
+pub use build::{build_table, build_table_with, BuildOptions};
 pub use error::{ObjectError, SourceError};
 pub use file::{load, watch_file, FileSource};
 pub use parse::{parse_objects, Objects};
+pub use policy::Policy;
+pub use sync::{SourceCounters, SyncState, SyncStatus};

@@ -8,6 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 /// Transport protocols a Service port can be exposed for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -78,11 +80,22 @@ pub struct ServicePort {
     pub usable: Vec<SocketAddr>,
     /// `sessionAffinity: ClientIP` with its timeout.
     pub affinity: Option<Duration>,
+    /// Client sources allowed to open new flows (`--allow-source` and the Service's
+    /// `clusterway.io/allow-sources`); `None` means any. An empty list refuses everyone.
+    pub allow: Option<Arc<[IpNet]>>,
 }
 
 impl ServicePort {
     pub fn frontend(&self) -> SocketAddr {
         SocketAddr::new(self.cluster_ip, self.port)
+    }
+
+    /// Whether a client at `src` may open a new flow to this port.
+    pub fn allows(&self, src: IpAddr) -> bool {
+        match &self.allow {
+            None => true,
+            Some(nets) => nets.iter().any(|n| n.contains(&src)),
+        }
     }
 }
 
@@ -136,6 +149,10 @@ pub struct ServiceTable {
     pub services: Vec<ServiceEntry>,
     /// Objects of other kinds that the source held and ignored, by kind.
     pub ignored_kinds: Vec<(String, usize)>,
+    /// The cluster's Service CIDRs from `networking.k8s.io/v1` ServiceCIDR objects, when
+    /// the source knows them (the API serves them); `None` otherwise (file source, older
+    /// clusters), and then `--service-cidr` or per-IP routes apply.
+    pub service_cidrs: Option<Vec<IpNet>>,
 }
 
 impl ServiceTable {
@@ -162,6 +179,7 @@ impl ServiceTable {
             cluster_ips,
             services,
             ignored_kinds,
+            service_cidrs: None,
         }
     }
 

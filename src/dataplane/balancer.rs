@@ -138,6 +138,7 @@ mod tests {
             endpoints: vec![],
             usable: usable.iter().map(|s| s.parse().unwrap()).collect(),
             affinity: affinity.map(Duration::from_secs),
+            allow: None,
         }
     }
 

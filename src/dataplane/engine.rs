@@ -320,8 +320,14 @@ impl<T> Engine<T> {
         if !syn {
             return self.rst(pkt, flags, now, scratch, Reason::NoFlow);
         }
+        if !port.allows(key.client.ip()) {
+            self.stats
+                .tcp_conn(&port, key.client, ConnResult::RejectedPolicy);
+            return self.rst(pkt, flags, now, scratch, Reason::NoFlow);
+        }
         let Some(candidates) = self.balancer.pick(&port, key.client.ip(), now) else {
-            self.stats.tcp_conn(ConnResult::NoEndpoints);
+            self.stats
+                .tcp_conn(&port, key.client, ConnResult::NoEndpoints);
             return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
         };
         match self.nat.insert(key, now) {
@@ -338,7 +344,8 @@ impl<T> Engine<T> {
                 }
             }
             Err(e) => {
-                self.stats.tcp_conn(ConnResult::TableFull);
+                self.stats
+                    .tcp_conn(&port, key.client, ConnResult::TableFull);
                 tracing::trace!(error = %e, client = %key.client, "new TCP flow refused");
                 let _ = NatError::label(e);
                 self.rst(pkt, flags, now, scratch, Reason::NoFlow)
@@ -368,12 +375,19 @@ impl<T> Engine<T> {
             }
             Lookup::NotService => return Verdict::Drop(Reason::NotService),
         };
+        if !port.allows(key.client.ip()) {
+            self.stats
+                .udp_flow(&port, key.client, ConnResult::RejectedPolicy);
+            return self.unreachable(buf, pkt, Unreachable::AdminProhibited, now, scratch);
+        }
         let Some(candidates) = self.balancer.pick(&port, key.client.ip(), now) else {
-            self.stats.udp_flow(ConnResult::NoEndpoints);
+            self.stats
+                .udp_flow(&port, key.client, ConnResult::NoEndpoints);
             return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
         };
         if self.udp.is_full() {
-            self.stats.udp_flow(ConnResult::TableFull);
+            self.stats
+                .udp_flow(&port, key.client, ConnResult::TableFull);
             return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
         }
         Verdict::UdpNew {
@@ -473,8 +487,8 @@ impl<T> Engine<T> {
         now: Instant,
     ) {
         self.balancer.served(&port, key.client.ip(), endpoint, now);
+        self.stats.udp_flow(&port, key.client, ConnResult::Ok);
         self.udp.insert(key, handle, port, endpoint, now);
-        self.stats.udp_flow(ConnResult::Ok);
     }
 
     /// The acceptor took the connection from `virt`.

@@ -147,6 +147,7 @@ mod tests {
             endpoints: vec![],
             usable: usable.iter().map(|s| s.parse().unwrap()).collect(),
             affinity: None,
+            allow: None,
         })
     }
 

@@ -84,12 +84,24 @@ impl Gateway {
     /// If the gateway cannot be started, exits, or its TUN device does not come up; the
     /// message includes its log.
     pub fn start(topo: &Topology, snapshot_text: &str, extra_args: &[&str]) -> Gateway {
+        Self::launch(topo, Some(snapshot_text), extra_args)
+    }
+
+    /// `clusterway run ARGS` (no `--from-file`: the caller gives the source, e.g.
+    /// `--kubeconfig`), waiting for the TUN device as [`Gateway::start`] does.
+    pub fn start_with_args(topo: &Topology, args: &[&str]) -> Gateway {
+        Self::launch(topo, None, args)
+    }
+
+    fn launch(topo: &Topology, snapshot_text: Option<&str>, extra_args: &[&str]) -> Gateway {
         let dir = tempfile::Builder::new()
             .prefix("clusterway-test-")
             .tempdir()
             .expect("creating a temporary directory");
         let snapshot = dir.path().join("snapshot.yaml");
-        std::fs::write(&snapshot, snapshot_text).expect("writing the snapshot");
+        if let Some(text) = snapshot_text {
+            std::fs::write(&snapshot, text).expect("writing the snapshot");
+        }
         let log = dir.path().join("gateway.log");
         let log_file = std::fs::File::create(&log).expect("creating the gateway log");
         let log_out = log_file
@@ -101,9 +113,11 @@ impl Gateway {
             .map_or("cw0", |w| w[1])
             .to_owned();
 
-        let mut args: Vec<&str> = vec!["run", "--from-file"];
+        let mut args: Vec<&str> = vec!["run"];
         let snap_str = snapshot.to_str().expect("temporary paths are UTF-8");
-        args.push(snap_str);
+        if snapshot_text.is_some() {
+            args.extend(["--from-file", snap_str]);
+        }
         args.extend_from_slice(extra_args);
         let child = topo
             .gateway()

@@ -552,3 +552,86 @@ fn malformed_packets_are_counted_drops() {
         Verdict::Drop(Reason::Malformed(_))
     ));
 }
+
+fn policy_table(allow: &str) -> ServiceTable {
+    let objs = parse_objects("test.yaml", SNAPSHOT).unwrap();
+    let policy = crate::cluster::policy::Policy {
+        allow_sources: Some(vec![allow.parse().unwrap()]),
+        ..Default::default()
+    };
+    let (t, errors) =
+        crate::cluster::build::build_table_with(1, &objs, &BuildOptions::default(), &policy);
+    assert!(errors.is_empty(), "{errors:?}");
+    t
+}
+
+#[test]
+fn a_source_outside_the_allowed_cidrs_gets_a_rst_or_admin_prohibited() {
+    let t0 = Instant::now();
+    let table = policy_table("10.0.0.0/8");
+    let mut e = engine(t0);
+
+    // TCP: refused with a RST, before any NAT entry is made.
+    let syn = tcp(CLIENT, 40000, WEB, 80, true, false);
+    let mut r = Run::new(&syn);
+    let Verdict::Reply { len } = e.handle(
+        &table,
+        &mut r.buf,
+        syn.len(),
+        Checksum::Full,
+        t0,
+        &mut r.scratch,
+    ) else {
+        panic!("expected a RST")
+    };
+    let p = parsed(&r.scratch[..len]);
+    let Some(etherparse::TransportSlice::Tcp(th)) = p.transport else {
+        panic!("not TCP")
+    };
+    assert!(th.rst());
+    assert_eq!(e.nat().len(), 0);
+
+    // An allowed source goes through.
+    let syn = tcp([10, 1, 2, 3], 40000, WEB, 80, true, false);
+    let mut r = Run::new(&syn);
+    assert!(matches!(
+        e.handle(
+            &table,
+            &mut r.buf,
+            syn.len(),
+            Checksum::Full,
+            t0,
+            &mut r.scratch
+        ),
+        Verdict::NewTcp { .. }
+    ));
+
+    // UDP: ICMP destination unreachable, administratively prohibited (type 3, code 13).
+    let dg = udp(CLIENT, 5000, [10, 96, 0, 53], 53, b"q");
+    let mut r = Run::new(&dg);
+    let Verdict::Reply { len } = e.handle(
+        &table,
+        &mut r.buf,
+        dg.len(),
+        Checksum::Full,
+        t0,
+        &mut r.scratch,
+    ) else {
+        panic!("expected ICMP")
+    };
+    let icmp = &r.scratch[20..len];
+    assert_eq!((icmp[0], icmp[1]), (3, 13));
+    let dg = udp([10, 9, 9, 9], 5000, [10, 96, 0, 53], 53, b"q");
+    let mut r = Run::new(&dg);
+    assert!(matches!(
+        e.handle(
+            &table,
+            &mut r.buf,
+            dg.len(),
+            Checksum::Full,
+            t0,
+            &mut r.scratch
+        ),
+        Verdict::UdpNew { .. }
+    ));
+}

@@ -1,0 +1,711 @@
+//! The Kubernetes source: kube-rs watchers on `v1` Services, `discovery.k8s.io/v1`
+//! EndpointSlices and (where served) `networking.k8s.io/v1` ServiceCIDRs, feeding the same
+//! table semantics as the file source through [`Incremental`].
+//!
+//! Owns: the API client, one task per watched resource, and the aggregator that publishes
+//! tables. It never touches the host or packets; its output is the `publish` callback and
+//! the [`SyncStatus`].
+//!
+//! - **First table.** Nothing is published until Services and EndpointSlices have each been
+//!   listed completely and the ServiceCIDR API has answered (served, or 404/403). Until
+//!   then the state is [`SyncState::Syncing`].
+//! - **Resync without blinking.** A (re)list (`Init` … `InitApply` … `InitDone`) is buffered
+//!   and replaces that resource's objects only when complete.
+//! - **Incremental.** Events are coalesced for [`KubeOptions::coalesce`]; only the Services
+//!   they touch are rebuilt, then a snapshot is assembled from the built entries.
+//! - **Outages.** A failed list or watch marks the source [`SyncState::Stale`] (the last table
+//!   keeps serving), logs once per outage, and the resource's watcher is recreated after a
+//!   capped exponential backoff with jitter; its complete re-list ends the outage. A watch
+//!   that stalls (no event, no bookmark, no close) is dropped by kube-rs after the watch
+//!   timeout plus a margin and re-established.
+//! - **Trimmed cache.** `managedFields`, `status` and annotations the gateway does not read
+//!   are dropped as objects arrive; EndpointSlices are kept only as what they contribute.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ::kube::api::Api;
+use ::kube::config::{KubeConfigOptions, Kubeconfig};
+use ::kube::runtime::watcher::{self, Event};
+use ::kube::runtime::WatchStreamExt;
+use ::kube::{Client, Config};
+use futures::StreamExt;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use tokio::sync::{mpsc, watch};
+
+use super::build::BuildOptions;
+use super::error::ObjectError;
+use super::incremental::Incremental;
+use super::policy::{Policy, READ_ANNOTATIONS};
+use super::sync::{SourceCounters, SyncState, SyncStatus};
+use super::table::ServiceTable;
+
+/// Events from the watcher tasks to the aggregator. A full channel makes the watchers wait
+/// (the API server's stream then waits in the socket buffer): the aggregator applies events
+/// much faster than the API server sends them, and 4096 holds a burst of a whole list page
+/// without a context switch per object.
+const EVENTS_CAPACITY: usize = 4096;
+
+/// How the source connects and paces itself.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// `--kubeconfig`: read only this file.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--context`: a context of the kubeconfig other than the current one.
+    pub context: Option<String>,
+    /// Server-side watch timeout; a watch silent for this plus 5 s is considered stalled
+    /// and re-established.
+    pub watch_timeout: Duration,
+    /// Events arriving within this window are applied as one table.
+    pub coalesce: Duration,
+    /// Retry backoff after a failed list/watch: first delay and cap (jittered).
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        KubeOptions {
+            kubeconfig: None,
+            context: None,
+            watch_timeout: Duration::from_secs(60),
+            coalesce: Duration::from_millis(10),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Loads the client configuration as kubectl does: `--kubeconfig` (that file only),
+/// otherwise `KUBECONFIG` (several files, merged) or `~/.kube/config`, otherwise the
+/// in-cluster service account; `--context` picks a context. Exec plugins, tokens and client
+/// certificates are kube-rs's.
+pub async fn load_config(opts: &KubeOptions) -> anyhow::Result<Config> {
+    use anyhow::Context;
+    let kc_opts = KubeConfigOptions {
+        context: opts.context.clone(),
+        cluster: None,
+        user: None,
+    };
+    let mut config = match &opts.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &kc_opts)
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None if opts.context.is_some() => Config::from_kubeconfig(&kc_opts)
+            .await
+            .context("cannot load the kubeconfig (KUBECONFIG or ~/.kube/config)")?,
+        None => Config::infer().await.context(
+            "no Kubernetes configuration: give --kubeconfig, set KUBECONFIG, create \
+             ~/.kube/config, or run in a cluster",
+        )?,
+    };
+    // Lists must not hang forever; watches end server-side well before this.
+    config.read_timeout = Some(opts.watch_timeout + Duration::from_secs(30));
+    config.reset_reader_on_write = true;
+    Ok(config)
+}
+
+/// Capped exponential backoff with full jitter in the upper half.
+#[derive(Debug, Clone)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let exp = self.min.saturating_mul(1u32 << self.attempt.min(16));
+        let base = exp.min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        // Jitter: 50–100 % of the delay, so many gateways do not retry in step.
+        let jitter = jitter_fraction();
+        base.mul_f64(0.5 + 0.5 * jitter)
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// A number in [0, 1) from the clock and a per-process counter (jitter needs no quality).
+fn jitter_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Resource {
+    Services,
+    Slices,
+    Cidrs,
+}
+
+impl Resource {
+    fn label(self) -> &'static str {
+        match self {
+            Resource::Services => "services",
+            Resource::Slices => "endpointslices",
+            Resource::Cidrs => "servicecidrs",
+        }
+    }
+}
+
+/// Events are boxed: a queued message is then a pointer, not the largest object type.
+enum Msg {
+    Services(Box<Event<Service>>),
+    Slices(Box<Event<EndpointSlice>>),
+    Cidrs(Box<Event<ServiceCIDR>>),
+    /// The cluster does not serve ServiceCIDR (404), or we may not read it (403).
+    CidrsUnavailable(String),
+    Failed(Resource, String),
+    /// A watch was answered 410 Gone; the watcher re-lists.
+    Expired(Resource),
+}
+
+/// Drops what the gateway never reads from an object's metadata.
+fn trim_meta(meta: &mut ObjectMeta, keep_annotations: bool) {
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.uid = None;
+    meta.creation_timestamp = None;
+    meta.generate_name = None;
+    if keep_annotations {
+        if let Some(a) = meta.annotations.as_mut() {
+            a.retain(|k, _| READ_ANNOTATIONS.contains(&k.as_str()));
+        }
+        if meta.annotations.as_ref().is_some_and(BTreeMap::is_empty) {
+            meta.annotations = None;
+        }
+    } else {
+        meta.annotations = None;
+    }
+}
+
+fn trim_service(s: &mut Service) {
+    trim_meta(&mut s.metadata, true);
+    s.status = None;
+}
+
+fn trim_slice(s: &mut EndpointSlice) {
+    trim_meta(&mut s.metadata, false);
+}
+
+fn trim_cidr(s: &mut ServiceCIDR) {
+    trim_meta(&mut s.metadata, false);
+    s.status = None;
+}
+
+fn is_status(e: &watcher::Error, codes: &[u16]) -> bool {
+    let inner = match e {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => e,
+        _ => return false,
+    };
+    matches!(inner, ::kube::Error::Api(s) if codes.contains(&s.code))
+}
+
+/// Runs one resource's watcher forever, recreating it (after a backoff) whenever it fails,
+/// so that every outage ends with a complete re-list.
+async fn watch_resource<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    resource: Resource,
+    trim: fn(&mut K),
+    wrap: fn(Event<K>) -> Msg,
+    tx: mpsc::Sender<Msg>,
+    mut backoff: Backoff,
+) where
+    K: ::kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    loop {
+        let stream = watcher::watcher(api.clone(), config.clone()).modify(trim);
+        let mut stream = std::pin::pin!(stream);
+        let error = loop {
+            match stream.next().await {
+                Some(Ok(ev)) => {
+                    if matches!(ev, Event::InitDone) {
+                        backoff.reset();
+                    }
+                    if tx.send(wrap(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                // 410 Gone: the history was compacted; kube-rs re-lists on the next poll
+                // and the complete list replaces the objects. Not an outage.
+                Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {
+                    if tx.send(Msg::Expired(resource)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Err(e)) => break e,
+                None => return,
+            }
+        };
+        if resource == Resource::Cidrs && is_status(&error, &[403, 404]) {
+            let _ = tx.send(Msg::CidrsUnavailable(error.to_string())).await;
+            return;
+        }
+        if tx
+            .send(Msg::Failed(resource, error.to_string()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+/// Objects of one resource during a (re)list.
+struct Listing<K> {
+    pending: Option<Vec<K>>,
+    synced: bool,
+}
+
+impl<K> Default for Listing<K> {
+    fn default() -> Self {
+        Listing {
+            pending: None,
+            synced: false,
+        }
+    }
+}
+
+impl<K> Listing<K> {
+    /// Handles Init/InitApply; returns the complete list on InitDone, or the event back.
+    fn feed(&mut self, ev: Event<K>) -> Result<Option<Vec<K>>, Event<K>> {
+        match ev {
+            Event::Init => {
+                self.pending = Some(Vec::new());
+                Ok(None)
+            }
+            Event::InitApply(o) => {
+                self.pending.get_or_insert_with(Vec::new).push(o);
+                Ok(None)
+            }
+            Event::InitDone => {
+                self.synced = true;
+                Ok(Some(self.pending.take().unwrap_or_default()))
+            }
+            other => Err(other),
+        }
+    }
+}
+
+fn meta_key(meta: &ObjectMeta) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The Kubernetes source, ready to run.
+pub struct KubeSource {
+    client: Client,
+    opts: KubeOptions,
+    inc: Incremental,
+    counters: Arc<SourceCounters>,
+    state: watch::Sender<SyncState>,
+}
+
+impl KubeSource {
+    pub fn new(
+        client: Client,
+        build: BuildOptions,
+        policy: Policy,
+        opts: KubeOptions,
+    ) -> (KubeSource, SyncStatus) {
+        let (state, rx) = watch::channel(SyncState::Syncing);
+        let counters = Arc::new(SourceCounters::default());
+        let status = SyncStatus {
+            state: rx,
+            counters: counters.clone(),
+        };
+        let source = KubeSource {
+            client,
+            opts,
+            inc: Incremental::new(build, policy),
+            counters,
+            state,
+        };
+        (source, status)
+    }
+
+    /// Watches forever, calling `publish` with each new table (generation 1 is the first
+    /// complete one). Cancel by aborting the task.
+    pub async fn run(mut self, mut publish: impl FnMut(ServiceTable) + Send + 'static) {
+        let (tx, mut rx) = mpsc::channel(EVENTS_CAPACITY);
+        let config = watcher::Config::default()
+            .timeout(u32::try_from(self.opts.watch_timeout.as_secs().max(1)).unwrap_or(290));
+        let backoff = Backoff {
+            min: self.opts.backoff_min,
+            max: self.opts.backoff_max,
+            attempt: 0,
+        };
+        let tasks = [
+            tokio::spawn(watch_resource(
+                Api::<Service>::all(self.client.clone()),
+                config.clone(),
+                Resource::Services,
+                trim_service,
+                |e| Msg::Services(Box::new(e)),
+                tx.clone(),
+                backoff.clone(),
+            )),
+            tokio::spawn(watch_resource(
+                Api::<EndpointSlice>::all(self.client.clone()),
+                config.clone(),
+                Resource::Slices,
+                trim_slice,
+                |e| Msg::Slices(Box::new(e)),
+                tx.clone(),
+                backoff.clone(),
+            )),
+            tokio::spawn(watch_resource(
+                Api::<ServiceCIDR>::all(self.client.clone()),
+                config,
+                Resource::Cidrs,
+                trim_cidr,
+                |e| Msg::Cidrs(Box::new(e)),
+                tx,
+                backoff,
+            )),
+        ];
+        struct AbortOnDrop<const N: usize>([tokio::task::JoinHandle<()>; N]);
+        impl<const N: usize> Drop for AbortOnDrop<N> {
+            fn drop(&mut self) {
+                for t in &self.0 {
+                    t.abort();
+                }
+            }
+        }
+        let _tasks = AbortOnDrop(tasks);
+
+        let mut agg = Aggregator {
+            services: Listing::default(),
+            slices: Listing::default(),
+            cidrs: Listing::default(),
+            cidr_objects: BTreeMap::new(),
+            cidrs_decided: false,
+            cidrs_changed: false,
+            generation: 0,
+            failing: BTreeMap::new(),
+            outage_logged: false,
+        };
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { return };
+                    self.handle(&mut agg, msg);
+                    // Drain what is already queued before deciding.
+                    while let Ok(msg) = rx.try_recv() {
+                        self.handle(&mut agg, msg);
+                    }
+                    let ready = agg.services.synced && agg.slices.synced && agg.cidrs_decided;
+                    let pending = self.inc.is_dirty() || agg.cidrs_changed || agg.generation == 0;
+                    if ready && pending && deadline.is_none() {
+                        deadline = Some(tokio::time::Instant::now() + self.opts.coalesce);
+                    }
+                }
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                    deadline = None;
+                    self.publish(&mut agg, &mut publish);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, agg: &mut Aggregator, msg: Msg) {
+        match msg {
+            Msg::Services(ev) => match agg.services.feed(*ev) {
+                Ok(None) => {}
+                Ok(Some(list)) => {
+                    self.inc.replace_services(list);
+                    self.list_done(agg, Resource::Services);
+                }
+                Err(Event::Apply(s)) => {
+                    SourceCounters::inc(&self.counters.events);
+                    self.inc.apply_service(s);
+                }
+                Err(Event::Delete(s)) => {
+                    SourceCounters::inc(&self.counters.events);
+                    let (ns, name) = meta_key(&s.metadata);
+                    self.inc.delete_service(&ns, &name);
+                }
+                Err(_) => {}
+            },
+            Msg::Slices(ev) => match agg.slices.feed(*ev) {
+                Ok(None) => {}
+                Ok(Some(list)) => {
+                    self.inc.replace_slices(list);
+                    self.list_done(agg, Resource::Slices);
+                }
+                Err(Event::Apply(s)) => {
+                    SourceCounters::inc(&self.counters.events);
+                    self.inc.apply_slice(&s);
+                }
+                Err(Event::Delete(s)) => {
+                    SourceCounters::inc(&self.counters.events);
+                    let (ns, name) = meta_key(&s.metadata);
+                    self.inc.delete_slice(&ns, &name);
+                }
+                Err(_) => {}
+            },
+            Msg::Cidrs(ev) => {
+                match agg.cidrs.feed(*ev) {
+                    Ok(None) => return,
+                    Ok(Some(list)) => {
+                        agg.cidr_objects.clear();
+                        for c in list {
+                            self.cidr_object(agg, c);
+                        }
+                        if !agg.cidrs_decided {
+                            tracing::info!(
+                                objects = agg.cidr_objects.len(),
+                                "the cluster serves ServiceCIDR; routes follow it"
+                            );
+                        }
+                        agg.cidrs_decided = true;
+                        self.list_done(agg, Resource::Cidrs);
+                    }
+                    Err(Event::Apply(c)) => self.cidr_object(agg, c),
+                    Err(Event::Delete(c)) => {
+                        agg.cidr_objects
+                            .remove(&c.metadata.name.unwrap_or_default());
+                    }
+                    Err(_) => {}
+                }
+                let all: Vec<IpNet> = agg.cidr_objects.values().flatten().copied().collect();
+                if self.inc.set_service_cidrs(Some(all)) {
+                    agg.cidrs_changed = true;
+                }
+            }
+            Msg::CidrsUnavailable(why) => {
+                tracing::info!(reason = %why,
+                    "the cluster does not serve networking.k8s.io/v1 ServiceCIDR; using --service-cidr or per-IP routes");
+                agg.cidrs_decided = true;
+                agg.failing.remove(&Resource::Cidrs);
+                if self.inc.set_service_cidrs(None) {
+                    agg.cidrs_changed = true;
+                }
+                self.maybe_recovered(agg);
+            }
+            Msg::Failed(resource, error) => self.failed(agg, resource, error),
+            Msg::Expired(resource) => {
+                SourceCounters::inc(&self.counters.watch_expired);
+                tracing::info!(
+                    resource = resource.label(),
+                    "watch expired (410 Gone); re-listing"
+                );
+            }
+        }
+    }
+
+    fn cidr_object(&mut self, agg: &mut Aggregator, c: ServiceCIDR) {
+        let name = c.metadata.name.clone().unwrap_or_default();
+        let mut nets = Vec::new();
+        let cidrs = c.spec.as_ref().and_then(|s| s.cidrs.as_ref());
+        for (i, text) in cidrs.into_iter().flatten().enumerate() {
+            match text.parse::<IpNet>() {
+                Ok(n) => nets.push(n.trunc()),
+                Err(_) => {
+                    SourceCounters::inc(&self.counters.bad_service_cidrs);
+                    tracing::warn!(object = %format!("ServiceCIDR {name}"), field = %format!("spec.cidrs[{i}]"),
+                        value = %text, "not a CIDR; skipped");
+                }
+            }
+        }
+        agg.cidr_objects.insert(name, nets);
+    }
+
+    fn list_done(&mut self, agg: &mut Aggregator, resource: Resource) {
+        SourceCounters::inc(&self.counters.relists);
+        agg.failing.remove(&resource);
+        self.maybe_recovered(agg);
+    }
+
+    fn maybe_recovered(&mut self, agg: &mut Aggregator) {
+        if !agg.failing.is_empty() {
+            return;
+        }
+        let since = match &*self.state.borrow() {
+            SyncState::Stale { since, .. } => Some(*since),
+            _ => None,
+        };
+        if let Some(since) = since {
+            let outage = SystemTime::now().duration_since(since).unwrap_or_default();
+            tracing::info!(
+                outage_secs = outage.as_secs_f64(),
+                "API server back; resynced"
+            );
+            self.state.send_replace(SyncState::Synced {
+                at: SystemTime::now(),
+            });
+        }
+        agg.outage_logged = false;
+    }
+
+    fn failed(&mut self, agg: &mut Aggregator, resource: Resource, error: String) {
+        SourceCounters::inc(&self.counters.watch_errors);
+        let failures = agg.failing.entry(resource).or_insert(0);
+        *failures += 1;
+        if *failures == 1 && agg.generation > 0 {
+            // One broken watch (a dropped connection, an API server restart behind a load
+            // balancer) is re-listed at once; only a second failure in a row is an outage.
+            tracing::debug!(resource = resource.label(), %error, "watch failed; re-listing");
+            return;
+        }
+        let first_for_resource = *failures <= 2;
+        let synced = matches!(*self.state.borrow(), SyncState::Synced { .. });
+        if synced {
+            SourceCounters::inc(&self.counters.outages);
+            self.state.send_replace(SyncState::Stale {
+                since: SystemTime::now(),
+                error: format!("{}: {error}", resource.label()),
+            });
+        }
+        if !agg.outage_logged {
+            agg.outage_logged = true;
+            if agg.generation == 0 {
+                tracing::warn!(resource = resource.label(), %error,
+                    "cannot list from the API server; retrying with backoff (nothing is exposed until the first complete list)");
+            } else {
+                tracing::warn!(resource = resource.label(), %error,
+                    "lost the API server; forwarding goes on with the last table, retrying with backoff");
+            }
+        } else if first_for_resource {
+            tracing::debug!(resource = resource.label(), %error, "watch failed");
+        } else {
+            tracing::debug!(resource = resource.label(), %error, "retry failed");
+        }
+    }
+
+    fn publish(&mut self, agg: &mut Aggregator, publish: &mut impl FnMut(ServiceTable)) {
+        let started = Instant::now();
+        let (problems, rebuilt) = self.inc.flush();
+        self.report(&problems);
+        agg.cidrs_changed = false;
+        agg.generation += 1;
+        let table = self.inc.snapshot(agg.generation);
+        self.counters
+            .services_rebuilt
+            .fetch_add(rebuilt as u64, std::sync::atomic::Ordering::Relaxed);
+        SourceCounters::inc(&self.counters.tables_published);
+        let elapsed = started.elapsed();
+        if agg.generation == 1 {
+            tracing::info!(
+                services = table.services.len(),
+                ports = table.ports().count(),
+                build_ms = elapsed.as_secs_f64() * 1e3,
+                "first complete table from the API server"
+            );
+            if agg.failing.is_empty() {
+                self.state.send_replace(SyncState::Synced {
+                    at: SystemTime::now(),
+                });
+            }
+        } else {
+            tracing::debug!(
+                generation = agg.generation,
+                rebuilt,
+                build_ms = elapsed.as_secs_f64() * 1e3,
+                "table updated"
+            );
+        }
+        publish(table);
+    }
+
+    fn report(&self, problems: &[ObjectError]) {
+        for p in problems {
+            if p.field.starts_with("metadata.annotations[") {
+                SourceCounters::inc(&self.counters.bad_annotations);
+                tracing::warn!(object = %format!("{} {}", p.kind, p.object), field = %p.field,
+                    problem = %p.problem, "malformed annotation; read in the most restrictive way");
+            } else {
+                SourceCounters::inc(&self.counters.bad_objects);
+                tracing::warn!(object = %format!("{} {}", p.kind, p.object), field = %p.field,
+                    problem = %p.problem, "bad object skipped");
+            }
+        }
+    }
+}
+
+struct Aggregator {
+    services: Listing<Service>,
+    slices: Listing<EndpointSlice>,
+    cidrs: Listing<ServiceCIDR>,
+    cidr_objects: BTreeMap<String, Vec<IpNet>>,
+    cidrs_decided: bool,
+    cidrs_changed: bool,
+    generation: u64,
+    /// Resources whose last list/watch failed and that have not re-listed since, with the
+    /// number of failures in a row.
+    failing: BTreeMap<Resource, u32>,
+    outage_logged: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let mut b = Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            attempt: 0,
+        };
+        let d: Vec<Duration> = (0..8).map(|_| b.next()).collect();
+        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
+        assert!(d[3] >= Duration::from_millis(400) && d[3] <= Duration::from_millis(800));
+        for x in &d[5..] {
+            assert!(
+                *x >= Duration::from_secs(1) && *x <= Duration::from_secs(2),
+                "{x:?}"
+            );
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn trimming_keeps_only_what_is_read() {
+        let mut s: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "b", "uid": "x",
+                "managedFields": [{"manager": "kubectl"}],
+                "annotations": {"clusterway.io/expose": "true",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{...}"}},
+            "spec": {"clusterIP": "10.96.0.1"},
+            "status": {"loadBalancer": {}}
+        }))
+        .unwrap();
+        trim_service(&mut s);
+        assert!(s.metadata.managed_fields.is_none());
+        assert!(s.status.is_none());
+        assert_eq!(
+            s.metadata.annotations.unwrap().keys().collect::<Vec<_>>(),
+            ["clusterway.io/expose"]
+        );
+    }
+}

@@ -1,0 +1,579 @@
+//! The Kubernetes source end to end: the test API server (`tests/apiserver`) runs inside
+//! the gateway's namespace (the gateway cannot reach the host's loopback), `clusterway run
+//! --kubeconfig` watches it with the unmodified kube-rs watcher, and a client namespace
+//! checks that forwarding follows Services and EndpointSlices, survives outages, resyncs
+//! after them and after a 410, skips bad objects, and applies the exposure policy.
+
+mod apiserver;
+mod common;
+
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use apiserver::{ApiServer, Res};
+use common::*;
+use serde_json::{json, Value};
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A Service `ns/name` on `cluster_ip`, port `port` (named `http`, TCP unless `proto`).
+fn service(ns: &str, name: &str, cluster_ip: &str, port: i64, proto: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+                 "ports": [{"name": "http", "port": port, "protocol": proto, "targetPort": "http"}]}
+    })
+}
+
+/// An IPv4 EndpointSlice for `service` with ready endpoints on `target`.
+fn slice(ns: &str, name: &str, service: &str, target: i64, proto: &str, ips: &[IpAddr]) -> Value {
+    let endpoints: Vec<Value> = ips
+        .iter()
+        .map(|ip| json!({"addresses": [ip.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}}))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": ns,
+                     "labels": {"kubernetes.io/service-name": service,
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                     "managedFields": [{"manager": "kube-controller-manager", "operation": "Update"}]},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": target, "protocol": proto}],
+        "endpoints": endpoints
+    })
+}
+
+fn pod(topo: &Topology, k: usize) -> IpAddr {
+    topo.pod_ip(k, false)
+}
+
+fn start_gateway(topo: &Topology, api: &ApiServer, extra: &[&str]) -> Gateway {
+    let kubeconfig = api.kubeconfig();
+    let mut args = vec![
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--watch-timeout",
+        "5s",
+    ];
+    args.extend_from_slice(extra);
+    Gateway::start_with_args(topo, &args)
+}
+
+/// GET / through the gateway; the pod's name, or the error.
+fn get(topo: &Topology, addr: &str) -> Result<String, String> {
+    tcp_get(topo.client(), sa(addr))
+        .map(|s| s.trim().to_string())
+        .map_err(|e| format!("{e:#}"))
+}
+
+fn wait_get(topo: &Topology, addr: &str, want: &str, timeout: Duration) -> bool {
+    wait_for(|| get(topo, addr).as_deref() == Ok(want), timeout)
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[test]
+fn kube_source_follows_services_and_endpointslices() {
+    let topo = topology(2);
+    let _b = start_backends_in_process(&topo);
+    let api = ApiServer::start_in(topo.gateway());
+    // Real list output first: the fixtures' Services and slices (none of them routes to
+    // this topology's pods, which checks that the real objects are accepted as they are).
+    api.load_list(&std::fs::read_to_string("../shared/fixtures/cluster-snapshot.json").unwrap());
+    api.apply(service("t", "web", "10.96.200.10", 80, "TCP"));
+    api.apply(slice("t", "web-a", "web", 8080, "TCP", &[pod(&topo, 1)]));
+
+    let gw = start_gateway(&topo, &api, &[]);
+    // Per-IP routes (no --service-cidr): the route appears with the first table.
+    assert!(
+        gw.wait_routed(ip("10.96.200.10"), Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+    assert!(gw.routes_via_tun(ip("10.96.62.173")), "fixture shop/web");
+    assert!(
+        !gw.routes_via_tun(ip("10.96.31.88")),
+        "shop/payments: other proxy"
+    );
+    assert_eq!(get(&topo, "10.96.200.10:80").as_deref(), Ok("pod-1"));
+    assert!(gw.logged("first complete table from the API server"));
+
+    // A second endpoint in a second slice: round-robin over both.
+    api.apply(slice("t", "web-b", "web", 8080, "TCP", &[pod(&topo, 2)]));
+    assert!(wait_get(
+        &topo,
+        "10.96.200.10:80",
+        "pod-2",
+        Duration::from_secs(5)
+    ));
+    let answers: Vec<String> = (0..4)
+        .filter_map(|_| get(&topo, "10.96.200.10:80").ok())
+        .collect();
+    assert_eq!(
+        answers.iter().filter(|a| *a == "pod-1").count(),
+        2,
+        "{answers:?}"
+    );
+
+    // The first slice loses its endpoint: only pod-2 is left.
+    api.apply(slice("t", "web-a", "web", 8080, "TCP", &[]));
+    assert!(wait_for(
+        || (0..3).all(|_| get(&topo, "10.96.200.10:80").as_deref() == Ok("pod-2")),
+        Duration::from_secs(5)
+    ));
+
+    // A new Service, and a UDP one.
+    api.apply(service("t", "api", "10.96.200.20", 8000, "TCP"));
+    api.apply(slice("t", "api-a", "api", 8080, "TCP", &[pod(&topo, 1)]));
+    api.apply(service("t", "dns", "10.96.200.53", 53, "UDP"));
+    api.apply(slice("t", "dns-a", "dns", 5353, "UDP", &[pod(&topo, 2)]));
+    assert!(wait_get(
+        &topo,
+        "10.96.200.20:8000",
+        "pod-1",
+        Duration::from_secs(5)
+    ));
+    assert!(gw.wait_routed(ip("10.96.200.53"), Duration::from_secs(5)));
+    let reply = udp_roundtrip(topo.client(), sa("10.96.200.53:53"), b"hi").unwrap();
+    assert!(reply.starts_with("pod-2"), "{reply}");
+
+    // Deleting the slice: no endpoints, refused at once; deleting the Service: unrouted.
+    assert!(api.delete(Res::Slices, "t", "api-a"));
+    assert!(wait_for(
+        || {
+            let a = sa("10.96.200.20:8000");
+            topo.client()
+                .run(move || TcpStream::connect_timeout(&a, Duration::from_secs(1)))
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::TimedOut)
+        },
+        Duration::from_secs(5)
+    ));
+    assert!(api.delete(Res::Services, "t", "api"));
+    assert!(wait_for(
+        || !gw.routes_via_tun(ip("10.96.200.20")),
+        Duration::from_secs(5)
+    ));
+    assert_eq!(get(&topo, "10.96.200.10:80").as_deref(), Ok("pod-2"));
+}
+
+#[test]
+fn kube_outage_keeps_forwarding_then_resyncs_and_410_relists() {
+    let topo = topology(2);
+    let _b = start_backends_in_process(&topo);
+    let api = ApiServer::start_in(topo.gateway());
+    api.set_bookmark_interval(Duration::from_millis(200));
+    api.apply(service("t", "web", "10.96.201.10", 80, "TCP"));
+    api.apply(slice("t", "web-a", "web", 8080, "TCP", &[pod(&topo, 1)]));
+    let gw = start_gateway(&topo, &api, &["--service-cidr", "10.96.0.0/16"]);
+    assert!(gw.wait_routed(ip("10.96.201.10"), Duration::from_secs(10)));
+    assert!(
+        wait_get(&topo, "10.96.201.10:80", "pod-1", Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+
+    // 410 Gone mid-stream: the watcher re-lists; a change made meanwhile arrives, and it
+    // is not an outage.
+    let lists_before = api
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.starts_with("/apis/discovery.k8s.io/v1/endpointslices") && !r.contains("watch")
+        })
+        .count();
+    api.expire_watches();
+    api.apply(slice("t", "web-a", "web", 8080, "TCP", &[pod(&topo, 2)]));
+    assert!(
+        wait_get(&topo, "10.96.201.10:80", "pod-2", Duration::from_secs(5)),
+        "{}",
+        gw.logs()
+    );
+    assert!(wait_for(
+        || gw.logged("watch expired (410 Gone); re-listing"),
+        Duration::from_secs(3)
+    ));
+    let lists_after = api
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.starts_with("/apis/discovery.k8s.io/v1/endpointslices") && !r.contains("watch")
+        })
+        .count();
+    assert!(
+        lists_after > lists_before,
+        "a 410 makes the watcher re-list"
+    );
+    assert!(!gw.logged("lost the API server"));
+
+    // Dropped connections: the watch is re-established (from its resourceVersion).
+    api.drop_connections();
+    api.apply(slice("t", "web-a", "web", 8080, "TCP", &[pod(&topo, 1)]));
+    assert!(
+        wait_get(&topo, "10.96.201.10:80", "pod-1", Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+
+    // The API server goes away: forwarding goes on with the last table (stale), and the
+    // outage is logged once, not once per retry.
+    api.stop();
+    assert!(
+        wait_for(|| gw.logged("lost the API server"), Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+    for _ in 0..5 {
+        assert_eq!(get(&topo, "10.96.201.10:80").as_deref(), Ok("pod-1"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(count(&gw.logs(), "lost the API server"), 1, "{}", gw.logs());
+    // Changes made while the gateway cannot see them...
+    api.apply(slice("t", "web-a", "web", 8080, "TCP", &[pod(&topo, 2)]));
+    api.apply(service("t", "new", "10.96.201.20", 80, "TCP"));
+    api.apply(slice("t", "new-a", "new", 8080, "TCP", &[pod(&topo, 1)]));
+    assert_eq!(get(&topo, "10.96.201.10:80").as_deref(), Ok("pod-1"));
+    // ... arrive with the resync after the restart (same port).
+    api.restart();
+    assert!(
+        wait_get(&topo, "10.96.201.10:80", "pod-2", Duration::from_secs(15)),
+        "{}",
+        gw.logs()
+    );
+    assert!(wait_get(
+        &topo,
+        "10.96.201.20:80",
+        "pod-1",
+        Duration::from_secs(5)
+    ));
+    assert!(
+        wait_for(
+            || gw.logged("API server back; resynced"),
+            Duration::from_secs(5)
+        ),
+        "{}",
+        gw.logs()
+    );
+
+    // 5xx answers are an outage too; the table stays. (500: kube-client retries 503 and
+    // 429 itself for several seconds before the watcher sees an error.)
+    api.fail_with(Some(500));
+    assert!(
+        wait_for(
+            || count(&gw.logs(), "lost the API server") == 2,
+            Duration::from_secs(15)
+        ),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(get(&topo, "10.96.201.10:80").as_deref(), Ok("pod-2"));
+    api.fail_with(None);
+    assert!(
+        wait_for(
+            || count(&gw.logs(), "API server back; resynced") == 2,
+            Duration::from_secs(15)
+        ),
+        "{}",
+        gw.logs()
+    );
+    assert!(!gw.logged("panicked"));
+}
+
+#[test]
+fn kube_bad_objects_are_skipped_with_one_warning_each() {
+    let topo = topology(1);
+    let _b = start_backends_in_process(&topo);
+    let api = ApiServer::start_in(topo.gateway());
+    let p1 = pod(&topo, 1);
+    api.apply(service("t", "good", "10.96.202.10", 80, "TCP"));
+    api.apply(slice("t", "good-a", "good", 8080, "TCP", &[p1]));
+    // Services: an invalid IP, a port out of range, an unknown protocol, a duplicate
+    // ClusterIP (the second by name loses).
+    api.apply(service("t", "bad-ip", "10.96.202.300", 80, "TCP"));
+    api.apply(service("t", "bad-port", "10.96.202.11", 70000, "TCP"));
+    api.apply(service("t", "bad-proto", "10.96.202.12", 80, "QUIC"));
+    api.apply(service("t", "zz-dup", "10.96.202.10", 80, "TCP"));
+    // Slices: no service-name label, an invalid endpoint IP, a port out of range, an
+    // unknown protocol. The good Service gets all of them; only the good slice counts.
+    let mut unlabelled = slice("t", "nolabel", "good", 8080, "TCP", &[ip("10.244.99.1")]);
+    unlabelled["metadata"]["labels"] = json!({});
+    api.apply(unlabelled);
+    let mut bad_ep = slice("t", "bad-ep", "good", 8080, "TCP", &[]);
+    bad_ep["endpoints"] = json!([{"addresses": ["10.244.1.999"]}]);
+    api.apply(bad_ep);
+    api.apply(slice(
+        "t",
+        "bad-slice-port",
+        "good",
+        70000,
+        "TCP",
+        &[ip("10.244.99.2")],
+    ));
+    api.apply(slice(
+        "t",
+        "bad-slice-proto",
+        "good",
+        8080,
+        "ICMP",
+        &[ip("10.244.99.3")],
+    ));
+
+    let gw = start_gateway(&topo, &api, &[]);
+    assert!(
+        gw.wait_routed(ip("10.96.202.10"), Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+    // Every answer comes from the good endpoint only.
+    for _ in 0..3 {
+        assert_eq!(get(&topo, "10.96.202.10:80").as_deref(), Ok("pod-1"));
+    }
+    for unrouted in ["10.96.202.11", "10.96.202.12"] {
+        assert!(!gw.routes_via_tun(ip(unrouted)), "{unrouted}");
+    }
+    let expected = [
+        ("Service t/bad-ip", "spec.clusterIPs[0]"),
+        ("Service t/bad-port", "spec.ports[0].port"),
+        ("Service t/bad-proto", "spec.ports[0].protocol"),
+        ("Service t/zz-dup", "spec.clusterIPs[0]"),
+        (
+            "EndpointSlice t/nolabel",
+            "metadata.labels[kubernetes.io/service-name]",
+        ),
+        ("EndpointSlice t/bad-ep", "endpoints[0].addresses[0]"),
+        ("EndpointSlice t/bad-slice-port", "ports[0].port"),
+        ("EndpointSlice t/bad-slice-proto", "ports[0].protocol"),
+    ];
+    // Rebuilding the good Service (its slice changes) does not repeat the warnings.
+    api.apply(slice(
+        "t",
+        "good-a",
+        "good",
+        8080,
+        "TCP",
+        &[p1, ip("10.244.1.10")],
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let logs = gw.logs();
+    for (object, field) in expected {
+        let lines: Vec<&str> = logs
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("object={object} ")) && l.contains("bad object skipped")
+            })
+            .collect();
+        assert_eq!(lines.len(), 1, "{object}: {lines:?}\n{logs}");
+        assert!(
+            lines[0].contains(&format!("field={field}")),
+            "{object}: {}",
+            lines[0]
+        );
+    }
+    // Bookmarks (an EndpointSlice with addressType "" and endpoints null) are not objects.
+    assert!(!logs.contains("addressType: \"\""), "{logs}");
+}
+
+#[test]
+fn kube_policy_rules_and_service_cidrs() {
+    let topo = topology(1);
+    let _b = start_backends_in_process(&topo);
+    let api = ApiServer::start_in(topo.gateway());
+    let p1 = pod(&topo, 1);
+    let with = |mut v: Value, labels: Value, annotations: Value| {
+        v["metadata"]["labels"] = labels;
+        v["metadata"]["annotations"] = annotations;
+        v
+    };
+    let add = |ns: &str, name: &str, cip: &str, labels: Value, annotations: Value| {
+        api.apply(with(service(ns, name, cip, 80, "TCP"), labels, annotations));
+        api.apply(slice(ns, &format!("{name}-a"), name, 8080, "TCP", &[p1]));
+    };
+    add("shop", "open", "10.96.203.1", json!({}), json!({}));
+    add("hidden", "x", "10.96.203.2", json!({}), json!({}));
+    add(
+        "shop",
+        "internal",
+        "10.96.203.3",
+        json!({"tier": "internal"}),
+        json!({}),
+    );
+    add(
+        "shop",
+        "optout",
+        "10.96.203.4",
+        json!({}),
+        json!({"clusterway.io/expose": "false"}),
+    );
+    add(
+        "shop",
+        "restricted",
+        "10.96.203.5",
+        json!({}),
+        json!({"clusterway.io/allow-sources": "10.0.0.0/8"}),
+    );
+    add(
+        "shop",
+        "mine",
+        "10.96.203.6",
+        json!({}),
+        json!({"clusterway.io/allow-sources": "192.168.77.0/24, 10.0.0.0/8"}),
+    );
+    add(
+        "shop",
+        "badsrc",
+        "10.96.203.7",
+        json!({}),
+        json!({"clusterway.io/allow-sources": "banana"}),
+    );
+    add(
+        "shop",
+        "badexpose",
+        "10.96.203.8",
+        json!({}),
+        json!({"clusterway.io/expose": "maybe"}),
+    );
+    api.apply(with(
+        service("shop", "udp-restricted", "10.96.203.53", 53, "UDP"),
+        json!({}),
+        json!({"clusterway.io/allow-sources": "10.0.0.0/8"}),
+    ));
+    api.apply(slice(
+        "shop",
+        "udp-restricted-a",
+        "udp-restricted",
+        5353,
+        "UDP",
+        &[p1],
+    ));
+
+    let gw = start_gateway(
+        &topo,
+        &api,
+        &[
+            "--exclude-namespace",
+            "hidden",
+            "--service-selector",
+            "tier notin (internal)",
+            "--allow-source",
+            "192.168.0.0/16",
+        ],
+    );
+    assert!(
+        gw.wait_routed(ip("10.96.203.1"), Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(get(&topo, "10.96.203.1:80").as_deref(), Ok("pod-1"));
+    assert_eq!(
+        get(&topo, "10.96.203.6:80").as_deref(),
+        Ok("pod-1"),
+        "annotation within the flag"
+    );
+    for (cip, why) in [
+        ("10.96.203.2", "excluded namespace"),
+        ("10.96.203.3", "selector"),
+        ("10.96.203.4", "opt-out annotation"),
+        ("10.96.203.8", "malformed expose"),
+    ] {
+        assert!(!gw.routes_via_tun(ip(cip)), "{cip}: {why}");
+    }
+    // Refused sources: TCP gets a RST (connection refused at once), UDP an ICMP
+    // administratively prohibited (an error at once, not a timeout).
+    for cip in ["10.96.203.5:80", "10.96.203.7:80"] {
+        let a = sa(cip);
+        let r = topo
+            .client()
+            .run(move || TcpStream::connect_timeout(&a, Duration::from_secs(2)));
+        assert_eq!(
+            r.map(|_| ()).unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{cip}"
+        );
+    }
+    let udp_err = topo.client().run(|| -> std::io::Result<()> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect("10.96.203.53:53")?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.send(b"q")?;
+        let mut buf = [0u8; 512];
+        s.recv(&mut buf).map(|_| ())
+    });
+    let kind = udp_err.unwrap_err().kind();
+    assert!(
+        !matches!(
+            kind,
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{kind:?}"
+    );
+    let logs = gw.logs();
+    assert_eq!(count(&logs, "malformed annotation"), 2, "{logs}");
+    assert!(logs.contains("field=metadata.annotations[clusterway.io/allow-sources]"));
+    drop(gw);
+
+    // Opt-in mode and --namespace, with routes from the cluster's ServiceCIDRs.
+    api.serve_service_cidrs(true);
+    api.apply(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16"]}}),
+    );
+    add(
+        "shop",
+        "optin",
+        "10.96.203.9",
+        json!({}),
+        json!({"clusterway.io/expose": "true"}),
+    );
+    add(
+        "hidden",
+        "optin",
+        "10.96.203.10",
+        json!({}),
+        json!({"clusterway.io/expose": "true"}),
+    );
+    let gw = start_gateway(
+        &topo,
+        &api,
+        &["--namespace", "shop", "--expose-by-default=false"],
+    );
+    assert!(
+        wait_get(&topo, "10.96.203.9:80", "pod-1", Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+    // The whole ServiceCIDR is routed (not per-IP), and only opted-in Services in `shop`
+    // answer: an exposed-by-default one is not a Service now (dropped, so it times out).
+    assert!(gw.routes_via_tun(ip("10.96.250.250")));
+    let a = sa("10.96.203.1:80");
+    let r = topo
+        .client()
+        .run(move || TcpStream::connect_timeout(&a, Duration::from_millis(500)));
+    assert!(r.is_err());
+    let a = sa("10.96.203.10:80");
+    let r = topo
+        .client()
+        .run(move || TcpStream::connect_timeout(&a, Duration::from_millis(500)));
+    assert!(r.is_err());
+    // Routes follow the ServiceCIDR object live.
+    api.apply(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.203.0/24"]}}),
+    );
+    assert!(
+        wait_for(
+            || !gw.routes_via_tun(ip("10.96.250.250")),
+            Duration::from_secs(5)
+        ),
+        "{}",
+        gw.logs()
+    );
+    assert!(gw.routes_via_tun(ip("10.96.203.9")));
+}
