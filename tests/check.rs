@@ -14,6 +14,10 @@ use std::sync::{Arc, Mutex};
 use clusterway::lab::netns::{unique_prefix, Netns};
 use serde_json::{json, Value};
 
+/// The watch path's test API server (read-only: it serves no SelfSubjectAccessReview, so
+/// the permission checks are tested against the stub below).
+mod apiserver;
+
 const BIN: &str = env!("CARGO_BIN_EXE_clusterway");
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -786,6 +790,57 @@ fn against_an_api_server_rejected_credentials_are_explained() {
         assert!(report.fix(name).contains("credentials"), "{dump}");
     }
     assert_eq!(report.severity("endpoints reachable"), "skipped", "{dump}");
+}
+
+#[test]
+fn against_the_watch_test_api_server() {
+    let env = Env::new();
+    env.add_local_address("10.77.0.2");
+    let pod = env.listen("10.77.0.2:0");
+    let port = pod.local_addr().unwrap().port();
+    let api = apiserver::ApiServer::start_in(&env.ns);
+    api.apply(slice(
+        "web-a",
+        "web",
+        port,
+        json!([{"addresses": ["10.77.0.2"], "conditions": {"ready": true}}]),
+    ));
+    let kc = api.kubeconfig();
+    let (ok, report) = env.check_json(&["--kubeconfig", kc.to_str().unwrap()]);
+    let dump = format!("{:#}", report.0);
+
+    let loaded = report.detail("kubeconfig loads");
+    assert!(loaded.contains("context test"), "{loaded}");
+    assert!(
+        loaded.contains(&format!("https://{}", api.addr)),
+        "{loaded}"
+    );
+    assert_eq!(report.severity("API reachable"), "ok", "{dump}");
+    assert!(report
+        .detail("API reachable")
+        .contains("v1.33.0-clusterway-test"));
+    // This server is read-only (405 for the POST): the permissions cannot be told, which
+    // is a warning, not a blocker.
+    let services = "list/watch services";
+    assert_eq!(report.severity(services), "warning", "{dump}");
+    assert!(report.detail(services).contains("405"), "{dump}");
+    assert!(
+        report.fix(services).contains("kubectl auth can-i"),
+        "{dump}"
+    );
+    let reach = report.detail("endpoints reachable");
+    assert!(
+        reach.contains(&format!("10.77.0.2:{port} (shop/web) connected")),
+        "{dump}"
+    );
+    assert!(ok, "{dump}");
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.starts_with("/apis/discovery.k8s.io/v1/endpointslices")),
+        "{:?}",
+        api.requests()
+    );
 }
 
 #[test]
