@@ -32,6 +32,7 @@ use crate::dataplane::tun::TunDevice;
 use crate::dataplane::worker::Worker;
 use crate::host::netlink::Host;
 use crate::host::sysctl;
+use crate::web::{self, health::Health};
 
 /// New TCP flows waiting for the acceptor: one burst of SYNs per worker batch several times
 /// over; past it the SYN is dropped and the client retransmits.
@@ -195,8 +196,26 @@ async fn serve(
     let stats = Arc::new(Stats::default());
     let table = Arc::new(ArcSwap::from_pointee(first));
     let (changed_tx, mut changed_rx) = watch::channel(0u64);
-    // Read by the status page and metrics (later).
-    let _sync_status = sync_status;
+    // The status page, API and metrics: read-only views of the table, counters and state.
+    let health = Arc::new(Health::new(&device.name, args.ready_max_stale));
+    let web_task = {
+        let listener = web::server::bind(args.status_addr, args.status_token.is_some()).await?;
+        let kind = match (&args.from_file, &source) {
+            (Some(path), Source::File(..)) => web::SourceKind::File(path.display().to_string()),
+            _ => web::SourceKind::Cluster(String::from("Kubernetes API")),
+        };
+        let status = web::Status::new(
+            table.clone(),
+            stats.clone(),
+            sync_status,
+            kind,
+            health.clone(),
+            args.status_token.clone(),
+            limits.tcp_flows,
+            limits.udp_flows,
+        );
+        web::server::spawn(listener, status, changed_tx.subscribe())
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     let (flows_tx, flows_rx) = mpsc::channel(FLOWS_CAPACITY);
     let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
@@ -262,13 +281,16 @@ async fn serve(
                     if !diff.is_empty() {
                         tracing::info!(routes = want.len(), change = ?diff, "routes reconciled");
                     }
+                    health.set_routes(Ok(want.len()));
                     installed = want;
                 }
                 Err(e) => {
+                    health.set_routes(Err(format!("reconcile failed: {e}")));
                     tracing::warn!(error = %e, "route reconcile failed; retrying on the next change")
                 }
             }
         } else {
+            health.set_routes(Ok(installed.len()));
         }
         match generation {
             0 => {}
@@ -296,6 +318,7 @@ async fn serve(
     shutdown.store(true, Ordering::Relaxed);
     source_task.abort();
     acceptor_task.abort();
+    web_task.abort();
     // The worker notices within its idle poll interval.
     let _ = tokio::task::spawn_blocking(move || worker_thread.join()).await;
     result

@@ -13,3 +13,4 @@ pub mod host;
 pub mod lab;
 pub mod probe;
 pub mod routes;
+pub mod web;

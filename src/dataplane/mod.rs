@@ -2,6 +2,7 @@
 //! It never talks to the API server; it reads the published `ServiceTable` only.
 pub mod balancer;
 pub mod engine;
+pub mod flows;
 pub mod nat;
 pub mod packet;
 pub mod stats;

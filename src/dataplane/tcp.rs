@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 
 use super::balancer::MAX_ATTEMPTS;
 use super::engine::PendingFlow;
-use super::stats::{ConnResult, Stats};
+use super::flows::{Counted, Direction};
+use super::stats::{ConnResult, NoticeKind, Stats};
 use crate::cluster::table::ServicePort;
 
 /// Dial timeouts per attempt, as kube-proxy's userspace mode used them.
@@ -165,18 +166,26 @@ fn reset(stream: TcpStream) {
 }
 
 /// Dial the flow's candidates in order, each with its own short timeout.
-async fn dial(flow: &PendingFlow) -> Option<(TcpStream, SocketAddr)> {
+async fn dial(flow: &PendingFlow, stats: &Stats) -> Option<(TcpStream, SocketAddr)> {
     for (attempt, endpoint) in flow.candidates.as_slice().iter().enumerate() {
         let timeout = DIAL_TIMEOUTS[attempt.min(MAX_ATTEMPTS - 1)];
-        match tokio::time::timeout(timeout, TcpStream::connect(endpoint)).await {
+        let error = match tokio::time::timeout(timeout, TcpStream::connect(endpoint)).await {
             Ok(Ok(s)) => return Some((s, *endpoint)),
             Ok(Err(e)) => {
                 tracing::debug!(service = %flow.port.service, endpoint = %endpoint, attempt, error = %e, "dial failed");
+                e.to_string()
             }
             Err(_) => {
                 tracing::debug!(service = %flow.port.service, endpoint = %endpoint, attempt, ?timeout, "dial timed out");
+                format!("timed out after {timeout:?}")
             }
-        }
+        };
+        // Observability (per failed attempt, rate limited): the status page's dial failures.
+        let kind = NoticeKind::DialAttempt {
+            endpoint: *endpoint,
+            error,
+        };
+        stats.notices.push(&flow.port, flow.key.client, kind);
     }
     None
 }
@@ -188,7 +197,8 @@ async fn proxy(
     stats: Arc<Stats>,
 ) {
     let virt = flow.virt;
-    let dialed = dial(&flow).await;
+    let dial_start = Instant::now();
+    let dialed = dial(&flow, &stats).await;
     // The worker learns of the accept (its NAT entry stops being "pending") and the endpoint.
     let event = FlowEvent::Dialed {
         virt,
@@ -201,16 +211,25 @@ async fn proxy(
     }
     match dialed {
         None => {
-            stats.tcp_conn(ConnResult::DialFailed);
+            stats.tcp_conn(&flow.port, flow.key.client, ConnResult::DialFailed);
             tracing::info!(service = %flow.port.service, client = %flow.key.client, "no endpoint answered; resetting the client");
             reset(client);
         }
-        Some((upstream, _)) => {
-            stats.tcp_conn(ConnResult::Ok);
+        Some((upstream, endpoint)) => {
+            // Observability, once per connection: counters, latency, the live flow list.
+            stats.dial_latency.observe(dial_start.elapsed());
+            let svc = stats.tcp_conn(&flow.port, flow.key.client, ConnResult::Ok);
+            let listed = stats
+                .flows
+                .register(&flow.port, flow.key.client, endpoint, svc);
             stats.tcp_active.fetch_add(1, Ordering::Relaxed);
             let _ = client.set_nodelay(true);
             let _ = upstream.set_nodelay(true);
-            let (to_ep, to_client) = splice_both(client, upstream).await;
+            let (to_ep, to_client) = splice_both(
+                Counted::new(client, listed.info(), Direction::ToEndpoint),
+                Counted::new(upstream, listed.info(), Direction::ToClient),
+            )
+            .await;
             stats.bytes_to_endpoint.fetch_add(to_ep, Ordering::Relaxed);
             stats
                 .bytes_to_client
@@ -229,7 +248,11 @@ const COPY_BUFFER: usize = 16 * 1024;
 /// Copy both ways until both directions are finished; EOF on one side is passed on as a
 /// shutdown of the other's write half (half-close). Returns bytes (client→endpoint,
 /// endpoint→client).
-async fn splice_both(mut client: TcpStream, mut upstream: TcpStream) -> (u64, u64) {
+async fn splice_both<C, U>(mut client: C, mut upstream: U) -> (u64, u64)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     match tokio::io::copy_bidirectional_with_sizes(
         &mut client,
         &mut upstream,

@@ -15,12 +15,13 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::engine::{Engine, PendingFlow, Verdict};
+use super::flows::{FlowGuard, FlowInfo};
 use super::nat::FlowKey;
 use super::packet::{self, Checksum};
-use super::stats::{Reason, Stats};
+use super::stats::{ConnResult, Reason, Stats};
 use super::tcp::FlowEvent;
 use super::tun::TunQueue;
-use crate::cluster::table::ServiceTable;
+use crate::cluster::table::{ServicePort, ServiceTable};
 
 /// Packets read per wake-up before the worker looks at its other inputs again.
 const BATCH: usize = 64;
@@ -35,13 +36,17 @@ pub struct UdpHandle {
     /// Milliseconds since the worker's epoch at the last reply (0: none yet).
     last_reply_ms: Arc<AtomicU64>,
     task: AbortHandle,
+    /// Lists the flow on the status page while it lives (and counts its bytes).
+    flow: FlowGuard,
 }
 
 impl UdpHandle {
     /// Send one datagram now. A plain non-blocking send(2): tokio's `try_send` would report
     /// WouldBlock on a socket whose readiness its reactor has not seen yet (a new flow).
     fn send(&self, payload: &[u8]) -> io::Result<usize> {
-        socket2::SockRef::from(self.socket.as_ref()).send(payload)
+        let n = socket2::SockRef::from(self.socket.as_ref()).send(payload)?;
+        self.flow.info().sent(n as u64);
+        Ok(n)
     }
 }
 
@@ -167,7 +172,7 @@ impl Worker {
                 port,
                 endpoint,
                 payload,
-            } => match self.open_udp(key, endpoint, epoch) {
+            } => match self.open_udp(key, &port, endpoint, epoch) {
                 Ok(handle) => {
                     if let Err(e) = handle.send(&buf[payload]) {
                         tracing::debug!(service = %port.service, endpoint = %endpoint, error = %e, "first datagram of a UDP flow not sent");
@@ -178,6 +183,8 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::warn!(service = %port.service, endpoint = %endpoint, error = %e, "cannot open a UDP flow socket");
+                    self.stats
+                        .udp_flow(&port, key.client, ConnResult::DialFailed);
                     let n = self.engine.reject(buf, len, now, scratch);
                     (n > 0).then_some((true, n))
                 }
@@ -207,6 +214,7 @@ impl Worker {
     fn open_udp(
         &self,
         key: FlowKey,
+        port: &ServicePort,
         endpoint: SocketAddr,
         epoch: Instant,
     ) -> io::Result<UdpHandle> {
@@ -220,7 +228,12 @@ impl Worker {
         std.set_nonblocking(true)?;
         let socket = Arc::new(UdpSocket::from_std(std)?);
         let last_reply_ms = Arc::new(AtomicU64::new(0));
+        let flow =
+            self.stats
+                .flows
+                .register(port, key.client, endpoint, self.stats.services.get(port));
         let task = tokio::spawn(udp_replies(
+            flow.info().clone(),
             socket.clone(),
             key,
             self.queue.clone(),
@@ -233,12 +246,14 @@ impl Worker {
             socket,
             last_reply_ms,
             task,
+            flow,
         })
     }
 }
 
 /// Read the endpoint's replies and write them to the client as `S:sp → C:cp` packets.
 async fn udp_replies(
+    flow: Arc<FlowInfo>,
     socket: Arc<UdpSocket>,
     key: FlowKey,
     queue: Arc<TunQueue>,
@@ -268,6 +283,7 @@ async fn udp_replies(
             continue;
         };
         stats.bytes_to_client.fetch_add(n as u64, Ordering::Relaxed);
+        flow.received(n as u64);
         if v6 && len > packet::IPV6_MIN_MTU {
             // Routers do not fragment IPv6: send fragments every path carries.
             frag_id = frag_id.wrapping_add(1);

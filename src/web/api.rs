@@ -1,0 +1,467 @@
+//! The JSON views of `/api/v1/...`: pure functions of the [`Status`] and the query, so
+//! the handlers stay thin. Filtering, sorting and paging of Services happen here, on the
+//! server: the page asks for one screenful of a 10,000-Service table at a time.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{unix_ms, Status};
+use crate::cluster::sync::SyncState;
+use crate::cluster::table::{NotExposed, ServiceEntry};
+use crate::dataplane::flows::FlowInfo;
+use crate::dataplane::stats::{ConnResult, ServiceStats};
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+/// `?q=&state=&sort=&order=&limit=&offset=` of `/api/v1/services`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ServicesQuery {
+    /// Substring (case-insensitive) of `namespace/name`, a ClusterIP or `ip:port`.
+    pub q: Option<String>,
+    /// `serving`, `unservable` (no usable endpoint, or not exposed), `not_exposed`.
+    pub state: Option<String>,
+    /// `name` (default), `endpoints`, `flows`, `rate`, `bytes`, `failure`, `state`.
+    pub sort: Option<String>,
+    /// `asc` (default) or `desc`.
+    pub order: Option<String>,
+    pub limit: Option<usize>,
+    pub offset: Option<usize>,
+}
+
+/// Endpoint counts of a Service: unique addresses over its ports.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct EndpointCounts {
+    pub ready: usize,
+    pub serving: usize,
+    pub terminating: usize,
+    pub total: usize,
+}
+
+/// One row of the services table.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceRow {
+    pub namespace: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub cluster_ips: Vec<IpAddr>,
+    /// `80/TCP`, `53/UDP`, … (plus unsupported ones, marked).
+    pub ports: Vec<String>,
+    /// `serving`, `no_endpoints`, `not_exposed`.
+    pub state: &'static str,
+    /// Why it is not exposed or cannot serve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub endpoints: EndpointCounts,
+    pub active_flows: u64,
+    pub conn_rate: f64,
+    pub connections: u64,
+    pub bytes_to_endpoint: u64,
+    pub bytes_to_client: u64,
+    /// `{at, result}` of the last failed set-up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Value>,
+}
+
+fn not_exposed_reason(n: &NotExposed) -> String {
+    match n {
+        NotExposed::Headless => "headless (no ClusterIP)".into(),
+        NotExposed::ExternalName => "ExternalName".into(),
+        NotExposed::OtherProxy(p) => format!("service-proxy-name {p}"),
+        NotExposed::Policy(p) => format!("excluded by policy: {p}"),
+        NotExposed::Invalid(e) => format!("invalid: {e}"),
+    }
+}
+
+fn endpoint_counts(s: &ServiceEntry) -> EndpointCounts {
+    let mut all = BTreeSet::new();
+    let mut ready = BTreeSet::new();
+    let mut serving = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for p in &s.ports {
+        for e in &p.endpoints {
+            let ip = e.addr.ip();
+            all.insert(ip);
+            if e.conditions.ready {
+                ready.insert(ip);
+            }
+            if e.conditions.serving {
+                serving.insert(ip);
+            }
+            if e.conditions.terminating {
+                terminating.insert(ip);
+            }
+        }
+    }
+    EndpointCounts {
+        ready: ready.len(),
+        serving: serving.len(),
+        terminating: terminating.len(),
+        total: all.len(),
+    }
+}
+
+/// Per-Service aggregates of the per-port counters.
+#[derive(Debug, Default, Clone)]
+struct Agg {
+    active: u64,
+    connections: u64,
+    to_ep: u64,
+    to_cl: u64,
+    last_failure: Option<(SystemTime, ConnResult)>,
+}
+
+fn aggregates(status: &Status) -> HashMap<(String, String), Agg> {
+    let mut out: HashMap<(String, String), Agg> = HashMap::new();
+    for (k, s) in status.stats.services.snapshot() {
+        let a = out
+            .entry((k.service.namespace.clone(), k.service.name.clone()))
+            .or_default();
+        add(a, &s);
+    }
+    out
+}
+
+fn add(a: &mut Agg, s: &ServiceStats) {
+    a.active += s.active.load(Ordering::Relaxed);
+    a.connections += s.attempts();
+    a.to_ep += s.bytes_to_endpoint.load(Ordering::Relaxed);
+    a.to_cl += s.bytes_to_client.load(Ordering::Relaxed);
+    if let Some(f) = s.last_failure() {
+        if a.last_failure.is_none_or(|old| old.0 < f.0) {
+            a.last_failure = Some(f);
+        }
+    }
+}
+
+fn row(s: &ServiceEntry, agg: Option<&Agg>, rate: f64) -> ServiceRow {
+    let mut ports: Vec<String> = Vec::new();
+    for p in &s.ports {
+        let label = format!("{}/{}", p.port, p.protocol);
+        if !ports.contains(&label) {
+            ports.push(label);
+        }
+    }
+    ports.extend(
+        s.unsupported_ports
+            .iter()
+            .map(|u| format!("{u} (unsupported)")),
+    );
+    let (state, reason) = match &s.not_exposed {
+        Some(n) => ("not_exposed", Some(not_exposed_reason(n))),
+        None if s.ports.is_empty() => ("no_endpoints", Some("no supported port".into())),
+        None if s.ports.iter().all(|p| p.usable.is_empty()) => (
+            "no_endpoints",
+            Some("no ready or serving endpoint: connections are refused".into()),
+        ),
+        None => ("serving", None),
+    };
+    let a = agg.cloned().unwrap_or_default();
+    ServiceRow {
+        namespace: s.id.namespace.clone(),
+        name: s.id.name.clone(),
+        type_: s.type_.clone(),
+        cluster_ips: s.cluster_ips.clone(),
+        ports,
+        state,
+        reason,
+        endpoints: endpoint_counts(s),
+        active_flows: a.active,
+        conn_rate: (rate * 100.0).round() / 100.0,
+        connections: a.connections,
+        bytes_to_endpoint: a.to_ep,
+        bytes_to_client: a.to_cl,
+        last_failure: a
+            .last_failure
+            .map(|(at, r)| json!({"at": unix_ms(at), "result": r.label()})),
+    }
+}
+
+fn matches(s: &ServiceEntry, q: &str) -> bool {
+    if q.is_empty() {
+        return true;
+    }
+    let id = format!("{}/{}", s.id.namespace, s.id.name).to_lowercase();
+    if id.contains(q) {
+        return true;
+    }
+    s.cluster_ips.iter().any(|ip| {
+        ip.to_string().contains(q)
+            || s.ports
+                .iter()
+                .any(|p| format!("{ip}:{}", p.port).contains(q))
+    })
+}
+
+/// `/api/v1/services`.
+pub fn services(status: &Status, query: &ServicesQuery) -> Value {
+    let table = status.table.load();
+    let q = query.q.as_deref().unwrap_or("").trim().to_lowercase();
+    let aggs = aggregates(status);
+    let rates = status.rates();
+    let mut rows: Vec<ServiceRow> = table
+        .services
+        .iter()
+        .filter(|s| matches(s, &q))
+        .map(|s| {
+            let key = (s.id.namespace.clone(), s.id.name.clone());
+            row(
+                s,
+                aggs.get(&key),
+                rates.get(&key).copied().unwrap_or_default(),
+            )
+        })
+        .filter(|r| match query.state.as_deref() {
+            Some("serving") => r.state == "serving",
+            Some("unservable") => r.state != "serving",
+            Some("not_exposed") => r.state == "not_exposed",
+            Some("no_endpoints") => r.state == "no_endpoints",
+            _ => true,
+        })
+        .collect();
+    let desc = query.order.as_deref() == Some("desc");
+    let key = query.sort.as_deref().unwrap_or("name");
+    // The table is sorted by name already; a stable sort keeps that as the tie-break.
+    match key {
+        "endpoints" => rows.sort_by_key(|r| (r.endpoints.ready, r.endpoints.total)),
+        "flows" => rows.sort_by_key(|r| r.active_flows),
+        "rate" => rows.sort_by(|a, b| a.conn_rate.total_cmp(&b.conn_rate)),
+        "connections" => rows.sort_by_key(|r| r.connections),
+        "bytes" => rows.sort_by_key(|r| r.bytes_to_endpoint + r.bytes_to_client),
+        "failure" => rows.sort_by_key(|r| {
+            r.last_failure
+                .as_ref()
+                .and_then(|f| f["at"].as_u64())
+                .unwrap_or(0)
+        }),
+        "state" => rows.sort_by_key(|r| match r.state {
+            "no_endpoints" => 0,
+            "not_exposed" => 1,
+            _ => 2,
+        }),
+        _ => {}
+    }
+    if desc {
+        rows.reverse();
+    }
+    let matched = rows.len();
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let offset = query.offset.unwrap_or(0).min(matched);
+    let items: Vec<ServiceRow> = rows.into_iter().skip(offset).take(limit).collect();
+    let unservable = table
+        .services
+        .iter()
+        .filter(|s| s.not_exposed.is_some() || s.ports.iter().all(|p| p.usable.is_empty()))
+        .count();
+    json!({
+        "generation": table.generation,
+        "total": table.services.len(),
+        "unservable": unservable,
+        "matched": matched,
+        "offset": offset,
+        "limit": limit,
+        "items": items,
+    })
+}
+
+fn flow_json(f: &FlowInfo, now: SystemTime) -> Value {
+    json!({
+        "id": f.id,
+        "protocol": f.protocol.label(),
+        "client": f.client.to_string(),
+        "frontend": f.frontend.to_string(),
+        "service": f.service.to_string(),
+        "endpoint": f.endpoint.to_string(),
+        "started": unix_ms(f.started),
+        "age_s": now.duration_since(f.started).map_or(0.0, |d| d.as_secs_f64()),
+        "to_endpoint": f.to_endpoint.load(Ordering::Relaxed),
+        "to_client": f.to_client.load(Ordering::Relaxed),
+    })
+}
+
+/// Live flows, newest first, optionally of one Service (`namespace/name`).
+pub fn flows(status: &Status, service: Option<&str>, limit: usize) -> Value {
+    let mut all: Vec<Arc<FlowInfo>> = status.stats.flows.snapshot();
+    if let Some(s) = service {
+        all.retain(|f| f.service.to_string() == s);
+    }
+    all.sort_by(|a, b| b.started.cmp(&a.started).then(b.id.cmp(&a.id)));
+    let now = SystemTime::now();
+    let total = all.len();
+    let items: Vec<Value> = all
+        .iter()
+        .take(limit.clamp(1, MAX_LIMIT))
+        .map(|f| flow_json(f, now))
+        .collect();
+    json!({"total": total, "items": items})
+}
+
+/// `/api/v1/services/{ns}/{name}`, or `None` when the table has no such Service.
+pub fn service(status: &Status, ns: &str, name: &str) -> Option<Value> {
+    let table = status.table.load();
+    let s = table.service(ns, name)?;
+    let key = (ns.to_string(), name.to_string());
+    let mut agg = Agg::default();
+    let mut per_port = Vec::new();
+    for (k, st) in status.stats.services.snapshot() {
+        if k.service.namespace == ns && k.service.name == name {
+            add(&mut agg, &st);
+            let results: serde_json::Map<String, Value> = ConnResult::ALL
+                .iter()
+                .map(|r| (r.label().to_string(), json!(st.count(*r))))
+                .collect();
+            per_port.push(json!({
+                "port": k.port, "protocol": k.protocol.label(),
+                "connections": results,
+                "active": st.active.load(Ordering::Relaxed),
+                "bytes_to_endpoint": st.bytes_to_endpoint.load(Ordering::Relaxed),
+                "bytes_to_client": st.bytes_to_client.load(Ordering::Relaxed),
+            }));
+        }
+    }
+    let rate = status.rates().get(&key).copied().unwrap_or_default();
+    let summary = row(s, Some(&agg), rate);
+    let ports: Vec<Value> = s
+        .ports
+        .iter()
+        .map(|p| {
+            let endpoints: Vec<Value> = p
+                .endpoints
+                .iter()
+                .map(|e| {
+                    json!({
+                        "address": e.addr.to_string(),
+                        "pod": e.pod, "node": e.node,
+                        "ready": e.conditions.ready,
+                        "serving": e.conditions.serving,
+                        "terminating": e.conditions.terminating,
+                        "usable": p.usable.contains(&e.addr),
+                    })
+                })
+                .collect();
+            json!({
+                "name": p.name,
+                "frontend": p.frontend().to_string(),
+                "protocol": p.protocol.label(),
+                "affinity_timeout_s": p.affinity.map(|d| d.as_secs()),
+                "allow_sources": p.allow.as_ref().map(|a| a.iter().map(|n| n.to_string()).collect::<Vec<_>>()),
+                "endpoints": endpoints,
+                "usable": p.usable.len(),
+            })
+        })
+        .collect();
+    let id = format!("{ns}/{name}");
+    super::observe::drain_notices(status);
+    let failures: Vec<_> = status
+        .events
+        .recent(Some(&id), 500)
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                "dial_failed" | "no_endpoints" | "rejected_policy" | "table_full"
+            )
+        })
+        .take(50)
+        .collect();
+    let events = status.events.recent(Some(&id), 50);
+    Some(json!({
+        "service": summary,
+        "ports": ports,
+        "counters": per_port,
+        "flows": flows(status, Some(&id), 200),
+        "failures": failures,
+        "events": events,
+    }))
+}
+
+/// `/api/v1/events`.
+pub fn events(status: &Status, service: Option<&str>, limit: usize) -> Value {
+    super::observe::drain_notices(status);
+    let items = status.events.recent(service, limit.clamp(1, MAX_LIMIT));
+    json!({"items": items})
+}
+
+fn sync_json(state: &SyncState) -> Value {
+    match state {
+        SyncState::Syncing => json!({"state": "syncing"}),
+        SyncState::Synced { at } => json!({"state": "synced", "at": unix_ms(*at)}),
+        SyncState::Stale { since, error } => {
+            json!({"state": "stale", "since": unix_ms(*since), "error": error})
+        }
+    }
+}
+
+/// `/api/v1/status`: the header, totals and chart history.
+pub fn status(status: &Status, with_history: bool) -> Value {
+    let table = status.table.load();
+    let state = status.sync.state.borrow().clone();
+    let readiness = status
+        .health
+        .readiness(&state, table.generation, SystemTime::now());
+    let (routes_ok, routes, route_error) = status.health.routes();
+    let stats = &status.stats;
+    let results = |tcp: bool| -> serde_json::Map<String, Value> {
+        ConnResult::ALL
+            .iter()
+            .map(|r| {
+                let n = if tcp {
+                    stats.tcp_count(*r)
+                } else {
+                    stats.udp_count(*r)
+                };
+                (r.label().to_string(), json!(n))
+            })
+            .collect()
+    };
+    let (history, latest) = {
+        let s = status.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let history = with_history.then(|| s.history.iter().copied().collect::<Vec<_>>());
+        (history, s.latest())
+    };
+    let api = match status.source {
+        super::SourceKind::Cluster(_) => json!({
+            "up": state.label() == "synced",
+            "reconnects": crate::cluster::sync::SourceCounters::get(&status.sync.counters.outages),
+            "errors": crate::cluster::sync::SourceCounters::get(&status.sync.counters.watch_errors),
+        }),
+        super::SourceKind::File(_) => Value::Null,
+    };
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started": unix_ms(status.started),
+        "uptime_s": status.uptime().as_secs(),
+        "auth": status.token.is_some(),
+        "source": {"kind": status.source.label(), "detail": status.source.detail()},
+        "sync": sync_json(&state),
+        "api": api,
+        "tun": {"name": status.health.tun_name, "up": status.health.tun().is_ok()},
+        "routes": {"ok": routes_ok, "installed": routes, "error": route_error},
+        "ready": readiness,
+        "table": {
+            "generation": table.generation,
+            "services": table.services.len(),
+            "exposed": table.services.iter().filter(|s| s.not_exposed.is_none()).count(),
+            "ports": table.ports().count(),
+        },
+        "totals": {
+            "active_tcp": stats.tcp_active.load(Ordering::Relaxed),
+            "active_udp": stats.udp_active.load(Ordering::Relaxed),
+            "max_tcp": status.max_tcp_flows,
+            "max_udp": status.max_udp_flows,
+            "tcp": results(true),
+            "udp": results(false),
+            "packets_in": stats.packets_in.load(Ordering::Relaxed),
+            "packets_out": stats.packets_out.load(Ordering::Relaxed),
+        },
+        "latest": latest,
+        "history": history,
+    })
+}

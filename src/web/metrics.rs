@@ -1,0 +1,349 @@
+//! `/metrics`: the gateway's state in Prometheus text format, built at scrape time from
+//! the table, the dataplane's atomics and the source's sync state (nothing is kept twice).
+//!
+//! Label sets are bounded by the table: namespace, Service, port, protocol, result,
+//! direction, reason, state — never a client or endpoint address.
+
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use prometheus::{Encoder, TextEncoder};
+
+use super::Status;
+use crate::cluster::sync::{SourceCounters, SyncState};
+use crate::dataplane::stats::{ConnResult, LATENCY_BUCKETS};
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name((*k).to_string());
+            l.set_value((*v).to_string());
+            l
+        })
+        .collect()
+}
+
+struct Family(MetricFamily);
+
+impl Family {
+    fn new(name: &str, help: &str, t: MetricType) -> Family {
+        let mut f = MetricFamily::default();
+        f.set_name(format!("clusterway_{name}"));
+        f.set_help(help.to_string());
+        f.set_field_type(t);
+        Family(f)
+    }
+
+    fn counter(mut self, pairs: &[(&str, &str)], v: f64) -> Self {
+        let mut c = Counter::default();
+        c.set_value(v);
+        let mut m = Metric::from_label(labels(pairs));
+        m.set_counter(c);
+        self.0.mut_metric().push(m);
+        self
+    }
+
+    fn gauge(mut self, pairs: &[(&str, &str)], v: f64) -> Self {
+        let mut g = Gauge::default();
+        g.set_value(v);
+        let mut m = Metric::from_label(labels(pairs));
+        m.set_gauge(g);
+        self.0.mut_metric().push(m);
+        self
+    }
+
+    fn push_counter(&mut self, pairs: &[(&str, &str)], v: f64) {
+        let mut c = Counter::default();
+        c.set_value(v);
+        let mut m = Metric::from_label(labels(pairs));
+        m.set_counter(c);
+        self.0.mut_metric().push(m);
+    }
+}
+
+/// Every metric family, in a stable order.
+pub fn gather(status: &Status) -> Vec<MetricFamily> {
+    let table = status.table.load();
+    let stats = &status.stats;
+    let mut out = Vec::new();
+
+    // Services and endpoints by state.
+    let (mut serving, mut no_endpoints, mut not_exposed) = (0u64, 0u64, 0u64);
+    let (mut ready, mut serving_only, mut terminating, mut total_eps) = (0u64, 0u64, 0u64, 0u64);
+    for s in &table.services {
+        if s.not_exposed.is_some() {
+            not_exposed += 1;
+            continue;
+        }
+        if s.ports.iter().any(|p| !p.usable.is_empty()) {
+            serving += 1;
+        } else {
+            no_endpoints += 1;
+        }
+        for p in &s.ports {
+            for e in &p.endpoints {
+                total_eps += 1;
+                let c = e.conditions;
+                if c.ready {
+                    ready += 1;
+                } else if c.serving {
+                    serving_only += 1;
+                }
+                if c.terminating {
+                    terminating += 1;
+                }
+            }
+        }
+    }
+    out.push(
+        Family::new(
+            "services",
+            "Services in the table by state (serving: at least one port has usable endpoints).",
+            MetricType::GAUGE,
+        )
+        .gauge(&[("state", "serving")], serving as f64)
+        .gauge(&[("state", "no_endpoints")], no_endpoints as f64)
+        .gauge(&[("state", "not_exposed")], not_exposed as f64)
+        .0,
+    );
+    out.push(
+        Family::new(
+            "endpoints",
+            "Endpoints of exposed Service ports (per port and family) by condition.",
+            MetricType::GAUGE,
+        )
+        .gauge(&[("state", "ready")], ready as f64)
+        .gauge(&[("state", "serving_not_ready")], serving_only as f64)
+        .gauge(&[("state", "terminating")], terminating as f64)
+        .gauge(&[("state", "total")], total_eps as f64)
+        .0,
+    );
+
+    // Connections, bytes and active flows per Service port.
+    let mut per = stats.services.snapshot();
+    per.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut conns = Family::new(
+        "connections_total",
+        "TCP connections and UDP flows attempted, by Service port and result.",
+        MetricType::COUNTER,
+    );
+    let mut bytes = Family::new(
+        "bytes_total",
+        "Payload bytes proxied, by Service and direction (TCP counted as read, UDP per datagram).",
+        MetricType::COUNTER,
+    );
+    let mut bytes_by_service: std::collections::BTreeMap<(String, String), (u64, u64)> =
+        Default::default();
+    for (k, s) in &per {
+        let port = k.port.to_string();
+        for r in ConnResult::ALL {
+            conns.push_counter(
+                &[
+                    ("namespace", &k.service.namespace),
+                    ("service", &k.service.name),
+                    ("port", &port),
+                    ("protocol", k.protocol.label()),
+                    ("result", r.label()),
+                ],
+                s.count(r) as f64,
+            );
+        }
+        let e = bytes_by_service
+            .entry((k.service.namespace.clone(), k.service.name.clone()))
+            .or_default();
+        e.0 += s.bytes_to_endpoint.load(Ordering::Relaxed);
+        e.1 += s.bytes_to_client.load(Ordering::Relaxed);
+    }
+    for ((ns, name), (to_ep, to_cl)) in &bytes_by_service {
+        bytes.push_counter(
+            &[
+                ("namespace", ns),
+                ("service", name),
+                ("direction", "to_endpoint"),
+            ],
+            *to_ep as f64,
+        );
+        bytes.push_counter(
+            &[
+                ("namespace", ns),
+                ("service", name),
+                ("direction", "to_client"),
+            ],
+            *to_cl as f64,
+        );
+    }
+    out.push(conns.0);
+    out.push(bytes.0);
+    out.push(
+        Family::new(
+            "active_flows",
+            "Proxied TCP connections and UDP flows open now.",
+            MetricType::GAUGE,
+        )
+        .gauge(
+            &[("protocol", "TCP")],
+            stats.tcp_active.load(Ordering::Relaxed) as f64,
+        )
+        .gauge(
+            &[("protocol", "UDP")],
+            stats.udp_active.load(Ordering::Relaxed) as f64,
+        )
+        .0,
+    );
+
+    // Dial latency.
+    let (cumulative, count, sum) = stats.dial_latency.read();
+    let mut h = Histogram::default();
+    h.set_sample_count(count);
+    h.set_sample_sum(sum);
+    for (bound, c) in LATENCY_BUCKETS.iter().zip(cumulative) {
+        let mut b = Bucket::default();
+        b.set_upper_bound(*bound);
+        b.set_cumulative_count(c);
+        h.bucket.push(b);
+    }
+    let mut m = Metric::default();
+    m.set_histogram(h);
+    let mut f = Family::new(
+        "dial_duration_seconds",
+        "Time from accepting a client connection to a connected endpoint (retries included).",
+        MetricType::HISTOGRAM,
+    );
+    f.0.mut_metric().push(m);
+    out.push(f.0);
+
+    // Table and source.
+    out.push(
+        Family::new(
+            "table_generation",
+            "Generation of the table serving now.",
+            MetricType::GAUGE,
+        )
+        .gauge(&[], table.generation as f64)
+        .0,
+    );
+    let state = status.sync.state.borrow().clone();
+    let last_sync = match &state {
+        SyncState::Synced { at } => Some(*at),
+        _ => None,
+    };
+    let mut sync = Family::new(
+        "sync_state",
+        "The source's state (1 for the current one).",
+        MetricType::GAUGE,
+    );
+    for s in ["syncing", "synced", "stale"] {
+        sync = sync.gauge(
+            &[("source", status.source.label()), ("state", s)],
+            f64::from(u8::from(state.label() == s)),
+        );
+    }
+    out.push(sync.0);
+    if let Some(at) = last_sync {
+        let secs = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        out.push(
+            Family::new(
+                "last_sync_timestamp_seconds",
+                "When the source last applied a complete table (Unix time).",
+                MetricType::GAUGE,
+            )
+            .gauge(&[], secs)
+            .0,
+        );
+    }
+    if matches!(status.source, super::SourceKind::Cluster(_)) {
+        let c = &status.sync.counters;
+        out.push(
+            Family::new(
+                "api_watch_up",
+                "1 while the watches on the API server are established and synced.",
+                MetricType::GAUGE,
+            )
+            .gauge(&[], f64::from(u8::from(state.label() == "synced")))
+            .0,
+        );
+        out.push(
+            Family::new(
+                "api_watch_reconnects_total",
+                "Times the watches were lost and re-established (outages).",
+                MetricType::COUNTER,
+            )
+            .counter(&[], SourceCounters::get(&c.outages) as f64)
+            .0,
+        );
+        out.push(
+            Family::new(
+                "api_watch_errors_total",
+                "Failed list or watch attempts.",
+                MetricType::COUNTER,
+            )
+            .counter(&[], SourceCounters::get(&c.watch_errors) as f64)
+            .0,
+        );
+    }
+
+    // TUN packets and drops.
+    out.push(
+        Family::new(
+            "tun_packets_total",
+            "Packets read from and written to the TUN device.",
+            MetricType::COUNTER,
+        )
+        .counter(
+            &[("direction", "in")],
+            stats.packets_in.load(Ordering::Relaxed) as f64,
+        )
+        .counter(
+            &[("direction", "out")],
+            stats.packets_out.load(Ordering::Relaxed) as f64,
+        )
+        .0,
+    );
+    let mut drops = Family::new(
+        "tun_drops_total",
+        "Packets not forwarded, by reason (reasons seen so far).",
+        MetricType::COUNTER,
+    );
+    for (reason, n) in stats.drops() {
+        drops.push_counter(&[("reason", reason)], n as f64);
+    }
+    out.push(drops.0);
+    out.push(
+        Family::new(
+            "replies_built_total",
+            "Packets the gateway built itself (RST, ICMP unreachable).",
+            MetricType::COUNTER,
+        )
+        .counter(&[], stats.replies_built.load(Ordering::Relaxed) as f64)
+        .0,
+    );
+    out.push(
+        Family::new(
+            "uptime_seconds",
+            "Seconds since the gateway started.",
+            MetricType::GAUGE,
+        )
+        .gauge(&[], status.uptime().as_secs_f64())
+        .0,
+    );
+    out
+}
+
+/// The text exposition.
+pub fn render(status: &Status) -> String {
+    let mut buf = Vec::new();
+    let mut families = gather(status);
+    // The encoder refuses a family without samples (no Service has counters yet).
+    families.retain(|f| !f.get_metric().is_empty());
+    if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+        tracing::warn!(error = %e, "cannot encode metrics");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}

@@ -1,0 +1,388 @@
+//! The status server of a running gateway (`clusterway run` in the gateway namespace of a
+//! test topology): the JSON API, `/metrics` counting exactly the connections made, bounded
+//! labels, `/readyz` following the table's sync state, and the token. The server binds
+//! 127.0.0.1:9310 inside the gateway namespace; the test queries it from a thread in that
+//! namespace. Needs root.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use clusterway::lab::{demo_snapshot, DNS_ECHO_V4, EMPTY_V4, WEB_V4, WEB_V6};
+use common::*;
+use serde_json::Value;
+
+const STATUS: &str = "127.0.0.1:9310";
+const CIDRS: [&str; 4] = [
+    "--service-cidr",
+    "10.96.0.0/16",
+    "--service-cidr",
+    "fd00:10:96::/112",
+];
+
+/// GET `path` from the status server, optionally with a bearer token.
+fn get(topo: &Topology, path: &str, token: Option<&str>) -> HttpResponse {
+    let addr: SocketAddr = STATUS.parse().unwrap();
+    let token = token.map(str::to_owned);
+    topo.gateway()
+        .run(|| -> anyhow::Result<HttpResponse> {
+            let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            let auth = token
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+            )?;
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw)?;
+            parse_response(&raw)
+        })
+        .unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
+}
+
+fn json(topo: &Topology, path: &str) -> Value {
+    let r = get(topo, path, None);
+    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("GET {path}: {e}: {}", r.text()))
+}
+
+/// The value of the sample `name{labels}` in a text exposition (0 when absent).
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if n != name {
+            continue;
+        }
+        let body = rest.trim_end_matches('}');
+        let have: Vec<(&str, &str)> = body
+            .split(',')
+            .filter(|kv| !kv.is_empty())
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        if labels.iter().all(|l| have.contains(l)) && have.len() == labels.len() {
+            return value.parse().unwrap();
+        }
+    }
+    0.0
+}
+
+fn conns(metrics: &str, service: &str, port: &str, proto: &str, result: &str) -> f64 {
+    sample(
+        metrics,
+        "clusterway_connections_total",
+        &[
+            ("namespace", "demo"),
+            ("service", service),
+            ("port", port),
+            ("protocol", proto),
+            ("result", result),
+        ],
+    )
+}
+
+fn wait_ready(topo: &Topology, gw: &Gateway) {
+    let ok = wait_for(
+        || {
+            topo.gateway()
+                .try_run(|| TcpStream::connect_timeout(&STATUS.parse().unwrap(), IO_TIMEOUT))
+                .is_ok_and(|r| r.is_ok())
+                && get(topo, "/readyz", None).status == 200
+        },
+        Duration::from_secs(10),
+    );
+    assert!(ok, "the gateway did not become ready; log:\n{}", gw.logs());
+}
+
+#[test]
+fn metrics_and_api_count_exactly_the_connections_made() {
+    let topo = topology(2);
+    let _backends = start_backends(&topo);
+    let gw = Gateway::start(&topo, &demo_snapshot(&topo.pod_addrs()), &CIDRS);
+    wait_ready(&topo, &gw);
+    let r = get(&topo, "/readyz", None);
+    assert_eq!(r.text().lines().next(), Some("ready"), "{}", r.text());
+    assert_eq!(get(&topo, "/healthz", None).status, 200);
+
+    let before = get(&topo, "/metrics", None).text();
+    assert_eq!(conns(&before, "web", "80", "TCP", "ok"), 0.0);
+
+    // 3 + 2 TCP connections to demo/web, 2 refused by demo/empty, 3 UDP flows.
+    for _ in 0..3 {
+        tcp_get(topo.client(), SocketAddr::new(WEB_V4.into(), 80)).unwrap();
+    }
+    for _ in 0..2 {
+        tcp_get(topo.client(), SocketAddr::new(WEB_V6.into(), 80)).unwrap();
+    }
+    for _ in 0..2 {
+        assert!(tcp_get(topo.client(), SocketAddr::new(EMPTY_V4.into(), 80)).is_err());
+    }
+    for i in 0..3 {
+        let echo = udp_roundtrip(
+            topo.client(),
+            SocketAddr::new(DNS_ECHO_V4.into(), 53),
+            format!("hi {i}").as_bytes(),
+        )
+        .unwrap();
+        assert!(echo.ends_with(&format!("hi {i}")), "{echo}");
+    }
+    let big = http_get(
+        topo.client(),
+        SocketAddr::new(WEB_V4.into(), 80),
+        "/bytes/100000",
+    )
+    .unwrap();
+    assert_eq!(big.body.len(), 100_000);
+
+    // Counters move by exactly what was made (give the last close a moment).
+    let mut metrics = String::new();
+    let settled = wait_for(
+        || {
+            metrics = get(&topo, "/metrics", None).text();
+            conns(&metrics, "web", "80", "TCP", "ok") == 6.0
+                && conns(&metrics, "empty", "80", "TCP", "no_endpoints") == 2.0
+                && conns(&metrics, "dns-echo", "53", "UDP", "ok") == 3.0
+        },
+        Duration::from_secs(3),
+    );
+    assert!(settled, "{metrics}");
+    std::thread::sleep(Duration::from_millis(300));
+    let metrics = get(&topo, "/metrics", None).text();
+    assert_eq!(conns(&metrics, "web", "80", "TCP", "ok"), 6.0);
+    assert_eq!(conns(&metrics, "web", "80", "TCP", "dial_failed"), 0.0);
+    assert_eq!(conns(&metrics, "empty", "80", "TCP", "no_endpoints"), 2.0);
+    assert_eq!(conns(&metrics, "empty", "80", "TCP", "ok"), 0.0);
+    assert_eq!(conns(&metrics, "dns-echo", "53", "UDP", "ok"), 3.0);
+    let to_client = sample(
+        &metrics,
+        "clusterway_bytes_total",
+        &[
+            ("namespace", "demo"),
+            ("service", "web"),
+            ("direction", "to_client"),
+        ],
+    );
+    assert!(to_client >= 100_000.0, "{to_client}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "clusterway_services",
+            &[("state", "no_endpoints")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&metrics, "clusterway_services", &[("state", "serving")]),
+        3.0
+    );
+    assert!(sample(&metrics, "clusterway_dial_duration_seconds_count", &[]) >= 6.0);
+    assert!(
+        sample(
+            &metrics,
+            "clusterway_tun_packets_total",
+            &[("direction", "in")]
+        ) > 0.0
+    );
+    assert_eq!(sample(&metrics, "clusterway_table_generation", &[]), 1.0);
+
+    // Bounded labels: no client or endpoint address anywhere, known label names only.
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        for ip in ["192.168.77.", "fd77::", "10.244.", "fd00:10:244"] {
+            assert!(!line.contains(ip), "address in a label: {line}");
+        }
+        if let Some((_, labels)) = line.split_once('{') {
+            for kv in labels.split('}').next().unwrap().split(',') {
+                let k = kv.split('=').next().unwrap();
+                assert!(
+                    [
+                        "namespace",
+                        "service",
+                        "port",
+                        "protocol",
+                        "result",
+                        "direction",
+                        "state",
+                        "source",
+                        "reason",
+                        "le"
+                    ]
+                    .contains(&k),
+                    "unexpected label {k} in {line}"
+                );
+            }
+        }
+    }
+
+    // The API: filtering, state, sorting, paging, one Service, events, flows.
+    let web = json(&topo, "/api/v1/services?q=WEB");
+    assert_eq!(web["matched"], 1);
+    assert_eq!(web["total"], 4);
+    let row = &web["items"][0];
+    assert_eq!(row["name"], "web");
+    assert_eq!(row["endpoints"]["ready"], 4, "two pods, v4 and v6: {row}");
+    assert_eq!(row["connections"], 6);
+    assert_eq!(row["state"], "serving");
+    let by_ip = json(&topo, "/api/v1/services?q=10.96.0.53");
+    assert_eq!(by_ip["items"][0]["name"], "dns-echo");
+    let unservable = json(&topo, "/api/v1/services?state=unservable");
+    assert_eq!(unservable["matched"], 1);
+    assert_eq!(unservable["items"][0]["name"], "empty");
+    assert_eq!(
+        unservable["items"][0]["last_failure"]["result"],
+        "no_endpoints"
+    );
+    let page = json(
+        &topo,
+        "/api/v1/services?sort=name&order=desc&limit=2&offset=1",
+    );
+    let names: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sticky", "empty"]);
+    let busiest = json(
+        &topo,
+        "/api/v1/services?sort=connections&order=desc&limit=1",
+    );
+    assert_eq!(busiest["items"][0]["name"], "web");
+
+    let detail = json(&topo, "/api/v1/services/demo/web");
+    let eps = detail["ports"][0]["endpoints"].as_array().unwrap();
+    assert_eq!(eps.len(), 2);
+    assert!(eps
+        .iter()
+        .all(|e| e["ready"] == true && e["usable"] == true));
+    assert_eq!(eps[0]["pod"], "pod-1");
+    assert_eq!(get(&topo, "/api/v1/services/demo/nope", None).status, 404);
+    let empty = json(&topo, "/api/v1/services/demo/empty");
+    assert_eq!(empty["failures"].as_array().unwrap().len(), 2, "{empty}");
+
+    let events = json(&topo, "/api/v1/events?limit=50");
+    let kinds: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"no_endpoints"), "{kinds:?}");
+
+    // A connection held open is listed as a flow, and leaves the list when closed.
+    let held = topo.client().run(|| {
+        let s =
+            TcpStream::connect_timeout(&SocketAddr::new(WEB_V4.into(), 80), IO_TIMEOUT).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s
+    });
+    let mut flows = Value::Null;
+    assert!(wait_for(
+        || {
+            flows = json(&topo, "/api/v1/flows?service=demo/web");
+            flows["total"] == 1
+        },
+        Duration::from_secs(3)
+    ));
+    let f = &flows["items"][0];
+    assert_eq!(f["service"], "demo/web");
+    assert_eq!(f["protocol"], "TCP");
+    assert_eq!(
+        f["client"].as_str().unwrap().split(':').next(),
+        Some("192.168.77.2")
+    );
+    assert_eq!(f["frontend"], "10.96.0.10:80");
+    // The three UDP flows are listed too, until they idle out.
+    let all = json(&topo, "/api/v1/flows");
+    assert_eq!(all["total"], 4, "{all}");
+    drop(held);
+    assert!(wait_for(
+        || json(&topo, "/api/v1/flows?service=demo/web")["total"] == 0,
+        Duration::from_secs(3)
+    ));
+
+    let status = json(&topo, "/api/v1/status");
+    assert_eq!(status["source"]["kind"], "file");
+    assert_eq!(status["sync"]["state"], "synced");
+    assert_eq!(status["tun"]["up"], true);
+    assert_eq!(status["routes"]["installed"], 2);
+    assert_eq!(status["ready"]["ready"], true);
+
+    let page = get(&topo, "/", None);
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("clusterway"));
+}
+
+#[test]
+fn readyz_follows_the_sync_state_and_the_token_guards_the_rest() {
+    let topo = topology(1);
+    let _backends = start_backends(&topo);
+    let good = demo_snapshot(&topo.pod_addrs());
+    let mut args = CIDRS.to_vec();
+    args.extend(["--ready-max-stale", "1s", "--status-token", "s3cret"]);
+    let gw = Gateway::start(&topo, &good, &args);
+    wait_ready(&topo, &gw);
+
+    // The token guards the page, the API and /metrics, not the health endpoints.
+    assert_eq!(get(&topo, "/api/v1/status", None).status, 401);
+    assert_eq!(get(&topo, "/api/v1/status", Some("wrong")).status, 401);
+    assert_eq!(get(&topo, "/metrics", None).status, 401);
+    assert_eq!(get(&topo, "/", None).status, 401);
+    assert_eq!(get(&topo, "/api/v1/status", Some("s3cret")).status, 200);
+    assert_eq!(get(&topo, "/metrics", Some("s3cret")).status, 200);
+    assert_eq!(get(&topo, "/healthz", None).status, 200);
+
+    // A broken file on reload: the last table keeps serving, the source is stale, and
+    // once stale longer than --ready-max-stale, /readyz says so with the reason.
+    gw.write_snapshot_in_place("kind: [\n");
+    let mut body = String::new();
+    let flipped = wait_for(
+        || {
+            let r = get(&topo, "/readyz", None);
+            body = r.text();
+            r.status == 503
+        },
+        Duration::from_secs(5),
+    );
+    assert!(flipped, "{body}\n{}", gw.logs());
+    assert!(body.starts_with("not ready: table\n"), "{body}");
+    assert!(body.contains("tun: ok"), "{body}");
+    assert!(body.contains("routes: ok (2 installed)"), "{body}");
+    let status: Value =
+        serde_json::from_slice(&get(&topo, "/api/v1/status", Some("s3cret")).body).unwrap();
+    assert_eq!(status["sync"]["state"], "stale");
+    assert!(status["sync"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("snapshot"));
+    assert_eq!(
+        tcp_get(topo.client(), SocketAddr::new(WEB_V4.into(), 80)).unwrap(),
+        "pod-1\n"
+    );
+
+    // A good file again: synced and ready.
+    gw.update_snapshot(&good);
+    assert!(
+        wait_for(
+            || get(&topo, "/readyz", None).status == 200,
+            Duration::from_secs(5)
+        ),
+        "{}",
+        gw.logs()
+    );
+    let metrics = get(&topo, "/metrics", Some("s3cret")).text();
+    assert_eq!(
+        sample(
+            &metrics,
+            "clusterway_sync_state",
+            &[("source", "file"), ("state", "synced")]
+        ),
+        1.0
+    );
+}
