@@ -258,6 +258,61 @@ fn all_green_when_the_file_s_pods_are_routed_here() {
     );
 }
 
+/// `clusterway check --from-file FIXTURE --json` in the namespace, with `/proc/sys` bound
+/// read-only in a private mount namespace (as in a container without `--privileged`).
+fn check_with_read_only_proc_sys(env: &Env) -> Report {
+    let script = format!(
+        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && \
+         exec {BIN} check --from-file {FIXTURE} --json"
+    );
+    let out = env
+        .ns
+        .exec("unshare", ["-m", "sh", "-c", &script])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("unshare");
+    let text = stdout(&out);
+    Report(serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }))
+}
+
+#[test]
+fn forwarding_off_behind_a_read_only_proc_sys_blocks_and_is_left_alone() {
+    let env = Env::new();
+    let report = check_with_read_only_proc_sys(&env);
+    let name = "forwarding can be enabled";
+    assert_eq!(report.severity(name), "error", "{:#}", report.0);
+    assert!(
+        report
+            .detail(name)
+            .contains("/proc/sys/net/ipv4/ip_forward is not writable"),
+        "{:#}",
+        report.0
+    );
+    assert!(report.fix(name).contains("--sysctl"));
+    assert!(report.fix(name).contains("--network host"));
+    // The check only looked: forwarding is still off in the namespace.
+    assert_eq!(
+        env.ns
+            .sh("cat /proc/sys/net/ipv4/ip_forward")
+            .unwrap()
+            .trim(),
+        "0"
+    );
+
+    // Already on (as `docker run --sysctl` leaves it): nothing to write, so it passes.
+    env.ns
+        .sh("echo 1 > /proc/sys/net/ipv4/ip_forward; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding")
+        .unwrap();
+    let report = check_with_read_only_proc_sys(&env);
+    assert_eq!(report.severity(name), "ok", "{:#}", report.0);
+    assert!(report.detail(name).contains("net.ipv4.ip_forward = 1"));
+}
+
 #[test]
 fn a_bad_file_fails_naming_the_object() {
     let env = Env::new();
