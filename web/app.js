@@ -30,7 +30,11 @@ function bps(n) {
   return (v >= 100 ? v.toFixed(0) : v.toFixed(1)) + ' ' + u[i];
 }
 function num(n) { return Number(n || 0).toLocaleString('en-US'); }
-function rate(n) { return n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : Number(n || 0).toFixed(2); }
+function rate(n) {
+  n = Number(n || 0);
+  if (n === 0) return '0';
+  return n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n >= 1 ? n.toFixed(2).replace(/\.?0+$/, '') : n.toFixed(2);
+}
 function dur(s) {
   s = Math.max(0, Math.floor(s));
   if (s < 60) return s + 's';
@@ -92,11 +96,13 @@ function renderLatest(p) {
 }
 
 // ---------- charts (canvas, drawn by hand) ----------
+// The axis top: four equal steps of 1, 2 or 5 × 10^k.
 function niceMax(v) {
-  if (v <= 0) return 1;
-  const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
-  return 10 * p;
+  if (v <= 0) return 4;
+  const raw = v / 4;
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  for (const m of [1, 2, 5, 10]) if (raw <= m * p) return 4 * m * p;
+  return 40 * p;
 }
 function drawChart(canvas, series, fmt) {
   const dpr = window.devicePixelRatio || 1;
@@ -107,14 +113,16 @@ function drawChart(canvas, series, fmt) {
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, w, h);
   const css = getComputedStyle(document.documentElement);
-  const left = 64, right = 8, top = 8, bottom = 20;
-  const pw = w - left - right, ph = h - top - bottom;
   const n = 300; // the last five minutes
   const pts = state.history.slice(-n);
   let max = 0;
   for (const s of series) for (const p of pts) max = Math.max(max, s.get(p));
   max = niceMax(max);
   ctx.font = '11px system-ui, sans-serif';
+  const labels = [0, 1, 2, 3, 4].map((i) => fmt((max * i) / 4));
+  const left = Math.ceil(Math.max(...labels.map((l) => ctx.measureText(l).width))) + 14;
+  const right = 8, top = 8, bottom = 20;
+  const pw = w - left - right, ph = h - top - bottom;
   ctx.fillStyle = css.getPropertyValue('--muted');
   ctx.strokeStyle = css.getPropertyValue('--line');
   ctx.lineWidth = 1;
@@ -122,7 +130,7 @@ function drawChart(canvas, series, fmt) {
     const y = top + ph - (ph * i) / 4;
     ctx.beginPath(); ctx.moveTo(left, Math.round(y) + 0.5); ctx.lineTo(w - right, Math.round(y) + 0.5); ctx.stroke();
     ctx.textAlign = 'right'; ctx.textBaseline = 'middle';
-    ctx.fillText(fmt((max * i) / 4), left - 8, y);
+    ctx.fillText(labels[i], left - 8, y);
   }
   ctx.textAlign = 'left'; ctx.textBaseline = 'alphabetic';
   ctx.fillText('-5 min', left, h - 4);

@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod netns;
+pub mod relay;
 pub mod topology;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -31,7 +32,14 @@ pub struct LabArgs {
     /// Number of pod namespaces.
     #[arg(long, default_value_t = 2)]
     pub pods: usize,
+    /// Where the status page is served on the host (relayed to the gateway's status
+    /// server inside its namespace). When the port is taken, a free one is used.
+    #[arg(long, default_value = "127.0.0.1:9310", value_name = "ADDR")]
+    pub status_addr: std::net::SocketAddr,
 }
+
+/// The gateway's status server address inside the gateway namespace.
+pub const GATEWAY_STATUS: &str = "127.0.0.1:9310";
 
 /// The demo Services' IPv4 ClusterIPs and ports, as [`demo_snapshot`] writes them.
 pub const WEB_V4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -310,6 +318,8 @@ pub async fn run(args: LabArgs) -> Result<()> {
         gw_args.push("--service-cidr".into());
         gw_args.push(cidr.into());
     }
+    gw_args.push("--status-addr".into());
+    gw_args.push(GATEWAY_STATUS.into());
     let gateway = topo
         .gateway()
         .exec(&exe, &gw_args)
@@ -326,8 +336,23 @@ pub async fn run(args: LabArgs) -> Result<()> {
         _ = sigint.recv() => Err(anyhow::anyhow!("interrupted")),
         _ = sigterm.recv() => Err(anyhow::anyhow!("terminated")),
     };
-    match ready {
-        Ok(()) => print_instructions(&topo, &snapshot),
+    // The status page on the host's loopback, relayed into the gateway namespace.
+    let ready = match ready {
+        Ok(()) => relay::start(
+            topo.gateway(),
+            args.status_addr,
+            GATEWAY_STATUS.parse().expect("a socket address"),
+        )
+        .await
+        .map(Some),
+        Err(e) => Err(e),
+    };
+    let relay = match ready {
+        Ok(relay) => {
+            let url = relay.as_ref().map(|r| format!("http://{}/", r.addr));
+            print_instructions(&topo, &snapshot, url.as_deref().unwrap_or("-"));
+            relay
+        }
         Err(e) => {
             eprintln!("lab: {e:#}; cleaning up");
             gateway.stop(Duration::from_secs(3));
@@ -335,7 +360,7 @@ pub async fn run(args: LabArgs) -> Result<()> {
             drop(topo);
             return Err(e);
         }
-    }
+    };
 
     let outcome = loop {
         tokio::select! {
@@ -351,6 +376,7 @@ pub async fn run(args: LabArgs) -> Result<()> {
         }
     };
     eprintln!("lab: stopping the gateway and the backends, removing the namespaces");
+    drop(relay);
     gateway.stop(Duration::from_secs(5));
     drop(children);
     let gw_name = topo.gateway().name().to_owned();
@@ -393,7 +419,7 @@ async fn wait_gateway_ready(
     }
 }
 
-fn print_instructions(topo: &Topology, snapshot: &Path) {
+fn print_instructions(topo: &Topology, snapshot: &Path, status_url: &str) {
     let cl = topo.client().name();
     let gw = topo.gateway().name();
     let pods: Vec<&str> = (1..=topo.pod_count()).map(|k| topo.pod(k).name()).collect();
@@ -402,6 +428,7 @@ fn print_instructions(topo: &Topology, snapshot: &Path) {
 clusterway lab is up.
   namespaces: client {cl} (192.168.77.2, fd77::2), gateway {gw}, pods {pods}
   snapshot:   {snap}   (edit and save it: the gateway reloads it)
+  status page: {status_url}   (services, flows, events; /metrics, /readyz)
 
 Try, in another terminal:
   sudo ip netns exec {cl} curl http://{WEB_V4}/                 # demo/web, answers pod-1 or pod-2

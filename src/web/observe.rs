@@ -173,8 +173,7 @@ pub fn drain_notices(status: &Status) {
                 Level::Warn,
                 r.label(),
                 format!(
-                    "{} {}/{} from {} refused: {}",
-                    n.service,
+                    "{}/{} from {} refused: {}",
                     n.port,
                     n.protocol,
                     n.client,
@@ -185,8 +184,8 @@ pub fn drain_notices(status: &Status) {
                 Level::Warn,
                 "dial_failed",
                 format!(
-                    "dial {endpoint} for {} {}/{} (client {}): {error}",
-                    n.service, n.port, n.protocol, n.client
+                    "{}/{}: dial {endpoint} failed (client {}): {error}",
+                    n.port, n.protocol, n.client
                 ),
             ),
         };
