@@ -44,6 +44,35 @@ fn get(topo: &Topology, path: &str, token: Option<&str>) -> HttpResponse {
         .unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
 }
 
+/// Read the live-update stream for up to `secs` seconds; returns what arrived.
+fn stream(topo: &Topology, secs: u64) -> String {
+    let addr: SocketAddr = STATUS.parse().unwrap();
+    topo.gateway().run(|| {
+        let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        write!(
+            s,
+            "GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+            if String::from_utf8_lossy(&out).contains("event: tick") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
 fn json(topo: &Topology, path: &str) -> Value {
     let r = get(topo, path, None);
     assert_eq!(r.status, 200, "GET {path}: {}", r.text());
@@ -314,6 +343,12 @@ fn metrics_and_api_count_exactly_the_connections_made() {
     assert_eq!(status["routes"]["installed"], 2);
     assert_eq!(status["ready"]["ready"], true);
 
+    let live = stream(&topo, 3);
+    assert!(live.contains("text/event-stream"), "{live}");
+    assert!(live.contains("event: hello"), "{live}");
+    assert!(live.contains("event: tick"), "{live}");
+    assert!(live.contains("\"new_per_s\""), "{live}");
+
     let page = get(&topo, "/", None);
     assert_eq!(page.status, 200);
     assert!(page.text().contains("clusterway"));
@@ -357,6 +392,16 @@ fn readyz_follows_the_sync_state_and_the_token_guards_the_rest() {
     let status: Value =
         serde_json::from_slice(&get(&topo, "/api/v1/status", Some("s3cret")).body).unwrap();
     assert_eq!(status["sync"]["state"], "stale");
+    let events: Value =
+        serde_json::from_slice(&get(&topo, "/api/v1/events", Some("s3cret")).body).unwrap();
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "sync" && e["level"] == "error"),
+        "{events}"
+    );
     assert!(status["sync"]["error"]
         .as_str()
         .unwrap()
@@ -384,5 +429,28 @@ fn readyz_follows_the_sync_state_and_the_token_guards_the_rest() {
             &[("source", "file"), ("state", "synced")]
         ),
         1.0
+    );
+}
+
+#[test]
+fn a_non_loopback_status_address_without_a_token_is_served_with_a_warning() {
+    let topo = topology(1);
+    let mut args = CIDRS.to_vec();
+    args.extend(["--status-addr", "0.0.0.0:9310"]);
+    let gw = Gateway::start(&topo, &demo_snapshot(&topo.pod_addrs()), &args);
+    let addr = SocketAddr::new(topo.gateway_ip(false), 9310);
+    let mut health = None;
+    assert!(wait_for(
+        || {
+            health = http_get(topo.client(), addr, "/healthz").ok();
+            health.is_some()
+        },
+        Duration::from_secs(5)
+    ));
+    assert_eq!(health.unwrap().status, 200);
+    assert!(
+        gw.logged("non-loopback address without --status-token"),
+        "{}",
+        gw.logs()
     );
 }
