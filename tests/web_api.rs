@@ -24,15 +24,20 @@ const CIDRS: [&str; 4] = [
 
 /// GET `path` from the status server, optionally with a bearer token.
 fn get(topo: &Topology, path: &str, token: Option<&str>) -> HttpResponse {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    get_with(topo, path, &auth)
+}
+
+/// GET `path` with extra header lines (each ending in CRLF).
+fn get_with(topo: &Topology, path: &str, headers: &str) -> HttpResponse {
     let addr: SocketAddr = STATUS.parse().unwrap();
-    let token = token.map(str::to_owned);
     topo.gateway()
         .run(|| -> anyhow::Result<HttpResponse> {
             let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
             s.set_read_timeout(Some(IO_TIMEOUT))?;
-            let auth = token
-                .map(|t| format!("Authorization: Bearer {t}\r\n"))
-                .unwrap_or_default();
+            let auth = headers;
             write!(
                 s,
                 "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
@@ -372,6 +377,16 @@ fn readyz_follows_the_sync_state_and_the_token_guards_the_rest() {
     assert_eq!(get(&topo, "/api/v1/status", Some("s3cret")).status, 200);
     assert_eq!(get(&topo, "/metrics", Some("s3cret")).status, 200);
     assert_eq!(get(&topo, "/healthz", None).status, 200);
+    // In a browser: `/?token=` once sets a cookie that opens the page and the API.
+    let login = get(&topo, "/?token=s3cret", None);
+    assert_eq!(login.status, 303);
+    let cookie = login.header("set-cookie").unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap();
+    let page = get_with(&topo, "/", &format!("Cookie: {pair}\r\n"));
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("/app.js"));
+    assert_eq!(get(&topo, "/?token=nope", None).status, 401);
 
     // A broken file on reload: the last table keeps serving, the source is stale, and
     // once stale longer than --ready-max-stale, /readyz says so with the reason.
