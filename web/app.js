@@ -21,9 +21,9 @@ function bytes(n) {
   while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
   return (n >= 100 || i === 0 ? n.toFixed(0) : n.toFixed(1)) + ' ' + u[i];
 }
-function bps(n) {
-  if (!n) return '0 bit/s';
-  let v = n * 8;
+function bps(n) { return bits(n * 8); }
+function bits(v) {
+  if (!v) return '0 bit/s';
   const u = ['bit/s', 'kbit/s', 'Mbit/s', 'Gbit/s'];
   let i = 0;
   while (v >= 1000 && i < u.length - 1) { v /= 1000; i++; }
@@ -154,9 +154,9 @@ function drawChart(canvas, series, fmt) {
 }
 function drawCharts() {
   drawChart($('chart-bytes'), [
-    { color: '--c1', get: (p) => p.to_endpoint_bps },
-    { color: '--c2', get: (p) => p.to_client_bps },
-  ], (v) => bps(v).replace(' ', '\u2009'));
+    { color: '--c1', get: (p) => p.to_endpoint_bps * 8 },
+    { color: '--c2', get: (p) => p.to_client_bps * 8 },
+  ], (v) => bits(v).replace(' ', '\u2009'));
   drawChart($('chart-conns'), [
     { color: '--c3', get: (p) => p.new_per_s },
     { color: '--c4', get: (p) => p.failed_per_s },
