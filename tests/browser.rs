@@ -87,13 +87,13 @@ fn dashboard_in_chromium_shows_services_live_and_filters() {
     .into_iter()
     .flatten()
     .collect();
-    if !missing.is_empty() {
-        eprintln!(
-            "SKIPPED: the browser test needs {}; bash scripts/test.sh installs them",
-            missing.join(", ")
-        );
-        return;
-    }
+    // Missing tools fail the test instead of skipping it: a skipped browser test would pass
+    // CI without ever opening the page.
+    assert!(
+        missing.is_empty(),
+        "the browser test needs {}; `bash scripts/test.sh` installs them",
+        missing.join(", ")
+    );
 
     let prefix = clusterway::lab::netns::unique_prefix();
     let child = Command::new(BIN)
