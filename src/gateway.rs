@@ -47,8 +47,8 @@ const EVENTS_CAPACITY: usize = 8192;
 pub enum Source {
     /// `--from-file`, with its first table (loaded before the host is touched).
     File(FileSource, ServiceTable),
-    /// The API server; tables come once the first complete list is in.
-    Kube(Box<KubeSource>, SyncStatus),
+    /// The API server (its URL); tables come once the first complete list is in.
+    Kube(Box<KubeSource>, SyncStatus, String),
 }
 
 /// The routes the table asks for: the cluster's ServiceCIDRs where the API serves them,
@@ -97,10 +97,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
             let kube_opts = args.kube_options();
             let config = load_config(&kube_opts).await?;
             tracing::info!(server = %config.cluster_url, "watching the cluster");
+            let server = config.cluster_url.to_string();
             let client =
                 ::kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
             let (source, status) = KubeSource::new(client, opts, args.policy(), kube_opts);
-            Source::Kube(Box::new(source), status)
+            Source::Kube(Box::new(source), status, server)
         }
     };
     tracing::info!(
@@ -151,8 +152,8 @@ async fn serve(
             source.report_sync(tx);
             (Source::File(source, ServiceTable::default()), first, status)
         }
-        Source::Kube(source, status) => (
-            Source::Kube(source, status.clone()),
+        Source::Kube(source, status, server) => (
+            Source::Kube(source, status.clone(), server),
             ServiceTable::default(),
             status,
         ),
@@ -200,9 +201,9 @@ async fn serve(
     let health = Arc::new(Health::new(&device.name, args.ready_max_stale));
     let web_task = {
         let listener = web::server::bind(args.status_addr, args.status_token.is_some()).await?;
-        let kind = match (&args.from_file, &source) {
-            (Some(path), Source::File(..)) => web::SourceKind::File(path.display().to_string()),
-            _ => web::SourceKind::Cluster(String::from("Kubernetes API")),
+        let kind = match &source {
+            Source::File(file, _) => web::SourceKind::File(file.path().display().to_string()),
+            Source::Kube(_, _, server) => web::SourceKind::Cluster(server.clone()),
         };
         let status = web::Status::new(
             table.clone(),
@@ -259,7 +260,7 @@ async fn serve(
     };
     let source_task = match source {
         Source::File(source, _) => tokio::spawn(source.run(publish)),
-        Source::Kube(source, _) => tokio::spawn((*source).run(publish)),
+        Source::Kube(source, ..) => tokio::spawn((*source).run(publish)),
     };
 
     let mut sigint = signal(SignalKind::interrupt())?;

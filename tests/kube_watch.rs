@@ -106,6 +106,23 @@ fn kube_source_follows_services_and_endpointslices() {
     );
     assert_eq!(get(&topo, "10.96.200.10:80").as_deref(), Ok("pod-1"));
     assert!(gw.logged("first complete table from the API server"));
+    // The status API (what the dashboard's header shows) names the API server it watches.
+    let status = topo
+        .gateway()
+        .run(|| {
+            http_get_here(
+                sa("127.0.0.1:9310"),
+                "/api/v1/status",
+                Duration::from_secs(3),
+            )
+        })
+        .expect("GET /api/v1/status")
+        .text();
+    let want = format!("\"detail\":\"https://{}/\"", api.addr);
+    assert!(
+        status.contains("\"kind\":\"cluster\"") && status.contains(&want),
+        "{status}"
+    );
 
     // A second endpoint in a second slice: round-robin over both.
     api.apply(slice("t", "web-b", "web", 8080, "TCP", &[pod(&topo, 2)]));
