@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use clusterway::dataplane::tun::TunDevice;
 use clusterway::host::netlink::{Host, HostError, ROUTE_PROTO};
 use clusterway::host::sysctl;
 use futures::TryStreamExt;
@@ -24,7 +25,6 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::RouteMessageBuilder;
-use tokio_tun::Tun;
 
 const TUN: &str = "cwt0";
 const OTHER_TUN: &str = "cwt1";
@@ -84,13 +84,8 @@ fn netns_id() -> String {
         .into_owned()
 }
 
-fn tun(name: &str) -> Tun {
-    Tun::builder()
-        .name(name)
-        .build()
-        .unwrap_or_else(|e| panic!("create TUN {name}: {e}"))
-        .pop()
-        .expect("one TUN queue")
+fn tun(name: &str) -> TunDevice {
+    TunDevice::open(name, 1).unwrap_or_else(|e| panic!("create TUN {name}: {e}"))
 }
 
 fn net(s: &str) -> IpNet {
@@ -285,7 +280,7 @@ fn configure_link_sets_addresses_mtu_and_up() {
         let host = Host::connect().expect("connect");
 
         let ifindex = host.link_index(TUN).await.unwrap().expect("TUN exists");
-        assert_eq!(ifindex, tun.index().unwrap());
+        assert_eq!(ifindex, tun.index);
         assert_eq!(host.link_index("nosuchlink").await.unwrap(), None);
 
         let wanted = [net("198.18.0.1/16"), net("fd00:cafe::1/64")];
@@ -613,13 +608,17 @@ fn delete_link_removes_a_persistent_tun() {
             "nothing to delete yet"
         );
 
-        let persistent = Tun::builder()
-            .name(TUN)
-            .persist()
-            .build()
-            .expect("create persistent TUN");
-        drop(persistent);
-        // A crashed run's persistent TUN outlives its file descriptor.
+        // A persistent TUN outlives any file descriptor, as a crashed run's could (made by
+        // iproute2 from this thread, so inside the test's namespace).
+        let out = std::process::Command::new("ip")
+            .args(["tuntap", "add", "dev", TUN, "mode", "tun"])
+            .output()
+            .expect("run ip tuntap");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(host.link_index(TUN).await.unwrap().is_some());
 
         assert!(host.delete_link(TUN).await.unwrap());
