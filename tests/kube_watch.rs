@@ -8,7 +8,7 @@ mod apiserver;
 mod common;
 
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apiserver::{ApiServer, Res};
 use common::*;
@@ -593,4 +593,57 @@ fn kube_policy_rules_and_service_cidrs() {
         gw.logs()
     );
     assert!(gw.routes_via_tun(ip("10.96.203.9")));
+}
+
+#[test]
+fn kube_stalled_watch_is_detected_and_restarted() {
+    let topo = topology(2);
+    let _b = start_backends_in_process(&topo);
+    let api = ApiServer::start_in(topo.gateway());
+    api.apply(service("t", "web", "10.96.202.10", 80, "TCP"));
+    api.apply(slice("t", "web-a", "web", 8080, "TCP", &[pod(&topo, 1)]));
+    let kubeconfig = api.kubeconfig();
+    let gw = Gateway::start_with_args(
+        &topo,
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--watch-timeout",
+            "2s",
+        ],
+    );
+    assert!(
+        gw.wait_routed(ip("10.96.202.10"), Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+    assert!(
+        wait_get(&topo, "10.96.202.10:80", "pod-1", Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+
+    // Every watch goes silent with its connection open (no event, no bookmark, no close);
+    // news comes through only once the gateway notices, drops the watch and lists again.
+    api.freeze_watches();
+    let t = Instant::now();
+    api.apply(slice("t", "web-a", "web", 8080, "TCP", &[pod(&topo, 2)]));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        get(&topo, "10.96.202.10:80").as_deref(),
+        Ok("pod-1"),
+        "the stall let news through"
+    );
+    assert!(
+        wait_get(&topo, "10.96.202.10:80", "pod-2", Duration::from_secs(20)),
+        "stalled watch not restarted: {}",
+        gw.logs()
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "restarted before the watch timeout: {took:?}"
+    );
+    // Forwarding went on meanwhile (the last table), and the resync is complete.
+    assert_eq!(get(&topo, "10.96.202.10:80").as_deref(), Ok("pod-2"));
 }

@@ -109,11 +109,16 @@ pub async fn load_config(opts: &KubeOptions) -> anyhow::Result<Config> {
              ~/.kube/config, or run in a cluster",
         )?,
     };
-    // Lists must not hang forever; watches end server-side well before this.
-    config.read_timeout = Some(opts.watch_timeout + Duration::from_secs(30));
+    // A watch ends server-side after --watch-timeout and carries bookmarks meanwhile; a
+    // connection silent for longer than that plus a margin has stalled (a proxy or load
+    // balancer lost the stream), and the read timeout ends it so the watcher re-lists.
+    config.read_timeout = Some(opts.watch_timeout + STALL_MARGIN);
     config.reset_reader_on_write = true;
     Ok(config)
 }
+
+/// How long past the server-side watch timeout a silent connection is given.
+const STALL_MARGIN: Duration = Duration::from_secs(5);
 
 /// Capped exponential backoff with full jitter in the upper half.
 #[derive(Debug, Clone)]

@@ -104,6 +104,9 @@ struct Faults {
     bookmark_interval: Duration,
     /// Cap on the watch timeout the client asks for (a real server uses its own too).
     max_watch_timeout: Duration,
+    /// Resources whose watches stall (see [`ApiServer::freeze_watches`]) until the client
+    /// lists them again.
+    frozen: std::collections::BTreeSet<Res>,
 }
 
 struct Shared {
@@ -113,6 +116,9 @@ struct Shared {
     faults: Mutex<Faults>,
     /// Bumped to end every open connection at once (dropped, no clean end).
     drop_epoch: watch::Sender<u64>,
+    /// Bumped by [`ApiServer::freeze_watches`]: watches open at that moment go silent for
+    /// good (no event, no bookmark, no close) while new requests are served as usual.
+    freeze_epoch: watch::Sender<u64>,
     /// Bumped to send every open watch an ERROR 410.
     expire_epoch: watch::Sender<u64>,
     /// Requests served, by path (for assertions).
@@ -204,8 +210,10 @@ impl ApiServer {
                 stall: false,
                 bookmark_interval: Duration::from_millis(500),
                 max_watch_timeout: Duration::from_secs(300),
+                frozen: std::collections::BTreeSet::new(),
             }),
             drop_epoch: watch::channel(0).0,
+            freeze_epoch: watch::channel(0).0,
             expire_epoch: watch::channel(0).0,
             requests: Mutex::new(Vec::new()),
         });
@@ -419,6 +427,17 @@ impl ApiServer {
     /// silent (no events, no bookmarks).
     pub fn stall(&self, on: bool) {
         self.shared.faults.lock().unwrap().stall = on;
+    }
+
+    /// Every watch open now goes silent for good, with its connection held open (a stalled
+    /// watch: a proxy or load balancer that lost the stream); later requests are served.
+    /// Watches started later stall too, until the client lists the resource again (what a
+    /// client does once it notices the stall), so only stall detection brings news through.
+    pub fn freeze_watches(&self) {
+        self.shared.faults.lock().unwrap().frozen = [Res::Services, Res::Slices, Res::Cidrs]
+            .into_iter()
+            .collect();
+        self.shared.freeze_epoch.send_modify(|e| *e += 1);
     }
 
     /// Interval of BOOKMARK events on watches that asked for them.
@@ -701,6 +720,8 @@ async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             Some("1" | "true")
         );
         if !watching {
+            // A client that lists again has given up its stalled watch.
+            shared.faults.lock().unwrap().frozen.remove(&res);
             let body = list(&shared, res);
             respond(&mut s, 200, &body).await?;
             continue;
@@ -760,6 +781,10 @@ async fn watch_stream<S: tokio::io::AsyncWrite + Unpin>(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
     s.write_all(head.as_bytes()).await?;
     s.flush().await?;
+    if faults.frozen.contains(&res) {
+        // Stalled: the connection stays open and says nothing.
+        std::future::pending::<()>().await;
+    }
     let from: u64 = req
         .query
         .get("resourceVersion")
@@ -792,10 +817,16 @@ async fn watch_stream<S: tokio::io::AsyncWrite + Unpin>(
     let mut cursor = if from == 0 { current } else { from };
     let mut changed = shared.changed.subscribe();
     let mut expired = shared.expire_epoch.subscribe();
+    let mut frozen = shared.freeze_epoch.subscribe();
+    frozen.borrow_and_update();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut tick = tokio::time::interval(faults.bookmark_interval);
     tick.tick().await;
     loop {
+        if frozen.has_changed().unwrap_or(false) {
+            // Stalled while open: the connection stays and says nothing more.
+            std::future::pending::<()>().await;
+        }
         // Send what happened after `cursor`.
         let pending: Vec<Change> = {
             let store = shared.store.lock().unwrap();
@@ -818,6 +849,10 @@ async fn watch_stream<S: tokio::io::AsyncWrite + Unpin>(
         }
         tokio::select! {
             _ = changed.changed() => {}
+            _ = frozen.changed() => {
+                // A watch that stalls silently: the client must notice on its own.
+                std::future::pending::<()>().await;
+            }
             _ = expired.changed() => {
                 write_chunk(s, &gone(cursor)).await?;
                 s.write_all(b"0\r\n\r\n").await?;
