@@ -10,6 +10,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Route both test Service CIDRs into the gateway.
+const BOTH_CIDRS: [&str; 4] = [
+    "--service-cidr",
+    "10.96.0.0/16",
+    "--service-cidr",
+    "fd00:10:96::/112",
+];
+
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
@@ -134,16 +142,7 @@ fn connect(topo: &Topology, addr: &str) -> std::io::Result<TcpStream> {
 fn tcp_round_robin_udp_ping_and_ipv6() {
     let topo = topology(2);
     let _b = start_backends(&topo);
-    let gw = Gateway::start(
-        &topo,
-        &basic(&topo),
-        &[
-            "--service-cidr",
-            "10.96.0.0/16",
-            "--service-cidr",
-            "fd00:10:96::/112",
-        ],
-    );
+    let gw = Gateway::start(&topo, &basic(&topo), &BOTH_CIDRS);
     assert!(gw.wait_routed("10.96.0.10".parse().unwrap(), Duration::from_secs(5)));
 
     // TCP, round-robin across the two pods, IPv4 and IPv6.
@@ -523,16 +522,7 @@ fn a_host_without_ipv6_serves_ipv4_only() {
     topo.gateway()
         .sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
         .unwrap();
-    let gw = Gateway::start(
-        &topo,
-        &basic(&topo),
-        &[
-            "--service-cidr",
-            "10.96.0.0/16",
-            "--service-cidr",
-            "fd00:10:96::/112",
-        ],
-    );
+    let gw = Gateway::start(&topo, &basic(&topo), &BOTH_CIDRS);
     assert!(
         gw.wait_routed("10.96.0.10".parse().unwrap(), Duration::from_secs(5)),
         "{}",

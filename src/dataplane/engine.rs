@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::balancer::{Balancer, Candidates};
-use super::nat::{FlowKey, FlowState, NatConfig, NatError, NatTable};
+use super::nat::{FlowKey, FlowState, NatConfig, NatTable};
 use super::packet::{self, Checksum, Packet, Reassembler, TcpFlags, Transport, Unreachable};
 use super::stats::{ConnResult, Reason, Stats};
 use super::udp::UdpFlows;
@@ -346,8 +346,7 @@ impl<T> Engine<T> {
             Err(e) => {
                 self.stats
                     .tcp_conn(&port, key.client, ConnResult::TableFull);
-                tracing::trace!(error = %e, client = %key.client, "new TCP flow refused");
-                let _ = NatError::label(e);
+                tracing::trace!(error = %e, reason = e.label(), client = %key.client, "new TCP flow refused");
                 self.rst(pkt, flags, now, scratch, Reason::NoFlow)
             }
         }
@@ -496,8 +495,8 @@ impl<T> Engine<T> {
         self.nat.accepted(virt);
     }
 
-    /// A proxied connection ended. `served_by` is the endpoint it was connected to, if any
-    /// (refreshes ClientIP affinity).
+    /// A proxied connection ended: its flow translates the last packets for the close grace,
+    /// then its virtual tuple is released.
     pub fn tcp_closed(&mut self, virt: SocketAddr, now: Instant) {
         self.nat.closed(virt, now);
     }

@@ -111,7 +111,9 @@ pub struct Stats {
 
 fn other_index(r: Reason) -> usize {
     match r {
-        Reason::Malformed(_) => unreachable!("malformed reasons have their own counters"),
+        // Malformed packets are counted by their own reason; this slot only keeps the
+        // mapping total (no panic on the packet path).
+        Reason::Malformed(_) => OTHER_REASONS - 1,
         Reason::NotService => 0,
         Reason::NoFlow => 1,
         Reason::NoReverseFlow => 2,

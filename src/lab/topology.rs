@@ -94,46 +94,24 @@ impl Topology {
              net.ipv6.conf.default.forwarding=1",
         )?;
 
-        // Client ↔ gateway.
-        self.client.sh(&format!(
-            "ip link add eth0 type veth peer name {GATEWAY_CLIENT_LINK} netns {gw}",
-            gw = gw.name()
-        ))?;
-        self.client.sh(&format!(
-            "ip addr add {CLIENT_V4}/24 dev eth0 && \
-             ip -6 addr add {CLIENT_V6}/64 dev eth0 nodad && \
-             ip link set eth0 up && \
-             ip route add default via {GATEWAY_V4} && \
-             ip -6 route add default via {GATEWAY_V6}"
-        ))?;
-        gw.sh(&format!(
-            "ip addr add {GATEWAY_V4}/24 dev {GATEWAY_CLIENT_LINK} && \
-             ip -6 addr add {GATEWAY_V6}/64 dev {GATEWAY_CLIENT_LINK} nodad && \
-             ip link set {GATEWAY_CLIENT_LINK} up"
-        ))?;
-
-        // Gateway ↔ each pod.
+        // Client ↔ gateway, then gateway ↔ each pod: the same wiring.
+        link_to_gateway(
+            &self.client,
+            gw,
+            GATEWAY_CLIENT_LINK,
+            (CLIENT_V4, CLIENT_V6),
+            (GATEWAY_V4, GATEWAY_V6),
+        )?;
         for (i, pod) in self.pods.iter().enumerate() {
             let k = i + 1;
             let link = Self::gateway_pod_link(k);
-            let (gw4, gw6) = Self::gateway_pod_side(k);
-            let (p4, p6) = (self.pod_v4(k), self.pod_v6(k));
-            pod.sh(&format!(
-                "ip link add eth0 type veth peer name {link} netns {gw}",
-                gw = gw.name()
-            ))?;
-            pod.sh(&format!(
-                "ip addr add {p4}/24 dev eth0 && \
-                 ip -6 addr add {p6}/64 dev eth0 nodad && \
-                 ip link set eth0 up && \
-                 ip route add default via {gw4} && \
-                 ip -6 route add default via {gw6}"
-            ))?;
-            gw.sh(&format!(
-                "ip addr add {gw4}/24 dev {link} && \
-                 ip -6 addr add {gw6}/64 dev {link} nodad && \
-                 ip link set {link} up"
-            ))?;
+            link_to_gateway(
+                pod,
+                gw,
+                &link,
+                (self.pod_v4(k), self.pod_v6(k)),
+                Self::gateway_pod_side(k),
+            )?;
         }
         Ok(())
     }
@@ -246,4 +224,32 @@ fn pod_octet(k: usize) -> u8 {
 
 fn valid_prefix_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// A veth between `host` (its end `eth0`, default routes via the gateway) and the gateway
+/// (its end `gw_link`), with a /24 and a /64 on each side (IPv6 without DAD).
+fn link_to_gateway(
+    host: &Netns,
+    gw: &Netns,
+    gw_link: &str,
+    (host4, host6): (Ipv4Addr, Ipv6Addr),
+    (gw4, gw6): (Ipv4Addr, Ipv6Addr),
+) -> Result<()> {
+    host.sh(&format!(
+        "ip link add eth0 type veth peer name {gw_link} netns {gw}",
+        gw = gw.name()
+    ))?;
+    host.sh(&format!(
+        "ip addr add {host4}/24 dev eth0 && \
+         ip -6 addr add {host6}/64 dev eth0 nodad && \
+         ip link set eth0 up && \
+         ip route add default via {gw4} && \
+         ip -6 route add default via {gw6}"
+    ))?;
+    gw.sh(&format!(
+        "ip addr add {gw4}/24 dev {gw_link} && \
+         ip -6 addr add {gw6}/64 dev {gw_link} nodad && \
+         ip link set {gw_link} up"
+    ))?;
+    Ok(())
 }

@@ -110,6 +110,24 @@ struct Run {
 }
 
 impl Run {
+    /// The engine's verdict on the packet in `buf[..len]`.
+    fn handle<'e>(
+        &mut self,
+        e: &'e mut Engine<u32>,
+        table: &ServiceTable,
+        len: usize,
+        now: Instant,
+    ) -> Verdict<'e, u32> {
+        e.handle(
+            table,
+            &mut self.buf,
+            len,
+            Checksum::Full,
+            now,
+            &mut self.scratch,
+        )
+    }
+
     fn new(pkt: &[u8]) -> Self {
         let mut buf = vec![0u8; packet::MAX_PACKET];
         buf[..pkt.len()].copy_from_slice(pkt);
@@ -134,14 +152,7 @@ fn syn_to_a_service_is_redirected_to_the_listener_and_replies_come_back() {
     let mut e = engine(t0);
     let syn = tcp(CLIENT, 40000, WEB, 80, true, false);
     let mut r = Run::new(&syn);
-    let flow = match e.handle(
-        &table,
-        &mut r.buf,
-        syn.len(),
-        Checksum::Full,
-        t0,
-        &mut r.scratch,
-    ) {
+    let flow = match r.handle(&mut e, &table, syn.len(), t0) {
         Verdict::NewTcp { len, flow } => {
             assert_eq!(len, syn.len());
             flow
@@ -171,14 +182,7 @@ fn syn_to_a_service_is_redirected_to_the_listener_and_replies_come_back() {
     // A retransmitted SYN keeps the same mapping.
     let mut r2 = Run::new(&syn);
     assert!(matches!(
-        e.handle(
-            &table,
-            &mut r2.buf,
-            syn.len(),
-            Checksum::Full,
-            t0,
-            &mut r2.scratch
-        ),
+        r2.handle(&mut e, &table, syn.len(), t0),
         Verdict::Forward { .. }
     ));
     assert_eq!(r2.buf[..syn.len()], r.buf[..syn.len()]);
@@ -197,14 +201,7 @@ fn syn_to_a_service_is_redirected_to_the_listener_and_replies_come_back() {
     );
     let mut r3 = Run::new(&synack);
     assert!(matches!(
-        e.handle(
-            &table,
-            &mut r3.buf,
-            synack.len(),
-            Checksum::Full,
-            t0,
-            &mut r3.scratch
-        ),
+        r3.handle(&mut e, &table, synack.len(), t0),
         Verdict::Forward { .. }
     ));
     let p = parsed(&r3.buf[..synack.len()]);
@@ -231,14 +228,7 @@ fn syn_to_an_unknown_port_gets_a_rst_and_no_endpoints_an_icmp_unreachable() {
     let mut e = engine(t0);
     let syn = tcp(CLIENT, 40000, WEB, 81, true, false);
     let mut r = Run::new(&syn);
-    let Verdict::Reply { len } = e.handle(
-        &table,
-        &mut r.buf,
-        syn.len(),
-        Checksum::Full,
-        t0,
-        &mut r.scratch,
-    ) else {
+    let Verdict::Reply { len } = r.handle(&mut e, &table, syn.len(), t0) else {
         panic!()
     };
     let p = parsed(&r.scratch[..len]);
@@ -250,14 +240,7 @@ fn syn_to_an_unknown_port_gets_a_rst_and_no_endpoints_an_icmp_unreachable() {
 
     let syn = tcp(CLIENT, 40001, [10, 96, 0, 99], 80, true, false);
     let mut r = Run::new(&syn);
-    let Verdict::Reply { len } = e.handle(
-        &table,
-        &mut r.buf,
-        syn.len(),
-        Checksum::Full,
-        t0,
-        &mut r.scratch,
-    ) else {
+    let Verdict::Reply { len } = r.handle(&mut e, &table, syn.len(), t0) else {
         panic!()
     };
     let p = parsed(&r.scratch[..len]);
@@ -276,27 +259,13 @@ fn non_syn_of_no_flow_gets_a_rst_and_not_a_service_is_dropped() {
     let ack = tcp(CLIENT, 40000, WEB, 80, false, true);
     let mut r = Run::new(&ack);
     assert!(matches!(
-        e.handle(
-            &table,
-            &mut r.buf,
-            ack.len(),
-            Checksum::Full,
-            t0,
-            &mut r.scratch
-        ),
+        r.handle(&mut e, &table, ack.len(), t0),
         Verdict::Reply { .. }
     ));
     let other = tcp(CLIENT, 40000, [10, 96, 5, 5], 80, true, false);
     let mut r = Run::new(&other);
     assert!(matches!(
-        e.handle(
-            &table,
-            &mut r.buf,
-            other.len(),
-            Checksum::Full,
-            t0,
-            &mut r.scratch
-        ),
+        r.handle(&mut e, &table, other.len(), t0),
         Verdict::Drop(Reason::NotService)
     ));
 }
@@ -309,14 +278,7 @@ fn udp_new_flow_then_send_then_full_table_rejects() {
     let dns = [10, 96, 0, 53];
     let d = udp(CLIENT, 5000, dns, 53, b"hello");
     let mut r = Run::new(&d);
-    let (key, port, endpoint, payload) = match e.handle(
-        &table,
-        &mut r.buf,
-        d.len(),
-        Checksum::Full,
-        t0,
-        &mut r.scratch,
-    ) {
+    let (key, port, endpoint, payload) = match r.handle(&mut e, &table, d.len(), t0) {
         Verdict::UdpNew {
             key,
             port,
@@ -329,14 +291,7 @@ fn udp_new_flow_then_send_then_full_table_rejects() {
     assert_eq!(endpoint, "10.244.1.10:5353".parse().unwrap());
     e.udp_insert(key, port, endpoint, 7, t0);
     let mut r = Run::new(&d);
-    match e.handle(
-        &table,
-        &mut r.buf,
-        d.len(),
-        Checksum::Full,
-        t0,
-        &mut r.scratch,
-    ) {
+    match r.handle(&mut e, &table, d.len(), t0) {
         Verdict::UdpSend { flow, payload } => {
             assert_eq!(*flow, 7);
             assert_eq!(&r.buf[payload], b"hello");
@@ -347,14 +302,7 @@ fn udp_new_flow_then_send_then_full_table_rejects() {
     for (i, sport) in [5001u16, 5002].into_iter().enumerate() {
         let d = udp(CLIENT, sport, dns, 53, b"x");
         let mut r = Run::new(&d);
-        match e.handle(
-            &table,
-            &mut r.buf,
-            d.len(),
-            Checksum::Full,
-            t0,
-            &mut r.scratch,
-        ) {
+        match r.handle(&mut e, &table, d.len(), t0) {
             Verdict::UdpNew {
                 key,
                 port,
@@ -376,14 +324,7 @@ fn udp_new_flow_then_send_then_full_table_rejects() {
     let d = udp(CLIENT, 5003, dns, 54, b"x");
     let mut r = Run::new(&d);
     assert!(matches!(
-        e.handle(
-            &table,
-            &mut r.buf,
-            d.len(),
-            Checksum::Full,
-            t0,
-            &mut r.scratch
-        ),
+        r.handle(&mut e, &table, d.len(), t0),
         Verdict::Reply { .. }
     ));
 }
@@ -399,14 +340,7 @@ fn echo_requests_to_cluster_ips_are_answered() {
         .write(&mut ping, b"abcdefgh")
         .unwrap();
     let mut r = Run::new(&ping);
-    let Verdict::Forward { len } = e.handle(
-        &table,
-        &mut r.buf,
-        ping.len(),
-        Checksum::Full,
-        t0,
-        &mut r.scratch,
-    ) else {
+    let Verdict::Forward { len } = r.handle(&mut e, &table, ping.len(), t0) else {
         panic!()
     };
     let p = parsed(&r.buf[..len]);
@@ -425,14 +359,7 @@ fn echo_requests_to_cluster_ips_are_answered() {
         .unwrap();
     let mut r = Run::new(&ping);
     assert!(matches!(
-        e.handle(
-            &table,
-            &mut r.buf,
-            ping.len(),
-            Checksum::Full,
-            t0,
-            &mut r.scratch
-        ),
+        r.handle(&mut e, &table, ping.len(), t0),
         Verdict::Drop(Reason::NotService)
     ));
 }
@@ -451,14 +378,7 @@ fn ipv6_syn_is_redirected_to_the_ipv6_listener() {
         .write(&mut syn, &[])
         .unwrap();
     let mut r = Run::new(&syn);
-    let Verdict::NewTcp { flow, len } = e.handle(
-        &table,
-        &mut r.buf,
-        syn.len(),
-        Checksum::Full,
-        t0,
-        &mut r.scratch,
-    ) else {
+    let Verdict::NewTcp { flow, len } = r.handle(&mut e, &table, syn.len(), t0) else {
         panic!()
     };
     assert_eq!(
@@ -492,27 +412,13 @@ fn full_nat_table_refuses_with_rst_and_keeps_existing_flows() {
         let syn = tcp(CLIENT, 30000 + p, WEB, 80, true, false);
         let mut r = Run::new(&syn);
         assert!(matches!(
-            e.handle(
-                &table,
-                &mut r.buf,
-                syn.len(),
-                Checksum::Full,
-                t0,
-                &mut r.scratch
-            ),
+            r.handle(&mut e, &table, syn.len(), t0),
             Verdict::NewTcp { .. }
         ));
     }
     let syn = tcp(CLIENT, 30009, WEB, 80, true, false);
     let mut r = Run::new(&syn);
-    let Verdict::Reply { len } = e.handle(
-        &table,
-        &mut r.buf,
-        syn.len(),
-        Checksum::Full,
-        t0,
-        &mut r.scratch,
-    ) else {
+    let Verdict::Reply { len } = r.handle(&mut e, &table, syn.len(), t0) else {
         panic!()
     };
     let p = parsed(&r.scratch[..len]);
@@ -524,14 +430,7 @@ fn full_nat_table_refuses_with_rst_and_keeps_existing_flows() {
     let ack = tcp(CLIENT, 30000, WEB, 80, false, true);
     let mut r = Run::new(&ack);
     assert!(matches!(
-        e.handle(
-            &table,
-            &mut r.buf,
-            ack.len(),
-            Checksum::Full,
-            t0,
-            &mut r.scratch
-        ),
+        r.handle(&mut e, &table, ack.len(), t0),
         Verdict::Forward { .. }
     ));
 }
@@ -543,12 +442,12 @@ fn malformed_packets_are_counted_drops() {
     let mut e = engine(t0);
     let mut r = Run::new(&[0x45, 0, 0, 99, 0, 0]);
     assert!(matches!(
-        e.handle(&table, &mut r.buf, 6, Checksum::Full, t0, &mut r.scratch),
+        r.handle(&mut e, &table, 6, t0),
         Verdict::Drop(Reason::Malformed(_))
     ));
     let mut r = Run::new(&[0x10; 40]);
     assert!(matches!(
-        e.handle(&table, &mut r.buf, 40, Checksum::Full, t0, &mut r.scratch),
+        r.handle(&mut e, &table, 40, t0),
         Verdict::Drop(Reason::Malformed(_))
     ));
 }
@@ -574,14 +473,7 @@ fn a_source_outside_the_allowed_cidrs_gets_a_rst_or_admin_prohibited() {
     // TCP: refused with a RST, before any NAT entry is made.
     let syn = tcp(CLIENT, 40000, WEB, 80, true, false);
     let mut r = Run::new(&syn);
-    let Verdict::Reply { len } = e.handle(
-        &table,
-        &mut r.buf,
-        syn.len(),
-        Checksum::Full,
-        t0,
-        &mut r.scratch,
-    ) else {
+    let Verdict::Reply { len } = r.handle(&mut e, &table, syn.len(), t0) else {
         panic!("expected a RST")
     };
     let p = parsed(&r.scratch[..len]);
@@ -595,28 +487,14 @@ fn a_source_outside_the_allowed_cidrs_gets_a_rst_or_admin_prohibited() {
     let syn = tcp([10, 1, 2, 3], 40000, WEB, 80, true, false);
     let mut r = Run::new(&syn);
     assert!(matches!(
-        e.handle(
-            &table,
-            &mut r.buf,
-            syn.len(),
-            Checksum::Full,
-            t0,
-            &mut r.scratch
-        ),
+        r.handle(&mut e, &table, syn.len(), t0),
         Verdict::NewTcp { .. }
     ));
 
     // UDP: ICMP destination unreachable, administratively prohibited (type 3, code 13).
     let dg = udp(CLIENT, 5000, [10, 96, 0, 53], 53, b"q");
     let mut r = Run::new(&dg);
-    let Verdict::Reply { len } = e.handle(
-        &table,
-        &mut r.buf,
-        dg.len(),
-        Checksum::Full,
-        t0,
-        &mut r.scratch,
-    ) else {
+    let Verdict::Reply { len } = r.handle(&mut e, &table, dg.len(), t0) else {
         panic!("expected ICMP")
     };
     let icmp = &r.scratch[20..len];
@@ -624,14 +502,7 @@ fn a_source_outside_the_allowed_cidrs_gets_a_rst_or_admin_prohibited() {
     let dg = udp([10, 9, 9, 9], 5000, [10, 96, 0, 53], 53, b"q");
     let mut r = Run::new(&dg);
     assert!(matches!(
-        e.handle(
-            &table,
-            &mut r.buf,
-            dg.len(),
-            Checksum::Full,
-            t0,
-            &mut r.scratch
-        ),
+        r.handle(&mut e, &table, dg.len(), t0),
         Verdict::UdpNew { .. }
     ));
 }
