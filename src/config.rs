@@ -69,6 +69,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "cw0", value_parser = parse_ifname)]
     pub tun_name: String,
 
+    /// Open the TUN device without offloads (no virtio-net header, no checksum or
+    /// segmentation offload), for kernels that refuse them. Much slower for bulk transfer.
+    #[arg(long, env = "CLUSTERWAY_NO_OFFLOAD", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_offload: bool,
+
     /// Inner IPv4 prefix on the TUN device: the listener takes its first address, virtual
     /// client addresses the following ones. Must not overlap any routed network.
     #[arg(long, default_value = "198.18.0.0/16", value_name = "CIDR")]

@@ -121,7 +121,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tracing::info!(routes = ?stale, "removed routes left by an earlier run");
     }
 
-    let device = TunDevice::open(&args.tun_name, 1)?;
+    let device = TunDevice::open(&args.tun_name, 1, !args.no_offload)?;
+    match device.offload {
+        Some(o) => tracing::info!(device = %device.name, offloads = %o, "TUN device created"),
+        None => tracing::info!(device = %device.name, "TUN device created without offloads"),
+    }
     let result = serve(&args, limits, &host, &device, source).await;
     // Routes first, then the device (closing its queues removes it).
     if let Err(e) = host.remove_owned(Some(device.index)).await {

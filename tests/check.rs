@@ -205,8 +205,12 @@ fn tun_check_creates_and_removes_its_device_in_a_fresh_namespace() {
     let (_, report) = env.check_json(&["--from-file", FIXTURE, "--tun-name-prefix", "cwtun"]);
     assert_eq!(report.severity("TUN device can be created"), "ok");
     let detail = report.detail("TUN device can be created");
-    let name = detail.trim_start_matches("created and removed ");
+    let (name, offloads) = detail
+        .trim_start_matches("created and removed ")
+        .split_once(" (offloads: ")
+        .unwrap_or_else(|| panic!("no offloads in {detail:?}"));
     assert!(name.starts_with("cwtun") && name.len() <= 15, "{detail}");
+    assert!(offloads.starts_with("csum tso4 tso6"), "{detail}");
     let links = env.ns.sh("ip -o link show").unwrap();
     assert!(!links.contains(name), "{name} left behind: {links}");
     let host_links = std::process::Command::new("ip")

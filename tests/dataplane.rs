@@ -22,6 +22,52 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// Send `len` bytes to `addr` in one `send` with `UDP_SEGMENT` = `segment` and collect
+/// the echoes: (pod name, payload bytes echoed) per reply, in arrival order.
+fn udp_segmented_roundtrip(
+    ns: &Netns,
+    addr: SocketAddr,
+    segment: u16,
+    len: usize,
+) -> Vec<(String, usize)> {
+    ns.run(|| {
+        let bind = if addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        let s = std::net::UdpSocket::bind(bind).unwrap();
+        s.connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let seg = libc::c_int::from(segment);
+        // SAFETY: UDP_SEGMENT takes an int.
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                (&seg as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+        let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+        assert_eq!(s.send(&payload).unwrap(), len);
+        let mut buf = [0u8; 4096];
+        let expected = len.div_ceil(usize::from(segment));
+        (0..expected)
+            .map(|k| {
+                let n = s
+                    .recv(&mut buf)
+                    .unwrap_or_else(|e| panic!("echo {k} of {expected} from {addr}: {e}"));
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let (pod, echoed) = text.split_once(' ').unwrap_or((&text, ""));
+                (pod.to_string(), echoed.len())
+            })
+            .collect()
+    })
+}
+
 /// One Service with one EndpointSlice per family given, as the API server writes them.
 /// `endpoints`: (address, ready, serving, terminating).
 fn service_yaml(
@@ -194,6 +240,19 @@ fn tcp_round_robin_udp_ping_and_ipv6() {
         "IPv6 reply of {} bytes",
         reply.len()
     );
+
+    // One send with UDP_SEGMENT (GSO) is three datagrams: with offloads they reach the
+    // gateway as one USO super-packet, which it splits as the kernel would; all three are
+    // echoed, in order, from one flow.
+    for addr in ["10.96.0.53:53", "[fd00:10:96::53]:53"] {
+        let replies = udp_segmented_roundtrip(topo.client(), sa(addr), 500, 1200);
+        let sizes: Vec<usize> = replies.iter().map(|(_, n)| *n).collect();
+        assert_eq!(sizes, [500, 500, 200], "{addr}");
+        assert!(
+            replies.iter().all(|(pod, _)| *pod == replies[0].0),
+            "{addr}: {replies:?}"
+        );
+    }
 
     // The gateway answers pings for ClusterIPs.
     ping(topo.client(), "10.96.0.10".parse().unwrap()).unwrap();

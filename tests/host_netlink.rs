@@ -85,7 +85,7 @@ fn netns_id() -> String {
 }
 
 fn tun(name: &str) -> TunDevice {
-    TunDevice::open(name, 1).unwrap_or_else(|e| panic!("create TUN {name}: {e}"))
+    TunDevice::open(name, 1, false).unwrap_or_else(|e| panic!("create TUN {name}: {e}"))
 }
 
 fn net(s: &str) -> IpNet {

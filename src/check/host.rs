@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::report::Check;
-use crate::dataplane::tun::TunDevice;
+use crate::dataplane::tun::{TunDevice, TunError};
 use crate::host::sysctl;
 
 pub const TUN: &str = "TUN device can be created";
@@ -68,8 +68,8 @@ fn nanos() -> u32 {
         .unwrap_or(0)
 }
 
-/// Creates a TUN device with a temporary name and removes it again. Needs a tokio runtime
-/// (the device's queues register with it).
+/// Creates a TUN device with a temporary name, with the offloads the gateway uses, and
+/// removes it again.
 pub fn tun(prefix: &str) -> Check {
     if !Path::new(DEV_NET_TUN).exists() {
         return Check::fail(
@@ -86,11 +86,28 @@ pub fn tun(prefix: &str) -> Check {
         );
     }
     let name = unused_tun_name(prefix);
-    match TunDevice::open(&name, 1) {
+    match TunDevice::open(&name, 1, true) {
         Ok(device) => {
+            let offloads = device.offload.map(|o| o.to_string()).unwrap_or_default();
             drop(device);
-            Check::pass(TUN, format!("created and removed {name}"))
+            Check::pass(
+                TUN,
+                format!("created and removed {name} (offloads: {offloads})"),
+            )
         }
+        Err(TunError::Offload { source, .. }) => match TunDevice::open(&name, 1, false) {
+            Ok(device) => {
+                drop(device);
+                Check::warn(
+                    TUN,
+                    format!("created {name}, but the kernel refused its offloads: {source}"),
+                    "run the gateway with --no-offload; without offloads a TUN path moves \
+                     far fewer bytes per second"
+                        .to_string(),
+                )
+            }
+            Err(e) => Check::fail(TUN, e.to_string(), TUN_FIX.to_string()),
+        },
         Err(e) => {
             let caps = match has_cap_net_admin() {
                 Some(true) => "; this process has CAP_NET_ADMIN",

@@ -17,7 +17,7 @@ use tokio::task::AbortHandle;
 use super::engine::{Engine, PendingFlow, Verdict};
 use super::flows::{FlowGuard, FlowInfo};
 use super::nat::FlowKey;
-use super::packet::{self, Checksum};
+use super::packet::{self, VirtioNetHdr};
 use super::stats::{ConnResult, Reason, Stats};
 use super::tcp::FlowEvent;
 use super::tun::TunQueue;
@@ -94,8 +94,14 @@ impl Worker {
             while handled < BATCH {
                 match self.queue.try_recv(&mut buf) {
                     Ok(rx) => {
-                        self.packet(&mut buf, rx.len, rx.checksum, &mut scratch, epoch);
                         handled += 1;
+                        match rx.hdr {
+                            Ok(hdr) => self.packet(&mut buf, rx.len, hdr, &mut scratch, epoch),
+                            Err(r) => {
+                                self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+                                self.stats.count_drop(Reason::Malformed(r));
+                            }
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -139,17 +145,29 @@ impl Worker {
         }
     }
 
+    /// One packet read from the queue, `hdr` its offload state.
     fn packet(
         &mut self,
         buf: &mut [u8],
         len: usize,
-        csum: Checksum,
+        mut hdr: VirtioNetHdr,
         scratch: &mut [u8],
         epoch: Instant,
     ) {
         self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+        if hdr.needs_csum() && !hdr.is_gso() && packet::is_icmp(&buf[..len]) {
+            // The packet core answers echo requests in place assuming a complete checksum;
+            // the kernel rarely leaves one partial, but then it is completed here.
+            if hdr.complete_checksum(&mut buf[..len]).is_err() {
+                self.stats
+                    .count_drop(Reason::Malformed(packet::DropReason::BadVnetHeader));
+                return;
+            }
+            hdr = VirtioNetHdr::NONE;
+        }
         let now = Instant::now();
         let table = self.table.load();
+        let csum = hdr.checksum_mode();
         let write = match self.engine.handle(&table, buf, len, csum, now, scratch) {
             Verdict::Forward { len } => Some((false, len)),
             Verdict::Reply { len } => Some((true, len)),
@@ -162,8 +180,10 @@ impl Worker {
                 }
             },
             Verdict::UdpSend { flow, payload } => {
-                if flow.send(&buf[payload]).is_err() {
-                    self.stats.count_drop(Reason::UdpSendFailed);
+                for datagram in datagrams(&buf[payload], &hdr) {
+                    if flow.send(datagram).is_err() {
+                        self.stats.count_drop(Reason::UdpSendFailed);
+                    }
                 }
                 None
             }
@@ -174,9 +194,11 @@ impl Worker {
                 payload,
             } => match self.open_udp(key, &port, endpoint, epoch) {
                 Ok(handle) => {
-                    if let Err(e) = handle.send(&buf[payload]) {
-                        tracing::debug!(service = %port.service, endpoint = %endpoint, error = %e, "first datagram of a UDP flow not sent");
-                        self.stats.count_drop(Reason::UdpSendFailed);
+                    for datagram in datagrams(&buf[payload], &hdr) {
+                        if let Err(e) = handle.send(datagram) {
+                            tracing::debug!(service = %port.service, endpoint = %endpoint, error = %e, "first datagram of a UDP flow not sent");
+                            self.stats.count_drop(Reason::UdpSendFailed);
+                        }
                     }
                     self.engine.udp_insert(key, port, endpoint, handle, now);
                     None
@@ -200,8 +222,14 @@ impl Worker {
             } else {
                 &buf[..n]
             };
-            let csum = if from_scratch { Checksum::Full } else { csum };
-            match self.queue.send(pkt, csum) {
+            // A rewritten packet keeps its offload state (header lengths do not change, so
+            // GSO and checksum offsets stay right); a built one is complete.
+            let hdr = if from_scratch {
+                &VirtioNetHdr::NONE
+            } else {
+                &hdr
+            };
+            match self.queue.send(pkt, hdr) {
                 Ok(()) => {
                     self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
                 }
@@ -251,6 +279,19 @@ impl Worker {
     }
 }
 
+/// The datagrams in a UDP payload: one, or for a USO super-packet (`GSO_UDP_L4`) one per
+/// `gso_size` bytes, as the kernel would have segmented them.
+/// An empty payload is one empty datagram.
+fn datagrams<'a>(payload: &'a [u8], hdr: &VirtioNetHdr) -> impl Iterator<Item = &'a [u8]> {
+    let len = payload.len();
+    let size = match hdr.gso_type & !VirtioNetHdr::GSO_ECN {
+        VirtioNetHdr::GSO_UDP_L4 if hdr.gso_size > 0 => usize::from(hdr.gso_size),
+        _ => len.max(1),
+    };
+    let count = len.div_ceil(size).max(1);
+    (0..count).map(move |i| &payload[(i * size).min(len)..((i + 1) * size).min(len)])
+}
+
 /// Read the endpoint's replies and write them to the client as `S:sp → C:cp` packets.
 async fn udp_replies(
     flow: Arc<FlowInfo>,
@@ -293,12 +334,50 @@ async fn udp_replies(
                 continue;
             };
             while let Some(f) = frags.next_into(&mut frag_buf) {
-                if queue.send(&frag_buf[..f], Checksum::Full).is_ok() {
+                if queue.send(&frag_buf[..f], &VirtioNetHdr::NONE).is_ok() {
                     stats.packets_out.fetch_add(1, Ordering::Relaxed);
                 }
             }
-        } else if queue.send(&buf[..len], Checksum::Full).is_ok() {
+        } else if queue.send(&buf[..len], &VirtioNetHdr::NONE).is_ok() {
             stats.packets_out.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uso(size: u16) -> VirtioNetHdr {
+        VirtioNetHdr {
+            gso_type: VirtioNetHdr::GSO_UDP_L4,
+            gso_size: size,
+            ..VirtioNetHdr::NONE
+        }
+    }
+
+    #[test]
+    fn a_uso_super_packet_is_split_into_its_datagrams() {
+        let payload: Vec<u8> = (0..10u8).collect();
+        let parts: Vec<&[u8]> = datagrams(&payload, &uso(4)).collect();
+        assert_eq!(parts, [&[0, 1, 2, 3][..], &[4, 5, 6, 7], &[8, 9]]);
+        let exact: Vec<&[u8]> = datagrams(&payload[..8], &uso(4)).collect();
+        assert_eq!(exact.len(), 2);
+    }
+
+    #[test]
+    fn other_packets_are_one_datagram_even_when_empty() {
+        let payload = [7u8; 3000];
+        let tcp_gso = VirtioNetHdr {
+            gso_type: VirtioNetHdr::GSO_TCPV4,
+            gso_size: 1000,
+            ..VirtioNetHdr::NONE
+        };
+        for hdr in [VirtioNetHdr::NONE, tcp_gso, uso(0)] {
+            let parts: Vec<&[u8]> = datagrams(&payload, &hdr).collect();
+            assert_eq!(parts, [&payload[..]]);
+        }
+        let empty: Vec<&[u8]> = datagrams(&[0u8; 0], &uso(4)).collect();
+        assert_eq!(empty, [&[0u8; 0][..]]);
     }
 }

@@ -30,6 +30,15 @@ pub fn topology(pods: usize) -> Topology {
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+/// False when this test run asks the gateway for a TUN device without offloads
+/// (`CLUSTERWAY_NO_OFFLOAD` set to a true value, which the gateway reads itself).
+pub fn offload_expected() -> bool {
+    !matches!(
+        std::env::var("CLUSTERWAY_NO_OFFLOAD").as_deref(),
+        Ok("1" | "true" | "yes" | "on")
+    )
+}
+
 pub fn wait_for(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -158,6 +167,18 @@ impl Gateway {
                 gw.logs()
             );
         }
+        // The suite runs with offloads (the default) and again with CLUSTERWAY_NO_OFFLOAD=1
+        // (scripts/test.sh): make sure the device really is in the mode the run claims.
+        let want = if offload_expected() {
+            "offloads="
+        } else {
+            "TUN device created without offloads"
+        };
+        assert!(
+            wait_for(|| gw.logged(want), Duration::from_secs(5)),
+            "the gateway did not log {want:?}; log:\n{}",
+            gw.logs()
+        );
         gw
     }
 

@@ -143,6 +143,16 @@ impl DropReason {
     }
 }
 
+/// True when `buf` is an IPv4 packet carrying ICMP or an IPv6 packet whose first next
+/// header is ICMPv6 (a cheap look ahead of parsing, for offload handling).
+pub fn is_icmp(buf: &[u8]) -> bool {
+    match buf.first().map(|b| b >> 4) {
+        Some(4) => buf.get(9) == Some(&PROTO_ICMP),
+        Some(6) => buf.get(6) == Some(&PROTO_ICMPV6),
+        _ => false,
+    }
+}
+
 /// TCP header flags (byte 13 of the header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpFlags(pub u8);

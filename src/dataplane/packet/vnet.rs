@@ -5,6 +5,7 @@
 //! Fields are little-endian: that is the legacy virtio byte order on x86 and arm64, and a
 //! big-endian host must set `TUNSETVNETLE` on the device to get the same layout.
 
+use super::checksum::{finish, sum};
 use super::{Checksum, DropReason};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -104,6 +105,20 @@ impl VirtioNetHdr {
         }
     }
 
+    /// Complete a partial checksum (`NEEDS_CSUM`) in software, as the device would: sum
+    /// `packet[csum_start..]`, whose checksum field holds the pseudo-header sum, and store
+    /// the result in the field. Errs when the offsets do not fit the packet.
+    pub fn complete_checksum(&self, packet: &mut [u8]) -> Result<(), DropReason> {
+        let start = usize::from(self.csum_start);
+        let at = start + usize::from(self.csum_offset);
+        if at + 2 > packet.len() {
+            return Err(DropReason::BadVnetHeader);
+        }
+        let csum = finish(sum(&packet[start..]));
+        packet[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+        Ok(())
+    }
+
     /// True when the packet is a GSO super-packet the device will segment.
     pub fn is_gso(&self) -> bool {
         self.gso_type & !Self::GSO_ECN != Self::GSO_NONE
@@ -131,6 +146,31 @@ mod tests {
         assert!(h.needs_csum());
         assert!(h.is_gso());
         assert_eq!(h.checksum_mode(), Checksum::Partial);
+    }
+
+    #[test]
+    fn completing_a_partial_checksum_gives_the_full_one() {
+        // An ICMP echo request whose checksum field holds 0 (the partial sum of ICMP,
+        // which has no pseudo-header), behind a 20-byte IPv4 header.
+        let mut pkt = vec![0u8; 20];
+        pkt.extend_from_slice(&[8, 0, 0, 0, 0x12, 0x34, 0, 1, b'h', b'i', b'!']);
+        let h = VirtioNetHdr {
+            flags: VirtioNetHdr::NEEDS_CSUM,
+            csum_start: 20,
+            csum_offset: 2,
+            ..VirtioNetHdr::NONE
+        };
+        h.complete_checksum(&mut pkt).unwrap();
+        // A region with a correct checksum sums to 0xffff.
+        assert_eq!(super::super::checksum::fold(sum(&pkt[20..])), 0xffff);
+        let far = VirtioNetHdr {
+            csum_offset: 40,
+            ..h
+        };
+        assert_eq!(
+            far.complete_checksum(&mut pkt),
+            Err(DropReason::BadVnetHeader)
+        );
     }
 
     #[test]
