@@ -74,6 +74,11 @@ pub struct RunArgs {
     #[arg(long, env = "CLUSTERWAY_NO_OFFLOAD", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_offload: bool,
 
+    /// TUN queues, each read by a dataplane thread of its own (1 to 16). Default: half the
+    /// cores (at least one); the proxy's runtime gets the other cores.
+    #[arg(long, env = "CLUSTERWAY_QUEUES", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub queues: Option<u16>,
+
     /// Inner IPv4 prefix on the TUN device: the listener takes its first address, virtual
     /// client addresses the following ones. Must not overlap any routed network.
     #[arg(long, default_value = "198.18.0.0/16", value_name = "CIDR")]
@@ -135,7 +140,24 @@ pub struct Limits {
     pub udp_flows: u64,
 }
 
+/// Usable cores (1 when unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 impl RunArgs {
+    /// TUN queues and dataplane threads: `--queues`, else half the cores (at least one).
+    pub fn queue_count(&self) -> usize {
+        self.queues
+            .map_or_else(|| (cores() / 2).max(1), usize::from)
+    }
+
+    /// Threads of the async runtime (listeners, proxied connections, UDP replies, status
+    /// server): the cores the dataplane threads leave, at least one.
+    pub fn runtime_threads(&self) -> usize {
+        cores().saturating_sub(self.queue_count()).max(1)
+    }
+
     /// The exposure policy the flags describe.
     pub fn policy(&self) -> crate::cluster::policy::Policy {
         crate::cluster::policy::Policy {

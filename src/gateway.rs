@@ -25,7 +25,8 @@ use crate::cluster::sync::SyncStatus;
 use crate::cluster::table::ServiceTable;
 use crate::config::{nofile_limit, RunArgs};
 use crate::dataplane::engine::{Engine, EngineConfig};
-use crate::dataplane::nat::NatConfig;
+use crate::dataplane::nat::{NatConfig, Partition};
+use crate::dataplane::shared::SharedFlows;
 use crate::dataplane::stats::Stats;
 use crate::dataplane::tcp::{bind_listener, Acceptor};
 use crate::dataplane::tun::TunDevice;
@@ -37,9 +38,6 @@ use crate::web::{self, health::Health};
 /// New TCP flows waiting for the acceptor: one burst of SYNs per worker batch several times
 /// over; past it the SYN is dropped and the client retransmits.
 const FLOWS_CAPACITY: usize = 4096;
-/// Events from proxy tasks to the worker. Senders await when it is full (backpressure on
-/// connection set-up, never on bytes).
-const EVENTS_CAPACITY: usize = 8192;
 
 /// Where the table comes from.
 // Made once at start-up and moved twice: the size of its variants does not matter.
@@ -121,10 +119,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tracing::info!(routes = ?stale, "removed routes left by an earlier run");
     }
 
-    let device = TunDevice::open(&args.tun_name, 1, !args.no_offload)?;
+    let queues = args.queue_count();
+    let device = TunDevice::open(&args.tun_name, queues, !args.no_offload)?;
+    let threads = args.runtime_threads();
     match device.offload {
-        Some(o) => tracing::info!(device = %device.name, offloads = %o, "TUN device created"),
-        None => tracing::info!(device = %device.name, "TUN device created without offloads"),
+        Some(o) => {
+            tracing::info!(device = %device.name, queues, runtime_threads = threads, offloads = %o, "TUN device created")
+        }
+        None => {
+            tracing::info!(device = %device.name, queues, runtime_threads = threads, "TUN device created without offloads")
+        }
     }
     let result = serve(&args, limits, &host, &device, source).await;
     // Routes first, then the device (closing its queues removes it).
@@ -223,37 +227,55 @@ async fn serve(
     };
     let shutdown = Arc::new(AtomicBool::new(false));
     let (flows_tx, flows_rx) = mpsc::channel(FLOWS_CAPACITY);
-    let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
-
+    let shared = Arc::new(SharedFlows::new(nat.clone(), Instant::now()));
     let mut config = EngineConfig::new(nat, limits.udp_flows as usize);
     config.udp_idle = args.udp_idle_timeout;
-    let engine = Engine::new(config, port, stats.clone(), Instant::now());
-    let queue = device.queues[0].clone();
-    let worker = Worker {
-        queue,
-        table: table.clone(),
-        engine,
-        flows: flows_tx,
-        events: events_rx,
-        stats: stats.clone(),
-        shutdown: shutdown.clone(),
-    };
+    // One worker per queue, each on a thread of its own reading its queue directly (see
+    // dataplane::tun); the first that stops ends the gateway.
+    let (worker_done_tx, mut worker_done) = mpsc::channel(device.queues.len());
+    let runtime = tokio::runtime::Handle::current();
+    let mut worker_threads = Vec::new();
+    for (index, queue) in device.queues.iter().enumerate() {
+        let engine = Engine::with_shared(
+            config.clone(),
+            shared.clone(),
+            port,
+            stats.clone(),
+            Instant::now(),
+        );
+        let worker = Worker {
+            queue: queue.clone(),
+            table: table.clone(),
+            engine,
+            flows: flows_tx.clone(),
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+            part: Partition {
+                index,
+                count: device.queues.len(),
+            },
+        };
+        let done = worker_done_tx.clone();
+        let runtime = runtime.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("cw-dataplane-{index}"))
+            .spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    worker.run(runtime)
+                }));
+                // One message per worker, and room for each: never full.
+                let _ = done.try_send(r.map_err(|_| ()));
+            })
+            .context("cannot start a dataplane thread")?;
+        worker_threads.push(thread);
+    }
+    drop((flows_tx, worker_done_tx));
     let acceptor = Acceptor {
         listeners,
         flows: flows_rx,
-        events: events_tx,
+        shared,
         stats: stats.clone(),
     };
-    // The worker owns its TUN queue on a thread of its own (see dataplane::tun).
-    let (worker_done_tx, mut worker_done) = tokio::sync::oneshot::channel();
-    let runtime = tokio::runtime::Handle::current();
-    let worker_thread = std::thread::Builder::new()
-        .name("cw-dataplane".into())
-        .spawn(move || {
-            let r = worker.run(runtime);
-            let _ = worker_done_tx.send(r);
-        })
-        .context("cannot start the dataplane thread")?;
     let acceptor_task = tokio::spawn(acceptor.run());
 
     let live = table.clone();
@@ -310,11 +332,11 @@ async fn serve(
             r = changed_rx.changed() => {
                 if r.is_err() { break Err(anyhow::anyhow!("the file source stopped")); }
             }
-            r = &mut worker_done => {
+            r = worker_done.recv() => {
                 break match r {
-                    Ok(Ok(())) => Err(anyhow::anyhow!("the dataplane worker stopped")),
-                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("the dataplane worker failed")),
-                    Err(_) => Err(anyhow::anyhow!("the dataplane worker panicked")),
+                    Some(Ok(Ok(()))) => Err(anyhow::anyhow!("a dataplane worker stopped")),
+                    Some(Ok(Err(e))) => Err(anyhow::Error::new(e).context("a dataplane worker failed")),
+                    Some(Err(())) | None => Err(anyhow::anyhow!("a dataplane worker panicked")),
                 };
             }
         }
@@ -324,7 +346,12 @@ async fn serve(
     source_task.abort();
     acceptor_task.abort();
     web_task.abort();
-    // The worker notices within its idle poll interval.
-    let _ = tokio::task::spawn_blocking(move || worker_thread.join()).await;
+    // The workers notice within their idle poll interval.
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in worker_threads {
+            let _ = t.join();
+        }
+    })
+    .await;
     result
 }

@@ -55,13 +55,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if matches!(cli.command, Command::Run(_)) && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
-    {
-        // The dataplane worker has a core of its own (a dedicated thread); the proxy tasks
-        // get the others. More runtime threads than that only add context switches (on 2
-        // cores: +25 % keep-alive requests/s with one runtime thread instead of two).
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        builder.worker_threads(cores.saturating_sub(1).max(1));
+    if let Command::Run(args) = &cli.command {
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+            // The dataplane workers have cores of their own (dedicated threads); the proxy
+            // tasks get the others. More runtime threads than that only add context
+            // switches (on 2 cores: +25 % keep-alive requests/s with one runtime thread
+            // instead of two).
+            builder.worker_threads(args.runtime_threads());
+        }
     }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,

@@ -1,7 +1,7 @@
 //! The per-packet decision core: one packet from the TUN device in, one [`Verdict`] out.
 //!
-//! It owns the NAT table, the UDP flow table, the balancer, the fragment reassembler and
-//! the error rate limit of one worker. It takes `now` and the current `ServiceTable`, does
+//! It owns the UDP flow table, the fragment reassembler and the error rate limit of one
+//! worker, and uses the NAT and balancer all workers share ([`SharedFlows`]). It takes `now` and the current `ServiceTable`, does
 //! no I/O and spawns nothing: the worker (the shell) writes packets, opens sockets and
 //! talks to the proxy tasks according to the verdict.
 //!
@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use super::balancer::{Balancer, Candidates};
-use super::nat::{FlowKey, FlowState, NatConfig, NatTable};
+use super::balancer::Candidates;
+use super::nat::{FlowKey, FlowState, NatConfig, Partition};
 use super::packet::{self, Checksum, Packet, Reassembler, TcpFlags, Transport, Unreachable};
+use super::shared::SharedFlows;
 use super::stats::{ConnResult, Reason, Stats};
 use super::udp::UdpFlows;
 use crate::cluster::table::{Lookup, Protocol, ServicePort, ServiceTable};
@@ -119,8 +120,11 @@ impl RateLimit {
 }
 
 pub struct Engine<T> {
-    nat: NatTable,
-    balancer: Balancer,
+    nat: Arc<SharedFlows>,
+    /// UDP flows at most, over all workers.
+    udp_capacity: usize,
+    /// This worker's UDP flow count as last added to the shared one.
+    udp_reported: usize,
     udp: UdpFlows<T>,
     frag: Reassembler,
     frag_out: Box<[u8]>,
@@ -134,16 +138,31 @@ pub struct Engine<T> {
 }
 
 impl<T> Engine<T> {
-    /// `listener_port` is the port the listeners bound on L (both families).
+    /// An engine with a NAT of its own (one worker). `listener_port` is the port the
+    /// listeners bound on L (both families).
     pub fn new(config: EngineConfig, listener_port: u16, stats: Arc<Stats>, now: Instant) -> Self {
+        let shared = Arc::new(SharedFlows::new(config.nat.clone(), now));
+        Self::with_shared(config, shared, listener_port, stats, now)
+    }
+
+    /// An engine of one worker among several, all using `shared` (made from the same
+    /// `config.nat`).
+    pub fn with_shared(
+        config: EngineConfig,
+        shared: Arc<SharedFlows>,
+        listener_port: u16,
+        stats: Arc<Stats>,
+        now: Instant,
+    ) -> Self {
         let listener_v4 = SocketAddr::new(config.nat.listener_v4().into(), listener_port);
         let listener_v6 = SocketAddr::new(config.nat.listener_v6().into(), listener_port);
         Engine {
             inner_v4: config.nat.inner_v4,
             inner_v6: config.nat.inner_v6,
-            nat: NatTable::new(config.nat, now),
-            balancer: Balancer::new(),
+            nat: shared,
             udp: UdpFlows::new(config.udp_capacity, config.udp_idle),
+            udp_capacity: config.udp_capacity,
+            udp_reported: 0,
             frag: Reassembler::new(
                 config.reassembly_bytes,
                 config.reassembly_datagrams,
@@ -158,7 +177,7 @@ impl<T> Engine<T> {
         }
     }
 
-    pub fn nat(&self) -> &NatTable {
+    pub fn nat(&self) -> &SharedFlows {
         &self.nat
     }
 
@@ -325,7 +344,7 @@ impl<T> Engine<T> {
                 .tcp_conn(&port, key.client, ConnResult::RejectedPolicy);
             return self.rst(pkt, flags, now, scratch, Reason::NoFlow);
         }
-        let Some(candidates) = self.balancer.pick(&port, key.client.ip(), now) else {
+        let Some(candidates) = self.nat.pick(&port, key.client.ip(), now) else {
             self.stats
                 .tcp_conn(&port, key.client, ConnResult::NoEndpoints);
             return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
@@ -379,12 +398,12 @@ impl<T> Engine<T> {
                 .udp_flow(&port, key.client, ConnResult::RejectedPolicy);
             return self.unreachable(buf, pkt, Unreachable::AdminProhibited, now, scratch);
         }
-        let Some(candidates) = self.balancer.pick(&port, key.client.ip(), now) else {
+        let Some(candidates) = self.nat.pick(&port, key.client.ip(), now) else {
             self.stats
                 .udp_flow(&port, key.client, ConnResult::NoEndpoints);
             return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
         };
-        if self.udp.is_full() {
+        if self.udp.is_full() || self.nat.udp_active() >= self.udp_capacity {
             self.stats
                 .udp_flow(&port, key.client, ConnResult::TableFull);
             return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
@@ -485,40 +504,26 @@ impl<T> Engine<T> {
         handle: T,
         now: Instant,
     ) {
-        self.balancer.served(&port, key.client.ip(), endpoint, now);
+        self.nat.served(&port, key.client.ip(), endpoint, now);
         self.stats.udp_flow(&port, key.client, ConnResult::Ok);
         self.udp.insert(key, handle, port, endpoint, now);
+        self.report_udp();
     }
 
-    /// The acceptor took the connection from `virt`.
-    pub fn tcp_accepted(&mut self, virt: SocketAddr) {
-        self.nat.accepted(virt);
-    }
-
-    /// A proxied connection ended: its flow translates the last packets for the close grace,
-    /// then its virtual tuple is released.
-    pub fn tcp_closed(&mut self, virt: SocketAddr, now: Instant) {
-        self.nat.closed(virt, now);
-    }
-
-    /// A dial succeeded: affinity follows the endpoint that answered.
-    pub fn tcp_served(
+    /// Periodic housekeeping: idle UDP flows, old fragments, and `nat_share` of the shared
+    /// NAT (unaccepted and closed TCP flows, old affinities). `last_reply` tells when a UDP
+    /// flow last saw a reply.
+    pub fn expire(
         &mut self,
-        port: &ServicePort,
-        client: IpAddr,
-        endpoint: SocketAddr,
         now: Instant,
-    ) {
-        self.balancer.served(port, client, endpoint, now);
-    }
-
-    /// Periodic housekeeping: idle UDP flows, unaccepted and closed TCP flows, old
-    /// fragments, old affinities. `last_reply` tells when a UDP flow last saw a reply.
-    pub fn expire(&mut self, now: Instant, last_reply: impl Fn(&T) -> Option<Instant>) -> Vec<T> {
-        self.nat.expire(now);
+        nat_share: Partition,
+        last_reply: impl Fn(&T) -> Option<Instant>,
+    ) -> Vec<T> {
+        self.nat.expire(now, nat_share);
         self.frag.expire(now);
-        self.balancer.expire(now, Duration::from_secs(86_400));
-        self.udp.expire(now, last_reply)
+        let gone = self.udp.expire(now, last_reply);
+        self.report_udp();
+        gone
     }
 
     /// A new table: UDP flows whose endpoint is no longer usable end (as kube-proxy clears
@@ -526,6 +531,15 @@ impl<T> Engine<T> {
     fn on_table(&mut self, table: &ServiceTable) {
         self.generation = table.generation;
         self.udp.retain_usable(table);
+        self.report_udp();
+    }
+
+    /// Carry the change of this worker's UDP flow count into the count all workers share
+    /// (the `--max-udp-flows` bound is over all of them).
+    fn report_udp(&mut self) {
+        let now = self.udp.len();
+        self.nat.udp_changed(self.udp_reported, now);
+        self.udp_reported = now;
     }
 }
 

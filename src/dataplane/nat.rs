@@ -138,10 +138,45 @@ struct Entry {
     state: FlowState,
 }
 
-/// Sequential allocator over one family's virtual tuples, with per-tuple release times.
+/// Which part of the virtual tuple space a table allocates from: the tuples whose global
+/// index (address number × 64,512 + port − 1,024) is `index` modulo `count`. A table that
+/// is one shard of several ([`super::shared::SharedFlows`]) thereby owns its tuples alone,
+/// and the shard of a tuple is known from the tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Partition {
+    pub const WHOLE: Partition = Partition { index: 0, count: 1 };
+}
+
+/// The global index of a virtual tuple of `config` (None: not a virtual tuple).
+pub fn virtual_index(config: &NatConfig, virt: SocketAddr) -> Option<usize> {
+    let offset = match virt.ip() {
+        IpAddr::V4(a) if config.inner_v4.contains(&a) => {
+            u128::from(u32::from(a).wrapping_sub(u32::from(config.inner_v4.network())))
+        }
+        IpAddr::V6(a) if config.inner_v6.contains(&a) => {
+            u128::from(a).wrapping_sub(u128::from(config.inner_v6.network()))
+        }
+        _ => return None,
+    };
+    let addr = usize::try_from(offset.checked_sub(2)?).ok()?;
+    if addr >= config.virtual_addrs as usize {
+        return None;
+    }
+    let port = virt.port().checked_sub(FIRST_PORT)? as usize;
+    Some(addr * PORTS_PER_ADDR + port)
+}
+
+/// Sequential allocator over one family's virtual tuples (those of its partition), with
+/// per-tuple release times. Local index `j` is global index `j × count + index`.
 #[derive(Debug)]
 struct PortSpace {
     addrs: Vec<IpAddr>,
+    part: Partition,
     cursor: usize,
     /// Release time of each tuple, in seconds since `epoch` + 1 (0: never released),
     /// wrapping at u16: a wrapped value can only delay reuse, never allow it early.
@@ -149,16 +184,19 @@ struct PortSpace {
 }
 
 impl PortSpace {
-    fn new(addrs: Vec<IpAddr>) -> Self {
-        let n = addrs.len() * PORTS_PER_ADDR;
+    fn new(addrs: Vec<IpAddr>, part: Partition) -> Self {
+        let total = addrs.len() * PORTS_PER_ADDR;
+        let n = total.saturating_sub(part.index).div_ceil(part.count.max(1));
         PortSpace {
             addrs,
+            part,
             cursor: 0,
             released: vec![0; n],
         }
     }
 
-    fn tuple(&self, index: usize) -> SocketAddr {
+    fn tuple(&self, local: usize) -> SocketAddr {
+        let index = local * self.part.count + self.part.index;
         let addr = self.addrs[index / PORTS_PER_ADDR];
         SocketAddr::new(addr, FIRST_PORT + (index % PORTS_PER_ADDR) as u16)
     }
@@ -166,11 +204,12 @@ impl PortSpace {
     fn index_of(&self, virt: SocketAddr) -> Option<usize> {
         let a = self.addrs.iter().position(|a| *a == virt.ip())?;
         let port = virt.port().checked_sub(FIRST_PORT)? as usize;
-        Some(a * PORTS_PER_ADDR + port)
+        let index = a * PORTS_PER_ADDR + port;
+        (index % self.part.count == self.part.index).then_some(index / self.part.count)
     }
 }
 
-/// The NAT table of one dataplane worker.
+/// A NAT table: all of it for one worker, or one shard of [`super::shared::SharedFlows`].
 #[derive(Debug)]
 pub struct NatTable {
     config: NatConfig,
@@ -188,6 +227,11 @@ pub struct NatTable {
 
 impl NatTable {
     pub fn new(config: NatConfig, now: Instant) -> Self {
+        Self::partition(config, Partition::WHOLE, now)
+    }
+
+    /// A table that hands out only the virtual tuples of `part`.
+    pub fn partition(config: NatConfig, part: Partition, now: Instant) -> Self {
         let n = config.virtual_addrs;
         let v4 = (0..n)
             .map(|i| IpAddr::V4(nth_v4(config.inner_v4, 2 + i)))
@@ -202,8 +246,8 @@ impl NatTable {
             free_slots: Vec::new(),
             forward: FxHashMap::default(),
             reverse: FxHashMap::default(),
-            v4: PortSpace::new(v4),
-            v6: PortSpace::new(v6),
+            v4: PortSpace::new(v4, part),
+            v6: PortSpace::new(v6, part),
             active: 0,
             closing: VecDeque::new(),
         }
@@ -458,6 +502,37 @@ mod tests {
         assert_eq!(v6, "[fdc7:7779::2]:1024".parse().unwrap());
         assert_eq!(t.reverse(&v).unwrap().0, key(1, false));
         assert_eq!(t.get(&key(1, true)).unwrap().0, v6);
+    }
+
+    #[test]
+    fn partitions_hand_out_disjoint_tuples_that_name_their_partition() {
+        let c = cfg(100, 2);
+        let t0 = Instant::now();
+        let mut seen = HashSet::new();
+        for index in 0..3 {
+            let part = Partition { index, count: 3 };
+            let mut t = NatTable::partition(c.clone(), part, t0);
+            for n in 0..50 {
+                for v6 in [false, true] {
+                    let v = t.insert(key(n + 1000 * index as u32, v6), t0).unwrap();
+                    assert_eq!(virtual_index(&c, v).unwrap() % 3, index, "{v}");
+                    assert!(seen.insert(v), "{v} handed out twice");
+                    assert!(t.reverse(&v).is_some());
+                }
+            }
+        }
+        assert_eq!(
+            virtual_index(&c, "198.18.0.2:1024".parse().unwrap()),
+            Some(0)
+        );
+        assert_eq!(
+            virtual_index(&c, "198.18.0.3:1025".parse().unwrap()),
+            Some(64_513)
+        );
+        assert_eq!(virtual_index(&c, "198.18.0.4:1024".parse().unwrap()), None);
+        assert_eq!(virtual_index(&c, "198.18.0.1:1024".parse().unwrap()), None);
+        assert_eq!(virtual_index(&c, "198.18.0.2:80".parse().unwrap()), None);
+        assert_eq!(virtual_index(&c, "10.0.0.2:1024".parse().unwrap()), None);
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! connection that dials an endpoint (retrying the next ones with short timeouts) and moves
 //! bytes both ways, propagating half-close.
 //!
-//! It owns sockets only; it learns flows from the worker over a bounded channel and tells
-//! the worker what happened to them over another. It never reads the ServiceTable.
+//! It owns sockets only; it learns flows from the workers over a bounded channel and records
+//! what happened to them (accepted, endpoint that answered, closed) in the NAT and balancer
+//! the workers share, once per connection set-up and once at its end. It never reads the
+//! ServiceTable.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +22,8 @@ use tokio::sync::mpsc;
 use super::balancer::MAX_ATTEMPTS;
 use super::engine::PendingFlow;
 use super::flows::{Counted, Direction};
+use super::shared::SharedFlows;
 use super::stats::{ConnResult, NoticeKind, Stats};
-use crate::cluster::table::ServicePort;
 
 /// Dial timeouts per attempt, as kube-proxy's userspace mode used them.
 pub const DIAL_TIMEOUTS: [Duration; MAX_ATTEMPTS] = [
@@ -33,22 +35,6 @@ pub const DIAL_TIMEOUTS: [Duration; MAX_ATTEMPTS] = [
 
 /// A pending flow the listener never accepted is forgotten after this long.
 const PENDING_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What happened to a proxied connection, for the worker that owns its NAT entry.
-#[derive(Debug)]
-pub enum FlowEvent {
-    /// The listener accepted the connection from `virt` and the dials are done: `endpoint`
-    /// answered (ClientIP affinity follows it), or none did. One message per connection
-    /// set-up: the dials take at most 3.75 s, well inside the NAT's pending timeout.
-    Dialed {
-        virt: SocketAddr,
-        port: Arc<ServicePort>,
-        client: IpAddr,
-        endpoint: Option<SocketAddr>,
-    },
-    /// The connection from `virt` is finished.
-    Closed { virt: SocketAddr },
-}
 
 /// Bind the listener of one family on `addr` (port 0 picks one). `IP_FREEBIND`, so the
 /// bind does not race the address appearing on the device.
@@ -75,9 +61,10 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Accepts connections on the listeners and hands each to its own proxy task.
 pub struct Acceptor {
     pub listeners: Vec<TcpListener>,
-    /// Flows the worker mapped (sent before their SYN is written to the device).
+    /// Flows the workers mapped (sent before their SYN is written to the device).
     pub flows: mpsc::Receiver<PendingFlow>,
-    pub events: mpsc::Sender<FlowEvent>,
+    /// The NAT and balancer the workers share.
+    pub shared: Arc<SharedFlows>,
     pub stats: Arc<Stats>,
 }
 
@@ -133,9 +120,9 @@ impl Acceptor {
                 reset(stream);
                 continue;
             };
-            let events = self.events.clone();
+            let shared = self.shared.clone();
             let stats = self.stats.clone();
-            tokio::spawn(proxy(stream, flow, events, stats));
+            tokio::spawn(proxy(stream, flow, shared, stats));
         }
     }
 }
@@ -190,24 +177,15 @@ async fn dial(flow: &PendingFlow, stats: &Stats) -> Option<(TcpStream, SocketAdd
     None
 }
 
-async fn proxy(
-    client: TcpStream,
-    flow: PendingFlow,
-    events: mpsc::Sender<FlowEvent>,
-    stats: Arc<Stats>,
-) {
+async fn proxy(client: TcpStream, flow: PendingFlow, shared: Arc<SharedFlows>, stats: Arc<Stats>) {
     let virt = flow.virt;
     let dial_start = Instant::now();
     let dialed = dial(&flow, &stats).await;
-    // The worker learns of the accept (its NAT entry stops being "pending") and the endpoint.
-    let event = FlowEvent::Dialed {
-        virt,
-        port: flow.port.clone(),
-        client: flow.key.client.ip(),
-        endpoint: dialed.as_ref().map(|(_, ep)| *ep),
-    };
-    if events.send(event).await.is_err() {
-        return;
+    // The NAT entry stops being "pending" (the dials take at most 3.75 s, well inside its
+    // pending timeout); ClientIP affinity follows the endpoint that answered.
+    shared.accepted(virt);
+    if let Some((_, endpoint)) = &dialed {
+        shared.served(&flow.port, flow.key.client.ip(), *endpoint, Instant::now());
     }
     match dialed {
         None => {
@@ -237,7 +215,7 @@ async fn proxy(
             stats.tcp_active.fetch_sub(1, Ordering::Relaxed);
         }
     }
-    let _ = events.send(FlowEvent::Closed { virt }).await;
+    shared.closed(virt, Instant::now());
 }
 
 /// Copy buffer per direction. 16 KiB: a new connection zeroes two of them, so larger

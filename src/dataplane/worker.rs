@@ -1,7 +1,9 @@
 //! The dataplane worker: the shell around one [`Engine`]. It reads packets from its TUN
 //! queue (a batch per wake-up), applies the engine's verdicts (writes packets, feeds UDP
-//! flow sockets, hands new TCP flows to the acceptor), runs the UDP reply tasks, and applies
-//! what the proxy tasks report. It owns the engine; nothing else touches it.
+//! flow sockets, hands new TCP flows to the acceptor) and runs the UDP reply tasks of the
+//! flows it opened, which write to its own queue. It owns the engine; nothing else touches
+//! it. There is one worker per TUN queue, each on its own thread; they share only the NAT
+//! and balancer (see `shared`), the table snapshot and the counters.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,9 +19,9 @@ use tokio::task::AbortHandle;
 use super::engine::{Engine, PendingFlow, Verdict};
 use super::flows::{FlowGuard, FlowInfo};
 use super::nat::FlowKey;
+use super::nat::Partition;
 use super::packet::{self, VirtioNetHdr};
 use super::stats::{ConnResult, Reason, Stats};
-use super::tcp::FlowEvent;
 use super::tun::TunQueue;
 use crate::cluster::table::{ServicePort, ServiceTable};
 
@@ -63,9 +65,10 @@ pub struct Worker {
     /// New TCP flows, to the acceptor. Bounded (see `flows_capacity` where it is made):
     /// when the acceptor lags that far behind, new SYNs are dropped and retried by clients.
     pub flows: mpsc::Sender<PendingFlow>,
-    pub events: mpsc::Receiver<FlowEvent>,
     pub stats: Arc<Stats>,
     pub shutdown: Arc<AtomicBool>,
+    /// This worker's number among `part.count`: it sweeps that share of the shared NAT.
+    pub part: Partition,
 }
 
 impl Worker {
@@ -80,11 +83,6 @@ impl Worker {
         loop {
             if self.shutdown.load(Ordering::Relaxed) {
                 return Ok(());
-            }
-            // What the proxy tasks reported since the last batch (per connection, not per
-            // packet; a few milliseconds of delay only postpones NAT bookkeeping).
-            while let Ok(ev) = self.events.try_recv() {
-                self.apply(ev);
             }
             if last_expiry.elapsed() >= EXPIRY_INTERVAL {
                 last_expiry = Instant::now();
@@ -117,31 +115,15 @@ impl Worker {
 
     fn expire(&mut self, epoch: Instant) {
         let now = Instant::now();
-        let gone = self.engine.expire(now, |h: &UdpHandle| {
+        let gone = self.engine.expire(now, self.part, |h: &UdpHandle| {
             let ms = h.last_reply_ms.load(Ordering::Relaxed);
             (ms > 0).then(|| epoch + Duration::from_millis(ms))
         });
         drop(gone);
-        self.stats
-            .udp_active
-            .store(self.engine.udp().len() as u64, Ordering::Relaxed);
-    }
-
-    fn apply(&mut self, ev: FlowEvent) {
-        match ev {
-            FlowEvent::Dialed {
-                virt,
-                port,
-                client,
-                endpoint,
-            } => {
-                self.engine.tcp_accepted(virt);
-                if let Some(endpoint) = endpoint {
-                    self.engine
-                        .tcp_served(&port, client, endpoint, Instant::now());
-                }
-            }
-            FlowEvent::Closed { virt } => self.engine.tcp_closed(virt, Instant::now()),
+        if self.part.index == 0 {
+            // The gauge of UDP flows over all workers.
+            let udp = self.engine.nat().udp_active() as u64;
+            self.stats.udp_active.store(udp, Ordering::Relaxed);
         }
     }
 

@@ -168,7 +168,8 @@ impl Gateway {
             );
         }
         // The suite runs with offloads (the default) and again with CLUSTERWAY_NO_OFFLOAD=1
-        // (scripts/test.sh): make sure the device really is in the mode the run claims.
+        // and/or CLUSTERWAY_QUEUES (scripts/test.sh): make sure the device really is in the
+        // mode the run claims.
         let want = if offload_expected() {
             "offloads="
         } else {
@@ -179,6 +180,15 @@ impl Gateway {
             "the gateway did not log {want:?}; log:\n{}",
             gw.logs()
         );
+        // Likewise for the number of TUN queues (CLUSTERWAY_QUEUES, read by the gateway).
+        if let Ok(n) = std::env::var("CLUSTERWAY_QUEUES") {
+            let want = format!("queues={n} ");
+            assert!(
+                gw.logged(&want),
+                "the gateway did not log {want:?}; log:\n{}",
+                gw.logs()
+            );
+        }
         gw
     }
 

@@ -1,0 +1,285 @@
+//! What the dataplane workers share: the TCP redirect NAT and the balancer.
+//!
+//! With one TUN queue per worker, the kernel picks the queue of each packet by its flow
+//! hash, and the two directions of one proxied flow (`C:cp → S:sp` and `L:lp → V:vp`) are
+//! different flows to it: they may land on different workers. Both must find the same NAT
+//! entry, so the NAT is shared — but not behind one lock. It is split into [`SHARDS`]
+//! tables, each behind its own mutex and each owning a disjoint part of the virtual tuple
+//! space ([`Partition`]): a new flow goes to the shard of its key's hash and takes a tuple
+//! of that shard, so the reply direction finds the shard from the tuple alone. Two workers
+//! meet on a lock only when their packets fall in the same shard at the same moment.
+//!
+//! The active-flow bound is global (an atomic count next to the shards). The balancer
+//! (round-robin position, ClientIP affinity) is shared too, behind one mutex, but it is
+//! taken once per new flow, never per packet of an existing one.
+//!
+//! Owns: the shards and the balancer. Must not touch: packets, sockets, the table.
+
+use std::hash::{BuildHasher, Hash};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::balancer::{Balancer, Candidates};
+use super::nat::{virtual_index, FlowKey, FlowState, NatConfig, NatError, NatTable, Partition};
+use crate::cluster::table::ServicePort;
+
+/// NAT shards: a power of two well above the worker count, so that workers rarely meet.
+pub const SHARDS: usize = 16;
+
+/// How long a ClientIP affinity is kept at most (Kubernetes caps the timeout at a day).
+const AFFINITY_MAX: Duration = Duration::from_secs(86_400);
+
+pub struct SharedFlows {
+    config: NatConfig,
+    shards: Box<[Mutex<NatTable>]>,
+    /// Active flows over all shards (each shard's own bound is the whole capacity).
+    active: AtomicUsize,
+    hasher: rustc_hash::FxBuildHasher,
+    balancer: Mutex<Balancer>,
+    /// UDP flows over all workers (each worker holds its own and reports changes).
+    udp_active: AtomicUsize,
+}
+
+/// A poisoned lock means a worker panicked mid-update; the state is a table of plain
+/// values, still usable, and forwarding must go on.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SharedFlows {
+    pub fn new(config: NatConfig, now: Instant) -> Self {
+        let shards = (0..SHARDS)
+            .map(|index| {
+                let part = Partition {
+                    index,
+                    count: SHARDS,
+                };
+                Mutex::new(NatTable::partition(config.clone(), part, now))
+            })
+            .collect();
+        SharedFlows {
+            config,
+            shards,
+            active: AtomicUsize::new(0),
+            hasher: rustc_hash::FxBuildHasher,
+            balancer: Mutex::new(Balancer::new()),
+            udp_active: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &NatConfig {
+        &self.config
+    }
+
+    fn shard_of_key(&self, key: &FlowKey) -> &Mutex<NatTable> {
+        let mut h = self.hasher.build_hasher();
+        key.hash(&mut h);
+        let h = std::hash::Hasher::finish(&h);
+        // Fx leaves the low bits weak: fold the high ones in.
+        &self.shards[((h >> 32) ^ h) as usize % SHARDS]
+    }
+
+    fn shard_of_virt(&self, virt: &SocketAddr) -> Option<&Mutex<NatTable>> {
+        virtual_index(&self.config, *virt).map(|i| &self.shards[i % SHARDS])
+    }
+
+    /// Run `f` on a shard and carry the change of its active count into the global one.
+    fn counted<R>(&self, shard: &Mutex<NatTable>, f: impl FnOnce(&mut NatTable) -> R) -> R {
+        let mut t = lock(shard);
+        let before = t.active();
+        let r = f(&mut t);
+        let after = t.active();
+        drop(t);
+        if after > before {
+            self.active.fetch_add(after - before, Ordering::Relaxed);
+        } else if before > after {
+            self.active.fetch_sub(before - after, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// The virtual tuple of a known flow, and its state.
+    pub fn get(&self, key: &FlowKey) -> Option<(SocketAddr, FlowState)> {
+        lock(self.shard_of_key(key)).get(key)
+    }
+
+    /// The original flow behind a virtual tuple.
+    pub fn reverse(&self, virt: &SocketAddr) -> Option<(FlowKey, FlowState)> {
+        lock(self.shard_of_virt(virt)?).reverse(virt)
+    }
+
+    /// Map a new flow (see [`NatTable::insert`]); refused when all shards together hold
+    /// the configured capacity of active flows.
+    pub fn insert(&self, key: FlowKey, now: Instant) -> Result<SocketAddr, NatError> {
+        let shard = self.shard_of_key(&key);
+        self.counted(shard, |t| {
+            // A still-mapped flow of the same key is replaced and frees its place.
+            let replaced = t
+                .get(&key)
+                .is_some_and(|(_, s)| !matches!(s, FlowState::Closed { .. }));
+            let limit = self.config.capacity + usize::from(replaced);
+            if self.active.load(Ordering::Relaxed) >= limit {
+                return Err(NatError::TableFull);
+            }
+            t.insert(key, now)
+        })
+    }
+
+    /// The proxy accepted the connection from `virt`.
+    pub fn accepted(&self, virt: SocketAddr) {
+        if let Some(shard) = self.shard_of_virt(&virt) {
+            lock(shard).accepted(virt);
+        }
+    }
+
+    /// The proxy is done with the connection from `virt`.
+    pub fn closed(&self, virt: SocketAddr, now: Instant) {
+        if let Some(shard) = self.shard_of_virt(&virt) {
+            self.counted(shard, |t| t.closed(virt, now));
+        }
+    }
+
+    /// Expire the shards whose number is `part.index` modulo `part.count` (each worker
+    /// sweeps its own share), and with part 0 the balancer's old affinities.
+    pub fn expire(&self, now: Instant, part: Partition) {
+        for shard in self
+            .shards
+            .iter()
+            .skip(part.index)
+            .step_by(part.count.max(1))
+        {
+            self.counted(shard, |t| t.expire(now));
+        }
+        if part.index == 0 {
+            lock(&self.balancer).expire(now, AFFINITY_MAX);
+        }
+    }
+
+    /// Flows holding (or about to hold) a proxied connection, over all shards.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// All mapped flows, closed ones still lingering included.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// UDP flows over all workers.
+    pub fn udp_active(&self) -> usize {
+        self.udp_active.load(Ordering::Relaxed)
+    }
+
+    /// A worker's UDP flow count went from `before` to `after`.
+    pub fn udp_changed(&self, before: usize, after: usize) {
+        if after > before {
+            self.udp_active.fetch_add(after - before, Ordering::Relaxed);
+        } else if before > after {
+            self.udp_active.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// Choose endpoints for a new flow (see [`Balancer::pick`]).
+    pub fn pick(&self, port: &ServicePort, client: IpAddr, now: Instant) -> Option<Candidates> {
+        lock(&self.balancer).pick(port, client, now)
+    }
+
+    /// A flow from `client` was served by `endpoint`: affinity follows it.
+    pub fn served(&self, port: &ServicePort, client: IpAddr, endpoint: SocketAddr, now: Instant) {
+        lock(&self.balancer).served(port, client, endpoint, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn config(capacity: usize) -> NatConfig {
+        NatConfig::new(
+            "198.18.0.0/16".parse().unwrap(),
+            "fdc7:7779::/64".parse().unwrap(),
+            capacity,
+        )
+    }
+
+    fn key(n: u16) -> FlowKey {
+        FlowKey {
+            client: SocketAddr::new("192.168.7.1".parse().unwrap(), n),
+            service: "10.96.0.10:80".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn both_directions_find_the_flow_whatever_its_shard() {
+        let now = Instant::now();
+        let s = SharedFlows::new(config(1000), now);
+        let mut virts = std::collections::HashSet::new();
+        for n in 1..=200 {
+            let v = s.insert(key(n), now).unwrap();
+            assert!(virts.insert(v), "{v} handed out twice");
+            assert_eq!(s.get(&key(n)).unwrap().0, v);
+            assert_eq!(s.reverse(&v).unwrap().0, key(n));
+        }
+        // The keys spread over the shards (none holds more than a third of them).
+        let most = s.shards.iter().map(|t| lock(t).len()).max().unwrap();
+        assert!(most < 70, "one shard holds {most} of 200 flows");
+        assert_eq!(s.active(), 200);
+        assert_eq!(s.len(), 200);
+        assert!(s.reverse(&"198.18.0.1:1024".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn the_capacity_is_global_and_closing_makes_room() {
+        let now = Instant::now();
+        let s = SharedFlows::new(config(3), now);
+        let v: Vec<_> = (1..=3).map(|n| s.insert(key(n), now).unwrap()).collect();
+        assert_eq!(s.insert(key(4), now), Err(NatError::TableFull));
+        // A SYN reusing a live key replaces its flow instead of being refused.
+        let again = s.insert(key(2), now).unwrap();
+        assert_eq!(s.active(), 3);
+        s.accepted(v[0]);
+        s.closed(v[0], now);
+        assert_eq!(s.active(), 2);
+        assert!(s.insert(key(4), now).is_ok());
+        // Closed flows go after their grace; unaccepted ones after the pending timeout.
+        let later = now + Duration::from_secs(31);
+        for index in 0..2 {
+            s.expire(later, Partition { index, count: 2 });
+        }
+        assert_eq!(s.active(), 0);
+        assert!(s.reverse(&again).is_none());
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn workers_on_several_threads_share_it() {
+        let now = Instant::now();
+        let s = Arc::new(SharedFlows::new(config(10_000), now));
+        let threads: Vec<_> = (0..4u16)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for n in 0..1000u16 {
+                        let k = key(t * 1000 + n + 1);
+                        let v = s.insert(k, now).unwrap();
+                        assert_eq!(s.reverse(&v).unwrap().0, k);
+                        s.accepted(v);
+                        s.closed(v, now);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(s.active(), 0);
+        assert_eq!(s.len(), 4000);
+    }
+}
