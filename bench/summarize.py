@@ -7,7 +7,7 @@ import sys
 PATHS = [
     ("route", "routing to pod IP"),
     ("dnat", "kernel DNAT (nft)"),
-    ("haproxy", "HAProxy TCP mode"),
+    ("haproxy", "HAProxy TCP, splice"),
     ("clusterway", "clusterway"),
 ]
 METRICS = [
