@@ -44,6 +44,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 mkdir -p "$OUT"
 : >"$SAMPLES"
 log "results in $OUT; REPS=$REPS DUR=${DUR}s paths: $PATHS"
+CLK_TCK=$(getconf CLK_TCK)
 
 # --- namespaces ----------------------------------------------------------------------------
 ns_down() {
@@ -128,7 +129,7 @@ EOF
 }
 
 # --- the paths -------------------------------------------------------------------------------
-setup_route() { TARGET=$POD_IP; }
+setup_route() { TARGET=$POD_IP; GW_PID=; }
 
 setup_dnat() {
     ip netns exec "$GW" nft -f - <<EOF
@@ -140,6 +141,7 @@ table ip cwbench {
 }
 EOF
     TARGET=$VIP
+    GW_PID=
 }
 
 setup_haproxy() {
@@ -180,6 +182,8 @@ EOF
     ip netns exec "$GW" haproxy -D -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 \
         || die "haproxy did not start: $(cat "$dir/haproxy.log")"
     [ -s "$dir/haproxy.log" ] && log "haproxy says: $(tr '\n' ' ' <"$dir/haproxy.log")"
+    GW_PID=$(cat "$dir/haproxy.pid")
+    log "haproxy pid $GW_PID, open files limit $(gw_nofile)"
     TARGET=$VIP
 }
 
@@ -199,6 +203,8 @@ info = dict(l.split(": ", 1) for l in out.decode().splitlines() if ": " in l)
 print(f"PipesUsed={info.get('PipesUsed')} PipesFree={info.get('PipesFree')}")
 PY
 }
+
+gw_nofile() { awk '/^Max open files/ {print $4 "/" $5}' "/proc/$GW_PID/limits"; }
 
 clusterway_available() {
     [ -x "$CLUSTERWAY" ] && "$CLUSTERWAY" run --help >/dev/null 2>&1
@@ -235,12 +241,18 @@ items:
   - {name: http, port: 80, protocol: TCP}
   - {name: iperf, port: 5201, protocol: TCP}
 EOF
+    # Started with the hard descriptor limit (set at the top): it sizes its TCP flow table
+    # from RLIMIT_NOFILE. `ip netns exec` execs the command, so $! is clusterway itself.
     ip netns exec "$GW" "$CLUSTERWAY" run --from-file "$dir/snapshot.yaml" \
         --service-cidr 10.96.0.0/16 >"$dir/clusterway.log" 2>&1 &
+    GW_PID=$!
     local i
     for i in $(seq 100); do
         if ip -n "$GW" route get "$VIP" 2>/dev/null | grep -q ' dev cw0'; then
             TARGET=$VIP
+            log "clusterway pid $GW_PID ($(cat "/proc/$GW_PID/comm")), open files limit" \
+                "$(gw_nofile), $(grep -o 'max_tcp_flows=[0-9]*' "$dir/clusterway.log" \
+                    || echo 'max_tcp_flows not logged')"
             return 0
         fi
         sleep 0.1
@@ -250,6 +262,29 @@ EOF
 
 # --- measurements ----------------------------------------------------------------------------
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$SAMPLES"; }
+
+# CPU counters now: "<wall ns> <machine busy ticks> <gateway process ticks>". Busy is every
+# CPU state but idle and iowait from /proc/stat (user nice system irq softirq steal; guest
+# time is already inside user), summed over all cores: the kernel paths do their work in
+# softirq, so this is the figure that compares all paths. The process figure is
+# utime + stime of the gateway process (all its threads) from /proc/<pid>/stat, 0 if none.
+cpu_snap() {
+    local cpu u n sy idle io irq sirq st rest stat f proc=0
+    read -r cpu u n sy idle io irq sirq st rest </proc/stat
+    if [ -n "${GW_PID:-}" ] && stat=$(<"/proc/$GW_PID/stat"); then
+        # Fields after "pid (comm) ": utime and stime are the 12th and 13th.
+        read -r -a f <<<"${stat##*) }"
+        proc=$((f[11] + f[12]))
+    fi
+    echo "$(date +%s%N) $((u + n + sy + irq + sirq + st)) $proc"
+}
+
+# Cores busy between two cpu_snap outputs: "<machine cores> <process cores>".
+cpu_cores() { # before after
+    awk -v a="$1" -v b="$2" -v hz="$CLK_TCK" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); wall = (y[1] - x[1]) / 1e9
+        printf "%.4f %.4f\n", (y[2] - x[2]) / hz / wall, (y[3] - x[3]) / hz / wall }'
+}
 
 iperf_gbps() { # streams
     local json
@@ -275,7 +310,26 @@ measure() { # path rep
         log "$path: http://$TARGET/ does not answer; skipping this repetition"
         return 0
     fi
-    v=$(iperf_gbps 1) && record "$path" tcp1 "$rep" "$v"
+    # Load from outside this benchmark (another build on the machine) shows up in the
+    # machine-wide figure below; one idle second before the run records how much there was.
+    local s0 s1 cores
+    s0=$(cpu_snap); sleep 1; s1=$(cpu_snap)
+    cores=$(cpu_cores "$s0" "$s1")
+    record "$path" cpu_bg "$rep" "${cores%% *}"
+    # CPU per Gbit/s over the whole 1-stream iperf3 client run (busy cores / Gbit/s).
+    s0=$(cpu_snap)
+    if v=$(iperf_gbps 1); then
+        s1=$(cpu_snap)
+        cores=$(cpu_cores "$s0" "$s1")
+        record "$path" tcp1 "$rep" "$v"
+        record "$path" cpu_machine "$rep" "$(awk -v c="${cores%% *}" -v g="$v" \
+            'BEGIN {printf "%.4f", c / g}')"
+        if [ -n "$GW_PID" ]; then
+            record "$path" cpu_gw "$rep" "$(awk -v c="${cores#* }" -v g="$v" \
+                'BEGIN {printf "%.4f", c / g}')"
+        fi
+        log "$path: 1 stream $(printf %.2f "$v") Gbit/s, busy cores machine/gateway: $cores"
+    fi
     sleep 0.5
     # HAProxy: check halfway through the 4-stream run that it really splices.
     local probe=
