@@ -5,12 +5,15 @@
 # creates, and a trap removes them on exit, also after a failure or Ctrl-C.
 #
 # Environment: REPS (5) repetitions, DUR (5) seconds per measurement, PATHS ("route dnat
-# haproxy clusterway"), CLUSTERWAY (target/release/clusterway), OUT (bench/results/<date>).
+# haproxy clusterway"), CLUSTERWAY (target/release/clusterway), OUT (bench/results/<date>),
+# IDLE_FLOWS (8000; 0 skips the idle-flow memory runs), IDLE_PATHS ("haproxy clusterway").
 set -euo pipefail
 
 REPS=${REPS:-5}
 DUR=${DUR:-5}
 PATHS=${PATHS:-"route dnat haproxy clusterway"}
+IDLE_FLOWS=${IDLE_FLOWS:-8000}
+IDLE_PATHS=${IDLE_PATHS:-"haproxy clusterway"}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 CLUSTERWAY=${CLUSTERWAY:-$REPO/target/release/clusterway}
@@ -43,7 +46,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 mkdir -p "$OUT"
 : >"$SAMPLES"
-log "results in $OUT; REPS=$REPS DUR=${DUR}s paths: $PATHS"
+log "results in $OUT; REPS=$REPS DUR=${DUR}s paths: $PATHS; idle flows:" \
+    "$([ "$IDLE_FLOWS" = 0 ] && echo off || echo "$IDLE_FLOWS through $IDLE_PATHS");" \
+    "RLIMIT_NOFILE $(ulimit -n)"
+[[ $IDLE_FLOWS =~ ^[0-9]+$ ]] || die "IDLE_FLOWS must be a number (0 disables)"
 CLK_TCK=$(getconf CLK_TCK)
 
 # --- namespaces ----------------------------------------------------------------------------
@@ -103,13 +109,14 @@ start_pod_servers() {
     local dir=$1
     cat >"$dir/nginx.conf" <<EOF
 worker_processes auto;
+worker_rlimit_nofile $(ulimit -n);
 pid $dir/nginx.pid;
 error_log $dir/nginx-error.log warn;
-events { worker_connections 8192; }
+events { worker_connections $((IDLE_FLOWS > 8192 ? IDLE_FLOWS + 1000 : 9192)); }
 http {
     access_log off;
     keepalive_requests 10000000;
-    keepalive_timeout 60s;
+    keepalive_timeout 300s;
     client_body_temp_path $dir/body;
     proxy_temp_path $dir/proxy;
     fastcgi_temp_path $dir/fastcgi;
@@ -154,9 +161,11 @@ setup_haproxy() {
     # HAProxy sizes its descriptor need as 2 x maxconn + 2 x maxpipes, which must stay
     # under the hard limit (20,000 here), hence an explicit maxpipes (default maxconn/4) --
     # a pipe is only held while data is in flight, so a few hundred is plenty for these loads.
+    # maxconn (frontends default to it) leaves room for the idle-flow run.
+    local maxconn=$((IDLE_FLOWS + 500 > 8000 ? IDLE_FLOWS + 500 : 8000))
     cat >"$dir/haproxy.cfg" <<EOF
 global
-    maxconn 8000
+    maxconn $maxconn
     maxpipes 256
     nbthread 2
     pidfile $dir/haproxy.pid
@@ -166,8 +175,8 @@ defaults
     option splice-request
     option splice-response
     timeout connect 5s
-    timeout client 60s
-    timeout server 60s
+    timeout client 300s
+    timeout server 300s
 frontend http
     bind $VIP:80
     default_backend pod_http
@@ -351,6 +360,77 @@ measure() { # path rep
     v=$(wrk_rps -H 'Connection: close') && record "$path" http_close "$rep" "$v"
 }
 
+# Resident memory of the gateway process, KiB.
+gw_rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status"; }
+
+established() { # ns [ss filter] -> number of established TCP sockets
+    ip netns exec "$1" ss -Htn state established ${2:+"$2"} | wc -l
+}
+
+# IDLE_FLOWS concurrent idle connections through the gateway (bench/idle.py in the client
+# namespace): the gateway's RSS before opening them, with all open and idle, and after they
+# are closed. Each flow is checked end to end by one HTTP request/response on it, and the
+# pod must count them all as established.
+measure_idle() { # path rep dir
+    local path=$1 rep=$2 dir=$3 n=$IDLE_FLOWS line="" cpid i rc=0 ports
+    local before during after ok failed took pod still lo hi
+    if ! ip netns exec "$CL" curl -fsS -m 3 "http://$TARGET/" >/dev/null; then
+        log "$path idle: http://$TARGET/ does not answer; skipping this repetition"
+        return 0
+    fi
+    ports=$(ip netns exec "$CL" sysctl -n net.ipv4.ip_local_port_range)
+    read -r lo hi <<<"$ports"
+    ((hi - lo + 1 >= n)) || die "client port range $ports is too small for $n flows"
+    sleep 1
+    before=$(gw_rss_kib)
+    ip netns exec "$CL" python3 "$HERE/idle.py" "$TARGET" 80 "$n" >"$dir/idle.log" 2>&1 &
+    cpid=$!
+    for i in $(seq $((600 + n / 10))); do # 0.1 s steps: 60 s + 10 ms per flow at most
+        line=$(grep -m1 '^open ' "$dir/idle.log" || true)
+        [ -n "$line" ] && break
+        kill -0 "$cpid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -z "$line" ]; then
+        log "$path idle: the client did not report its connections: $(tail -5 "$dir/idle.log")"
+        kill "$cpid" 2>/dev/null || true
+        wait "$cpid" 2>/dev/null || true
+        return 0
+    fi
+    sleep 2 # let the gateway settle (lazily allocated state, housekeeping)
+    during=$(gw_rss_kib)
+    pod=$(established "$POD" '( sport = :80 )')
+    ok=$(sed -E 's/.* ok=([0-9]+).*/\1/' <<<"$line")
+    failed=$(sed -E 's/.* failed=([0-9]+).*/\1/' <<<"$line")
+    took=$(sed -E 's/.* seconds=([0-9.]+).*/\1/' <<<"$line")
+    kill -USR1 "$cpid"
+    wait "$cpid" || rc=$?
+    still=$(sed -nE 's/^closed still_open=([0-9]+)/\1/p' "$dir/idle.log")
+    [ "$rc" -eq 0 ] || log "$path idle: client exited with $rc: $(tail -3 "$dir/idle.log")"
+    # After: wait until both legs are gone from the gateway and the pod, then a little more
+    # for the gateway's own housekeeping (clusterway expires closed flows every second).
+    for i in $(seq 200); do
+        [ "$(established "$GW")" -eq 0 ] && [ "$(established "$POD")" -eq 0 ] && break
+        sleep 0.1
+    done
+    sleep 3
+    after=$(gw_rss_kib)
+    record "$path" idle_n "$rep" "$n"
+    record "$path" idle_ok "$rep" "$ok"
+    record "$path" idle_pod "$rep" "$pod"
+    record "$path" idle_still "$rep" "${still:-0}"
+    record "$path" rss_before "$rep" "$(awk -v k="$before" 'BEGIN {printf "%.1f", k / 1024}')"
+    record "$path" rss_during "$rep" "$(awk -v k="$during" 'BEGIN {printf "%.1f", k / 1024}')"
+    record "$path" rss_after "$rep" "$(awk -v k="$after" 'BEGIN {printf "%.1f", k / 1024}')"
+    record "$path" rss_per_flow "$rep" \
+        "$(awk -v a="$before" -v b="$during" -v n="$n" 'BEGIN {printf "%.2f", (b - a) / n}')"
+    log "$path idle: $ok/$n verified ($failed failed, opened in ${took}s), pod counts $pod," \
+        "${still:-?} still open at close; RSS KiB before/during/after: $before/$during/$after"
+    if [ "$ok" -ne "$n" ] || [ "$pod" -lt "$n" ] || [ "${still:-0}" -ne "$ok" ]; then
+        log "$path idle: WARNING: not all $n flows were established and held: $line"
+    fi
+}
+
 # --- main ------------------------------------------------------------------------------------
 run_paths=()
 for path in $PATHS; do
@@ -367,6 +447,17 @@ for path in $PATHS; do
     *) die "unknown path '$path' (route dnat haproxy clusterway)" ;;
     esac
 done
+# Idle-flow runs: only gateways that are a process (RSS), and only paths selected above.
+idle_paths=()
+if [ "$IDLE_FLOWS" -gt 0 ]; then
+    for path in $IDLE_PATHS; do
+        case $path in
+        haproxy | clusterway)
+            if [[ " ${run_paths[*]} " == *" $path "* ]]; then idle_paths+=("$path"); fi ;;
+        *) die "IDLE_PATHS: '$path' is not a gateway process (haproxy clusterway)" ;;
+        esac
+    done
+fi
 
 for rep in $(seq "$REPS"); do
     for path in "${run_paths[@]}"; do
@@ -377,6 +468,17 @@ for rep in $(seq "$REPS"); do
         start_pod_servers "$dir"
         "setup_$path" "$dir"
         measure "$path" "$rep"
+        ns_down
+    done
+    # Interleaved like the rest: fresh namespaces per (path, repetition).
+    for path in "${idle_paths[@]}"; do
+        dir="$OUT/$path-idle-$rep"
+        mkdir -p "$dir"
+        log "rep $rep/$REPS: $path, $IDLE_FLOWS idle flows"
+        ns_up
+        start_pod_servers "$dir"
+        "setup_$path" "$dir"
+        measure_idle "$path" "$rep" "$dir"
         ns_down
     done
 done

@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """Prints the bench table from samples.tsv (path, metric, rep, value), medians per cell.
 Throughput, req/s, RTT and machine CPU per Gbit/s are also given as a ratio to the
-kernel-DNAT path; the gateway process's own CPU, which only HAProxy and clusterway have,
-is not.
+kernel-DNAT path; metrics only a gateway process has (its CPU, its memory) are not.
 Usage: summarize.py SAMPLES.tsv"""
 import statistics
 import sys
@@ -24,6 +23,11 @@ METRICS = [
     ("cpu_machine", "machine CPU per Gbit/s, cores (1 stream)", "lower", True, "{:.3f}"),
     ("cpu_gw", "gateway process CPU per Gbit/s, cores", "lower", False, "{:.3f}"),
     ("cpu_bg", "machine busy before the run, cores", "lower", False, "{:.2f}"),
+    ("idle_ok", "{n} idle flows: verified end to end", "higher", False, "{:.0f}"),
+    ("rss_before", "gateway RSS before, MiB", "lower", False, "{:.1f}"),
+    ("rss_during", "gateway RSS, {n} flows open, MiB", "lower", False, "{:.1f}"),
+    ("rss_after", "gateway RSS after closing, MiB", "lower", False, "{:.1f}"),
+    ("rss_per_flow", "RSS per idle flow, KiB", "lower", False, "{:.1f}"),
 ]
 BASE = "dnat"
 
@@ -45,13 +49,15 @@ def main():
             samples.setdefault((path, metric), []).append(float(value))
     paths = [p for p in PATHS if any(k[0] == p[0] for k in samples)]
     medians = {k: statistics.median(v) for k, v in samples.items()}
+    idle_n = {int(v) for (p, m), vs in samples.items() if m == "idle_n" for v in vs}
+    n_label = "/".join(str(n) for n in sorted(idle_n)) or "N"
 
     header = ["metric"] + [label for _, label in paths]
     rows = []
     for metric, label, _, with_ratio, spec in METRICS:
         if not any((p, metric) in samples for p, _ in paths):
             continue
-        row = [label]
+        row = [label.format(n=n_label)]
         base = medians.get((BASE, metric))
         for path, _ in paths:
             m = medians.get((path, metric))
@@ -73,9 +79,13 @@ def main():
         print(line(r))
 
     counts = {p: len(samples.get((p, "tcp1"), [])) for p, _ in paths}
+    idle_counts = {p: len(samples.get((p, "idle_ok"), [])) for p, _ in paths}
     print()
     print("cells: median (ratio to kernel DNAT, where given) ±(max-min)/median; samples per path:",
           ", ".join(f"{p}={n}" for p, n in counts.items()))
+    if any(idle_counts.values()):
+        print("idle-flow samples per path:",
+              ", ".join(f"{p}={n}" for p, n in idle_counts.items() if n))
     print("throughput and req/s: higher is better; RTT and CPU per Gbit/s: lower is better.")
     if any(m == "cpu_machine" for _, m in samples):
         print("CPU per Gbit/s = busy cores during the 1-stream iperf3 run / its Gbit/s. Machine:"
@@ -91,6 +101,21 @@ def main():
     hp, cw = medians.get(("haproxy", "cpu_gw")), medians.get(("clusterway", "cpu_gw"))
     if hp and cw:
         print(f"gateway process CPU per Gbit/s, clusterway / HAProxy: {cw / hp:.2f}")
+    for path, label in paths:
+        ok, n = medians.get((path, "idle_ok")), medians.get((path, "idle_n"))
+        pod, still = medians.get((path, "idle_pod")), medians.get((path, "idle_still"))
+        if ok is None:
+            continue
+        if min(samples[(path, "idle_ok")]) < n or min(samples[(path, "idle_pod")]) < n \
+                or min(samples[(path, "idle_still")]) < min(samples[(path, "idle_ok")]):
+            print(f"WARNING {label}: not every idle flow was established and held in every"
+                  f" repetition (verified {samples[(path, 'idle_ok')]}, counted at the pod"
+                  f" {samples[(path, 'idle_pod')]}, still open at close"
+                  f" {samples[(path, 'idle_still')]}, of {n:.0f})")
+    d, b = medians.get(("clusterway", "rss_during")), medians.get(("clusterway", "rss_before"))
+    if d is not None:
+        print(f"clusterway with {n_label} idle flows: RSS {d:.1f} MiB, of which the flows added"
+              f" {d - b:.1f} MiB (target: <= 80 MB for 8,000 flows).")
 
 
 if __name__ == "__main__":
