@@ -422,8 +422,10 @@ measure_idle() { # path rep dir
     record "$path" rss_before "$rep" "$(awk -v k="$before" 'BEGIN {printf "%.1f", k / 1024}')"
     record "$path" rss_during "$rep" "$(awk -v k="$during" 'BEGIN {printf "%.1f", k / 1024}')"
     record "$path" rss_after "$rep" "$(awk -v k="$after" 'BEGIN {printf "%.1f", k / 1024}')"
+    # Per flow verified (normally all of them; fewer is reported as a warning).
     record "$path" rss_per_flow "$rep" \
-        "$(awk -v a="$before" -v b="$during" -v n="$n" 'BEGIN {printf "%.2f", (b - a) / n}')"
+        "$(awk -v a="$before" -v b="$during" -v n="$ok" \
+            'BEGIN {printf "%.2f", n ? (b - a) / n : 0}')"
     log "$path idle: $ok/$n verified ($failed failed, opened in ${took}s), pod counts $pod," \
         "${still:-?} still open at close; RSS KiB before/during/after: $before/$during/$after"
     if [ "$ok" -ne "$n" ] || [ "$pod" -lt "$n" ] || [ "${still:-0}" -ne "$ok" ]; then
