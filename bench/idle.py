@@ -81,7 +81,8 @@ async def main():
             try:
                 conns.append(await open_one(args.host, args.port, args.timeout, request))
             except Exception as e:  # counted and reported, never fatal
-                errors[type(e).__name__ + (f"({e.errno})" if getattr(e, "errno", None) else "")] += 1
+                errno = getattr(e, "errno", None)
+                errors[type(e).__name__ + (f"({errno})" if errno else "")] += 1
 
     start = time.monotonic()
     await asyncio.gather(*(one() for _ in range(args.n)))
