@@ -5,12 +5,15 @@
 # creates, and a trap removes them on exit, also after a failure or Ctrl-C.
 #
 # Environment: REPS (5) repetitions, DUR (5) seconds per measurement, PATHS ("route dnat
-# haproxy clusterway"), CLUSTERWAY (target/release/clusterway), OUT (bench/results/<date>).
+# haproxy clusterway"), CLUSTERWAY (target/release/clusterway), OUT (bench/results/<date>),
+# IDLE_FLOWS (8000; 0 skips the idle-flow memory runs), IDLE_PATHS ("haproxy clusterway").
 set -euo pipefail
 
 REPS=${REPS:-5}
 DUR=${DUR:-5}
 PATHS=${PATHS:-"route dnat haproxy clusterway"}
+IDLE_FLOWS=${IDLE_FLOWS:-8000}
+IDLE_PATHS=${IDLE_PATHS:-"haproxy clusterway"}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 CLUSTERWAY=${CLUSTERWAY:-$REPO/target/release/clusterway}
@@ -43,7 +46,11 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 mkdir -p "$OUT"
 : >"$SAMPLES"
-log "results in $OUT; REPS=$REPS DUR=${DUR}s paths: $PATHS"
+log "results in $OUT; REPS=$REPS DUR=${DUR}s paths: $PATHS; idle flows:" \
+    "$([ "$IDLE_FLOWS" = 0 ] && echo off || echo "$IDLE_FLOWS through $IDLE_PATHS");" \
+    "RLIMIT_NOFILE $(ulimit -n)"
+[[ $IDLE_FLOWS =~ ^[0-9]+$ ]] || die "IDLE_FLOWS must be a number (0 disables)"
+CLK_TCK=$(getconf CLK_TCK)
 
 # --- namespaces ----------------------------------------------------------------------------
 ns_down() {
@@ -102,13 +109,14 @@ start_pod_servers() {
     local dir=$1
     cat >"$dir/nginx.conf" <<EOF
 worker_processes auto;
+worker_rlimit_nofile $(ulimit -n);
 pid $dir/nginx.pid;
 error_log $dir/nginx-error.log warn;
-events { worker_connections 8192; }
+events { worker_connections $((IDLE_FLOWS > 8192 ? IDLE_FLOWS + 1000 : 9192)); }
 http {
     access_log off;
     keepalive_requests 10000000;
-    keepalive_timeout 60s;
+    keepalive_timeout 300s;
     client_body_temp_path $dir/body;
     proxy_temp_path $dir/proxy;
     fastcgi_temp_path $dir/fastcgi;
@@ -128,7 +136,7 @@ EOF
 }
 
 # --- the paths -------------------------------------------------------------------------------
-setup_route() { TARGET=$POD_IP; }
+setup_route() { TARGET=$POD_IP; GW_PID=; }
 
 setup_dnat() {
     ip netns exec "$GW" nft -f - <<EOF
@@ -140,22 +148,35 @@ table ip cwbench {
 }
 EOF
     TARGET=$VIP
+    GW_PID=
 }
 
 setup_haproxy() {
     local dir=$1
     # The VIP as a local address of the gateway namespace, HAProxy listening on it.
     ip -n "$GW" addr add "$VIP/32" dev lo
+    # Kernel splice in both directions, always (splice-request + splice-response): with
+    # "option splice-auto" HAProxy 2.6 in TCP mode never spliced the iperf3 stream here
+    # (strace: recvfrom/sendto only). In TCP mode this splices small HTTP messages as well.
+    # HAProxy sizes its descriptor need as 2 x maxconn + 2 x maxpipes, which must stay
+    # under the hard limit (20,000 here), hence an explicit maxpipes (default maxconn/4) --
+    # a pipe is only held while data is in flight, so a few hundred is plenty for these loads.
+    # maxconn (frontends default to it) leaves room for the idle-flow run.
+    local maxconn=$((IDLE_FLOWS + 500 > 8000 ? IDLE_FLOWS + 500 : 8000))
     cat >"$dir/haproxy.cfg" <<EOF
 global
-    maxconn 8000
+    maxconn $maxconn
+    maxpipes 256
     nbthread 2
     pidfile $dir/haproxy.pid
+    stats socket $dir/haproxy.sock mode 600 level user
 defaults
     mode tcp
+    option splice-request
+    option splice-response
     timeout connect 5s
-    timeout client 60s
-    timeout server 60s
+    timeout client 300s
+    timeout server 300s
 frontend http
     bind $VIP:80
     default_backend pod_http
@@ -169,8 +190,30 @@ backend pod_iperf
 EOF
     ip netns exec "$GW" haproxy -D -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 \
         || die "haproxy did not start: $(cat "$dir/haproxy.log")"
+    [ -s "$dir/haproxy.log" ] && log "haproxy says: $(tr '\n' ' ' <"$dir/haproxy.log")"
+    GW_PID=$(cat "$dir/haproxy.pid")
+    log "haproxy pid $GW_PID, open files limit $(gw_nofile)"
     TARGET=$VIP
 }
+
+# HAProxy's counters of splice pipes: in use, and released to its shared pool. Either above
+# 0 means it spliced; both 0 does not prove the contrary (released pipes may also sit in a
+# per-thread cache that these counters do not show), hence the check during a transfer.
+haproxy_pipes() { # dir
+    python3 - "$1/haproxy.sock" <<'PY' 2>/dev/null || echo "unknown"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"show info\n")
+out = b""
+while chunk := s.recv(65536):
+    out += chunk
+info = dict(l.split(": ", 1) for l in out.decode().splitlines() if ": " in l)
+print(f"PipesUsed={info.get('PipesUsed')} PipesFree={info.get('PipesFree')}")
+PY
+}
+
+gw_nofile() { awk '/^Max open files/ {print $4 "/" $5}' "/proc/$GW_PID/limits"; }
 
 clusterway_available() {
     [ -x "$CLUSTERWAY" ] && "$CLUSTERWAY" run --help >/dev/null 2>&1
@@ -207,12 +250,18 @@ items:
   - {name: http, port: 80, protocol: TCP}
   - {name: iperf, port: 5201, protocol: TCP}
 EOF
+    # Started with the hard descriptor limit (set at the top): it sizes its TCP flow table
+    # from RLIMIT_NOFILE. `ip netns exec` execs the command, so $! is clusterway itself.
     ip netns exec "$GW" "$CLUSTERWAY" run --from-file "$dir/snapshot.yaml" \
         --service-cidr 10.96.0.0/16 >"$dir/clusterway.log" 2>&1 &
+    GW_PID=$!
     local i
     for i in $(seq 100); do
         if ip -n "$GW" route get "$VIP" 2>/dev/null | grep -q ' dev cw0'; then
             TARGET=$VIP
+            log "clusterway pid $GW_PID ($(cat "/proc/$GW_PID/comm")), open files limit" \
+                "$(gw_nofile), $(grep -o 'max_tcp_flows=[0-9]*' "$dir/clusterway.log" \
+                    || echo 'max_tcp_flows not logged')"
             return 0
         fi
         sleep 0.1
@@ -222,6 +271,29 @@ EOF
 
 # --- measurements ----------------------------------------------------------------------------
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$SAMPLES"; }
+
+# CPU counters now: "<wall ns> <machine busy ticks> <gateway process ticks>". Busy is every
+# CPU state but idle and iowait from /proc/stat (user nice system irq softirq steal; guest
+# time is already inside user), summed over all cores: the kernel paths do their work in
+# softirq, so this is the figure that compares all paths. The process figure is
+# utime + stime of the gateway process (all its threads) from /proc/<pid>/stat, 0 if none.
+cpu_snap() {
+    local cpu u n sy idle io irq sirq st rest stat f proc=0
+    read -r cpu u n sy idle io irq sirq st rest </proc/stat
+    if [ -n "${GW_PID:-}" ] && stat=$(<"/proc/$GW_PID/stat"); then
+        # Fields after "pid (comm) ": utime and stime are the 12th and 13th.
+        read -r -a f <<<"${stat##*) }"
+        proc=$((f[11] + f[12]))
+    fi
+    echo "$(date +%s%N) $((u + n + sy + irq + sirq + st)) $proc"
+}
+
+# Cores busy between two cpu_snap outputs: "<machine cores> <process cores>".
+cpu_cores() { # before after
+    awk -v a="$1" -v b="$2" -v hz="$CLK_TCK" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); wall = (y[1] - x[1]) / 1e9
+        printf "%.4f %.4f\n", (y[2] - x[2]) / hz / wall, (y[3] - x[3]) / hz / wall }'
+}
 
 iperf_gbps() { # streams
     local json
@@ -247,9 +319,36 @@ measure() { # path rep
         log "$path: http://$TARGET/ does not answer; skipping this repetition"
         return 0
     fi
-    v=$(iperf_gbps 1) && record "$path" tcp1 "$rep" "$v"
+    # Load from outside this benchmark (another build on the machine) shows up in the
+    # machine-wide figure below; one idle second before the run records how much there was.
+    local s0 s1 cores
+    s0=$(cpu_snap); sleep 1; s1=$(cpu_snap)
+    cores=$(cpu_cores "$s0" "$s1")
+    record "$path" cpu_bg "$rep" "${cores%% *}"
+    # CPU per Gbit/s over the whole 1-stream iperf3 client run (busy cores / Gbit/s).
+    s0=$(cpu_snap)
+    if v=$(iperf_gbps 1); then
+        s1=$(cpu_snap)
+        cores=$(cpu_cores "$s0" "$s1")
+        record "$path" tcp1 "$rep" "$v"
+        record "$path" cpu_machine "$rep" "$(awk -v c="${cores%% *}" -v g="$v" \
+            'BEGIN {printf "%.4f", c / g}')"
+        if [ -n "$GW_PID" ]; then
+            record "$path" cpu_gw "$rep" "$(awk -v c="${cores#* }" -v g="$v" \
+                'BEGIN {printf "%.4f", c / g}')"
+        fi
+        log "$path: 1 stream $(printf %.2f "$v") Gbit/s, busy cores machine/gateway: $cores"
+    fi
     sleep 0.5
+    # HAProxy: check halfway through the 4-stream run that it really splices.
+    local probe=
+    if [ "$path" = haproxy ]; then
+        (sleep "$(awk -v d="$DUR" 'BEGIN {print d / 2}')"
+         log "haproxy during 4 streams: $(haproxy_pipes "$OUT/$path-$rep")") &
+        probe=$!
+    fi
     v=$(iperf_gbps 4) && record "$path" tcp4 "$rep" "$v"
+    [ -z "$probe" ] || wait "$probe" || true
     sleep 0.5
     v=$(ip netns exec "$CL" python3 "$HERE/rtt.py" "$TARGET" 80 "$DUR") && {
         record "$path" rtt_p50 "$rep" "${v%% *}"
@@ -259,6 +358,79 @@ measure() { # path rep
     v=$(wrk_rps) && record "$path" http_ka "$rep" "$v"
     # Last: it leaves TIME_WAIT sockets behind (the namespaces are rebuilt next).
     v=$(wrk_rps -H 'Connection: close') && record "$path" http_close "$rep" "$v"
+}
+
+# Resident memory of the gateway process, KiB.
+gw_rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status"; }
+
+established() { # ns [ss filter] -> number of established TCP sockets
+    ip netns exec "$1" ss -Htn state established ${2:+"$2"} | wc -l
+}
+
+# IDLE_FLOWS concurrent idle connections through the gateway (bench/idle.py in the client
+# namespace): the gateway's RSS before opening them, with all open and idle, and after they
+# are closed. Each flow is checked end to end by one HTTP request/response on it, and the
+# pod must count them all as established.
+measure_idle() { # path rep dir
+    local path=$1 rep=$2 dir=$3 n=$IDLE_FLOWS line="" cpid i rc=0 ports
+    local before during after ok failed took pod still lo hi
+    if ! ip netns exec "$CL" curl -fsS -m 3 "http://$TARGET/" >/dev/null; then
+        log "$path idle: http://$TARGET/ does not answer; skipping this repetition"
+        return 0
+    fi
+    ports=$(ip netns exec "$CL" sysctl -n net.ipv4.ip_local_port_range)
+    read -r lo hi <<<"$ports"
+    ((hi - lo + 1 >= n)) || die "client port range $ports is too small for $n flows"
+    sleep 1
+    before=$(gw_rss_kib)
+    ip netns exec "$CL" python3 "$HERE/idle.py" "$TARGET" 80 "$n" >"$dir/idle.log" 2>&1 &
+    cpid=$!
+    for i in $(seq $((600 + n / 10))); do # 0.1 s steps: 60 s + 10 ms per flow at most
+        line=$(grep -m1 '^open ' "$dir/idle.log" || true)
+        [ -n "$line" ] && break
+        kill -0 "$cpid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -z "$line" ]; then
+        log "$path idle: the client did not report its connections: $(tail -5 "$dir/idle.log")"
+        kill "$cpid" 2>/dev/null || true
+        wait "$cpid" 2>/dev/null || true
+        return 0
+    fi
+    sleep 2 # let the gateway settle (lazily allocated state, housekeeping)
+    during=$(gw_rss_kib)
+    pod=$(established "$POD" '( sport = :80 )')
+    ok=$(sed -E 's/.* ok=([0-9]+).*/\1/' <<<"$line")
+    failed=$(sed -E 's/.* failed=([0-9]+).*/\1/' <<<"$line")
+    took=$(sed -E 's/.* seconds=([0-9.]+).*/\1/' <<<"$line")
+    kill -USR1 "$cpid"
+    wait "$cpid" || rc=$?
+    still=$(sed -nE 's/^closed still_open=([0-9]+)/\1/p' "$dir/idle.log")
+    [ "$rc" -eq 0 ] || log "$path idle: client exited with $rc: $(tail -3 "$dir/idle.log")"
+    # After: wait until both legs are gone from the gateway and the pod, then a little more
+    # for the gateway's own housekeeping (clusterway expires closed flows every second).
+    for i in $(seq 200); do
+        [ "$(established "$GW")" -eq 0 ] && [ "$(established "$POD")" -eq 0 ] && break
+        sleep 0.1
+    done
+    sleep 3
+    after=$(gw_rss_kib)
+    record "$path" idle_n "$rep" "$n"
+    record "$path" idle_ok "$rep" "$ok"
+    record "$path" idle_pod "$rep" "$pod"
+    record "$path" idle_still "$rep" "${still:-0}"
+    record "$path" rss_before "$rep" "$(awk -v k="$before" 'BEGIN {printf "%.1f", k / 1024}')"
+    record "$path" rss_during "$rep" "$(awk -v k="$during" 'BEGIN {printf "%.1f", k / 1024}')"
+    record "$path" rss_after "$rep" "$(awk -v k="$after" 'BEGIN {printf "%.1f", k / 1024}')"
+    # Per flow verified (normally all of them; fewer is reported as a warning).
+    record "$path" rss_per_flow "$rep" \
+        "$(awk -v a="$before" -v b="$during" -v n="$ok" \
+            'BEGIN {printf "%.2f", n ? (b - a) / n : 0}')"
+    log "$path idle: $ok/$n verified ($failed failed, opened in ${took}s), pod counts $pod," \
+        "${still:-?} still open at close; RSS KiB before/during/after: $before/$during/$after"
+    if [ "$ok" -ne "$n" ] || [ "$pod" -lt "$n" ] || [ "${still:-0}" -ne "$ok" ]; then
+        log "$path idle: WARNING: not all $n flows were established and held: $line"
+    fi
 }
 
 # --- main ------------------------------------------------------------------------------------
@@ -277,6 +449,17 @@ for path in $PATHS; do
     *) die "unknown path '$path' (route dnat haproxy clusterway)" ;;
     esac
 done
+# Idle-flow runs: only gateways that are a process (RSS), and only paths selected above.
+idle_paths=()
+if [ "$IDLE_FLOWS" -gt 0 ]; then
+    for path in $IDLE_PATHS; do
+        case $path in
+        haproxy | clusterway)
+            if [[ " ${run_paths[*]} " == *" $path "* ]]; then idle_paths+=("$path"); fi ;;
+        *) die "IDLE_PATHS: '$path' is not a gateway process (haproxy clusterway)" ;;
+        esac
+    done
+fi
 
 for rep in $(seq "$REPS"); do
     for path in "${run_paths[@]}"; do
@@ -287,6 +470,17 @@ for rep in $(seq "$REPS"); do
         start_pod_servers "$dir"
         "setup_$path" "$dir"
         measure "$path" "$rep"
+        ns_down
+    done
+    # Interleaved like the rest: fresh namespaces per (path, repetition).
+    for path in "${idle_paths[@]}"; do
+        dir="$OUT/$path-idle-$rep"
+        mkdir -p "$dir"
+        log "rep $rep/$REPS: $path, $IDLE_FLOWS idle flows"
+        ns_up
+        start_pod_servers "$dir"
+        "setup_$path" "$dir"
+        measure_idle "$path" "$rep" "$dir"
         ns_down
     done
 done

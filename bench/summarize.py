@@ -1,32 +1,41 @@
 #!/usr/bin/env python3
-"""Prints the bench table from samples.tsv (path, metric, rep, value), medians per cell,
-each also as a ratio to the kernel-DNAT path. Usage: summarize.py SAMPLES.tsv"""
+"""Prints the bench table from samples.tsv (path, metric, rep, value), medians per cell.
+Throughput, req/s, RTT and machine CPU per Gbit/s are also given as a ratio to the
+kernel-DNAT path; metrics only a gateway process has (its CPU, its memory) are not.
+Usage: summarize.py SAMPLES.tsv"""
 import statistics
 import sys
 
 PATHS = [
     ("route", "routing to pod IP"),
     ("dnat", "kernel DNAT (nft)"),
-    ("haproxy", "HAProxy TCP mode"),
+    ("haproxy", "HAProxy TCP, splice"),
     ("clusterway", "clusterway"),
 ]
+# (metric, label, better, ratio to DNAT?, format)
 METRICS = [
-    ("tcp1", "iperf3 1 stream, Gbit/s", "higher"),
-    ("tcp4", "iperf3 4 streams, Gbit/s", "higher"),
-    ("http_ka", "HTTP keep-alive, req/s", "higher"),
-    ("http_close", "HTTP new conn/request, req/s", "higher"),
-    ("rtt_p50", "RTT p50 1 conn, us", "lower"),
-    ("rtt_p99", "RTT p99 1 conn, us", "lower"),
+    ("tcp1", "iperf3 1 stream, Gbit/s", "higher", True, "{:.2f}"),
+    ("tcp4", "iperf3 4 streams, Gbit/s", "higher", True, "{:.2f}"),
+    ("http_ka", "HTTP keep-alive, req/s", "higher", True, "k"),
+    ("http_close", "HTTP new conn/request, req/s", "higher", True, "k"),
+    ("rtt_p50", "RTT p50 1 conn, us", "lower", True, "{:.0f}"),
+    ("rtt_p99", "RTT p99 1 conn, us", "lower", True, "{:.0f}"),
+    ("cpu_machine", "machine CPU per Gbit/s, cores (1 stream)", "lower", True, "{:.3f}"),
+    ("cpu_gw", "gateway process CPU per Gbit/s, cores", "lower", False, "{:.3f}"),
+    ("cpu_bg", "machine busy before the run, cores", "lower", False, "{:.2f}"),
+    ("idle_ok", "{n} idle flows: verified end to end", "higher", False, "{:.0f}"),
+    ("rss_before", "gateway RSS before, MiB", "lower", False, "{:.1f}"),
+    ("rss_during", "gateway RSS, {n} flows open, MiB", "lower", False, "{:.1f}"),
+    ("rss_after", "gateway RSS after closing, MiB", "lower", False, "{:.1f}"),
+    ("rss_per_flow", "RSS per idle flow, KiB", "lower", False, "{:.1f}"),
 ]
 BASE = "dnat"
 
 
-def fmt(value, metric):
-    if metric.startswith("http"):
+def fmt(value, spec):
+    if spec == "k":
         return f"{value / 1000:.1f}k"
-    if metric.startswith("tcp"):
-        return f"{value:.2f}"
-    return f"{value:.0f}"
+    return spec.format(value)
 
 
 def main():
@@ -40,21 +49,27 @@ def main():
             samples.setdefault((path, metric), []).append(float(value))
     paths = [p for p in PATHS if any(k[0] == p[0] for k in samples)]
     medians = {k: statistics.median(v) for k, v in samples.items()}
+    idle_n = {int(v) for (p, m), vs in samples.items() if m == "idle_n" for v in vs}
+    n_label = "/".join(str(n) for n in sorted(idle_n)) or "N"
 
     header = ["metric"] + [label for _, label in paths]
     rows = []
-    for metric, label, _ in METRICS:
-        row = [label]
+    for metric, label, _, with_ratio, spec in METRICS:
+        if not any((p, metric) in samples for p, _ in paths):
+            continue
+        row = [label.format(n=n_label)]
         base = medians.get((BASE, metric))
         for path, _ in paths:
             m = medians.get((path, metric))
             if m is None:
                 row.append("-")
                 continue
-            ratio = f"{m / base:.2f}" if base else "-"
             values = samples[(path, metric)]
             spread = (max(values) - min(values)) / m * 100 if m else 0
-            row.append(f"{fmt(m, metric)} ({ratio}) ±{spread:.0f}%")
+            ratio = ""
+            if with_ratio:
+                ratio = f" ({m / base:.2f})" if base else " (-)"
+            row.append(f"{fmt(m, spec)}{ratio} ±{spread:.0f}%")
         rows.append(row)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
@@ -62,11 +77,45 @@ def main():
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print(line(r))
+
     counts = {p: len(samples.get((p, "tcp1"), [])) for p, _ in paths}
+    idle_counts = {p: len(samples.get((p, "idle_ok"), [])) for p, _ in paths}
     print()
-    print("cells: median (ratio to kernel DNAT) ±(max-min)/median; samples per path:",
+    print("cells: median (ratio to kernel DNAT, where given) ±(max-min)/median; samples per path:",
           ", ".join(f"{p}={n}" for p, n in counts.items()))
-    print("throughput and req/s: higher is better; RTT: lower is better.")
+    if any(idle_counts.values()):
+        print("idle-flow samples per path:",
+              ", ".join(f"{p}={n}" for p, n in idle_counts.items() if n))
+    print("throughput and req/s: higher is better; RTT and CPU per Gbit/s: lower is better.")
+    if any(m == "cpu_machine" for _, m in samples):
+        print("CPU per Gbit/s = busy cores during the 1-stream iperf3 run / its Gbit/s. Machine:"
+              " all cores, everything on it (iperf3 both ends, softirq, and any other load --"
+              " see 'machine busy before the run'); gateway process: utime+stime of HAProxy or"
+              " clusterway only.")
+    bg = [v for (p, m), vs in samples.items() if m == "cpu_bg" for v in vs]
+    if bg and statistics.median(bg) > 0.25:
+        print(f"WARNING: the machine was already busy before the runs (median"
+              f" {statistics.median(bg):.2f} cores of other load): the machine-wide CPU per"
+              " Gbit/s counts that load too; with the cores saturated it is close to"
+              " cores / Gbit/s, i.e. it mostly restates throughput.")
+    hp, cw = medians.get(("haproxy", "cpu_gw")), medians.get(("clusterway", "cpu_gw"))
+    if hp and cw:
+        print(f"gateway process CPU per Gbit/s, clusterway / HAProxy: {cw / hp:.2f}")
+    for path, label in paths:
+        ok, n = medians.get((path, "idle_ok")), medians.get((path, "idle_n"))
+        pod, still = medians.get((path, "idle_pod")), medians.get((path, "idle_still"))
+        if ok is None:
+            continue
+        if min(samples[(path, "idle_ok")]) < n or min(samples[(path, "idle_pod")]) < n \
+                or min(samples[(path, "idle_still")]) < min(samples[(path, "idle_ok")]):
+            print(f"WARNING {label}: not every idle flow was established and held in every"
+                  f" repetition (verified {samples[(path, 'idle_ok')]}, counted at the pod"
+                  f" {samples[(path, 'idle_pod')]}, still open at close"
+                  f" {samples[(path, 'idle_still')]}, of {n:.0f})")
+    d, b = medians.get(("clusterway", "rss_during")), medians.get(("clusterway", "rss_before"))
+    if d is not None:
+        print(f"clusterway with {n_label} idle flows: RSS {d:.1f} MiB, of which the flows added"
+              f" {d - b:.1f} MiB (target: <= 80 MB for 8,000 flows).")
 
 
 if __name__ == "__main__":
