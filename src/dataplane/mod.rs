@@ -5,6 +5,7 @@ pub mod engine;
 pub mod flows;
 pub mod nat;
 pub mod packet;
+pub mod splice;
 pub mod stats;
 pub mod tcp;
 pub mod tun;
