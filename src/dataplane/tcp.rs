@@ -1,7 +1,7 @@
 //! The TCP proxy: the listeners on the inner listener address L, the acceptor that matches
 //! each accepted connection (peer `V:vp`) to the flow the dataplane mapped, and one task per
 //! connection that dials an endpoint (retrying the next ones with short timeouts) and moves
-//! bytes both ways, propagating half-close.
+//! bytes both ways, propagating half-close (with `splice(2)`, see [`super::splice`]).
 //!
 //! It owns sockets only; it learns flows from the worker over a bounded channel and tells
 //! the worker what happened to them over another. It never reads the ServiceTable.
@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::balancer::MAX_ATTEMPTS;
 use super::engine::PendingFlow;
-use super::flows::{Counted, Direction};
+use super::splice::{self, PipePool};
 use super::stats::{ConnResult, NoticeKind, Stats};
 use crate::cluster::table::ServicePort;
 
@@ -79,6 +79,8 @@ pub struct Acceptor {
     pub flows: mpsc::Receiver<PendingFlow>,
     pub events: mpsc::Sender<FlowEvent>,
     pub stats: Arc<Stats>,
+    /// Pipes lent to connections while they have bytes in flight.
+    pub pipes: Arc<PipePool>,
 }
 
 impl Acceptor {
@@ -135,7 +137,8 @@ impl Acceptor {
             };
             let events = self.events.clone();
             let stats = self.stats.clone();
-            tokio::spawn(proxy(stream, flow, events, stats));
+            let pipes = self.pipes.clone();
+            tokio::spawn(proxy(stream, flow, events, stats, pipes));
         }
     }
 }
@@ -195,6 +198,7 @@ async fn proxy(
     flow: PendingFlow,
     events: mpsc::Sender<FlowEvent>,
     stats: Arc<Stats>,
+    pipes: Arc<PipePool>,
 ) {
     let virt = flow.virt;
     let dial_start = Instant::now();
@@ -225,46 +229,26 @@ async fn proxy(
             stats.tcp_active.fetch_add(1, Ordering::Relaxed);
             let _ = client.set_nodelay(true);
             let _ = upstream.set_nodelay(true);
-            let (to_ep, to_client) = splice_both(
-                Counted::new(client, listed.info(), Direction::ToEndpoint),
-                Counted::new(upstream, listed.info(), Direction::ToClient),
+            let info = listed.info();
+            let moved = splice::splice_both(
+                &client,
+                &upstream,
+                &pipes,
+                |n| info.sent(n),
+                |n| info.received(n),
             )
             .await;
-            stats.bytes_to_endpoint.fetch_add(to_ep, Ordering::Relaxed);
+            if let Some(e) = &moved.error {
+                tracing::debug!(error = %e, "proxied connection ended with an error");
+            }
+            stats
+                .bytes_to_endpoint
+                .fetch_add(moved.to_endpoint, Ordering::Relaxed);
             stats
                 .bytes_to_client
-                .fetch_add(to_client, Ordering::Relaxed);
+                .fetch_add(moved.to_client, Ordering::Relaxed);
             stats.tcp_active.fetch_sub(1, Ordering::Relaxed);
         }
     }
     let _ = events.send(FlowEvent::Closed { virt }).await;
-}
-
-/// Copy buffer per direction. 16 KiB: a new connection zeroes two of them, so larger
-/// buffers cost measurably in connections per second (64 KiB: ~6 % of the gateway's CPU in
-/// `memset` and page faults at 11k connections/s), while bulk transfer barely gains.
-const COPY_BUFFER: usize = 16 * 1024;
-
-/// Copy both ways until both directions are finished; EOF on one side is passed on as a
-/// shutdown of the other's write half (half-close). Returns bytes (client→endpoint,
-/// endpoint→client).
-async fn splice_both<C, U>(mut client: C, mut upstream: U) -> (u64, u64)
-where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    match tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    )
-    .await
-    {
-        Ok((a, b)) => (a, b),
-        Err(e) => {
-            tracing::debug!(error = %e, "proxied connection ended with an error");
-            (0, 0)
-        }
-    }
 }
