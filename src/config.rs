@@ -13,6 +13,11 @@ use crate::dataplane::nat::NatConfig;
 /// the file watcher, logs, the status server).
 const RESERVED_FDS: u64 = 256;
 
+/// One pooled splice pipe (two descriptors) per this many descriptors of the budget, up to
+/// `splice::MAX_POOL_PIPES`: at RLIMIT_NOFILE 20,000 that is 256 pipes (512 descriptors),
+/// which leaves 8,382 TCP flows.
+const FDS_PER_PIPE: u64 = 64;
+
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Read Services and EndpointSlices from this file (YAML or JSON, multi-document or a
@@ -138,6 +143,8 @@ pub struct Limits {
     pub nofile: u64,
     pub tcp_flows: u64,
     pub udp_flows: u64,
+    /// Pipes in the splice pool (two descriptors each).
+    pub pipes: u64,
 }
 
 /// Usable cores (1 when unknown).
@@ -198,13 +205,16 @@ impl RunArgs {
     }
 
     /// Table sizes from `RLIMIT_NOFILE` unless given: a TCP flow holds two descriptors
-    /// (client and endpoint socket), a UDP flow one. UDP gets an eighth by default.
+    /// (client and endpoint socket), a UDP flow one, a pooled splice pipe two. UDP gets an
+    /// eighth by default. The pipe pool only speeds bytes up (without pipes they are
+    /// copied), so with flow counts given it takes what they leave, up to its share.
     pub fn limits(&self, nofile: u64) -> Result<Limits, String> {
         let budget = nofile.saturating_sub(RESERVED_FDS);
+        let pipes = (budget / FDS_PER_PIPE).min(crate::dataplane::splice::MAX_POOL_PIPES);
         let udp = self.max_udp_flows.unwrap_or((budget / 8).max(1));
         let tcp = self
             .max_tcp_flows
-            .unwrap_or((budget.saturating_sub(udp) / 2).max(1));
+            .unwrap_or((budget.saturating_sub(udp + pipes * 2) / 2).max(1));
         let need = tcp * 2 + udp + RESERVED_FDS;
         if need > nofile {
             return Err(format!(
@@ -216,6 +226,7 @@ impl RunArgs {
             nofile,
             tcp_flows: tcp,
             udp_flows: udp,
+            pipes: pipes.min((nofile - need) / 2),
         })
     }
 }
@@ -340,7 +351,12 @@ mod tests {
         let l = a.limits(20_000).unwrap();
         assert_eq!(l.udp_flows, (20_000 - 256) / 8);
         assert!(l.tcp_flows >= 8_000, "{l:?}");
-        assert!(l.tcp_flows * 2 + l.udp_flows + 256 <= 20_000);
+        assert_eq!(l.pipes, 256);
+        assert!(l.tcp_flows * 2 + l.udp_flows + l.pipes * 2 + 256 <= 20_000);
+        // Flow counts given: the pool takes what they leave.
+        let a = args(&["--max-tcp-flows", "8600"]).unwrap();
+        let l = a.limits(20_000).unwrap();
+        assert_eq!(l.pipes, (20_000 - 8600 * 2 - l.udp_flows - 256) / 2);
         let a = args(&["--max-tcp-flows", "10000"]).unwrap();
         assert!(a.limits(20_000).unwrap_err().contains("RLIMIT_NOFILE"));
     }

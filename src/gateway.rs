@@ -27,6 +27,7 @@ use crate::config::{nofile_limit, RunArgs};
 use crate::dataplane::engine::{Engine, EngineConfig};
 use crate::dataplane::nat::{NatConfig, Partition};
 use crate::dataplane::shared::SharedFlows;
+use crate::dataplane::splice::{PipePool, PIPE_SIZE};
 use crate::dataplane::stats::Stats;
 use crate::dataplane::tcp::{bind_listener, Acceptor};
 use crate::dataplane::tun::TunDevice;
@@ -106,7 +107,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         nofile = limits.nofile,
         max_tcp_flows = limits.tcp_flows,
         max_udp_flows = limits.udp_flows,
-        "flow limits (each TCP flow holds 2 descriptors, each UDP flow 1)"
+        splice_pipes = limits.pipes,
+        pipe_size = PIPE_SIZE,
+        "flow limits (each TCP flow holds 2 descriptors, each UDP flow 1, each splice pipe 2; \
+         a TCP flow takes a pipe only while its bytes are in flight)"
     );
 
     let host = Host::connect().context("cannot open a netlink socket")?;
@@ -275,6 +279,7 @@ async fn serve(
         flows: flows_rx,
         shared,
         stats: stats.clone(),
+        pipes: Arc::new(PipePool::new(limits.pipes as usize, PIPE_SIZE)),
     };
     let acceptor_task = tokio::spawn(acceptor.run());
 

@@ -1,21 +1,17 @@
 //! The live flow list for the status page: proxied TCP connections and UDP flows register
 //! here when they are set up and leave when they end (a [`FlowGuard`] removes its entry on
 //! drop). One lock per set-up and per close, on one of [`SHARDS`] shards; nothing per
-//! packet. Bytes are counted by the flow's own tasks in its entry's atomics.
+//! packet. Bytes are counted by the flow's own tasks in its entry's atomics
+//! ([`FlowInfo::sent`], [`FlowInfo::received`]).
 //!
-//! Owns: the list and the byte-counting stream wrapper [`Counted`]. Must not touch: the NAT,
-//! the table, sockets.
+//! Owns: the list. Must not touch: the NAT, the table, sockets.
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use rustc_hash::FxHashMap;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::stats::ServiceStats;
 use crate::cluster::table::{Protocol, ServiceId, ServicePort};
@@ -162,75 +158,10 @@ impl Drop for FlowGuard {
     }
 }
 
-/// Which way the bytes read from a [`Counted`] stream go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Read from the client, written to the endpoint.
-    ToEndpoint,
-    /// Read from the endpoint, written to the client.
-    ToClient,
-}
-
-/// A stream whose reads are counted into a flow (one relaxed add per read call, i.e. per
-/// copy-buffer fill, not per packet).
-pub struct Counted<'a, S> {
-    inner: S,
-    flow: &'a FlowInfo,
-    direction: Direction,
-}
-
-impl<'a, S> Counted<'a, S> {
-    pub fn new(inner: S, flow: &'a FlowInfo, direction: Direction) -> Self {
-        Counted {
-            inner,
-            flow,
-            direction,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        if n > 0 {
-            match self.direction {
-                Direction::ToEndpoint => self.flow.sent(n),
-                Direction::ToClient => self.flow.received(n),
-            }
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster::table::ServiceId;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn port() -> ServicePort {
         ServicePort {
@@ -249,8 +180,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn flows_are_listed_while_open_and_count_bytes() {
+    #[test]
+    fn flows_are_listed_while_open_and_count_bytes() {
         let reg = Arc::new(FlowRegistry::default());
         let svc = Arc::new(ServiceStats::default());
         let client: SocketAddr = "192.0.2.1:5000".parse().unwrap();
@@ -261,13 +192,12 @@ mod tests {
         assert_eq!(reg.len(), 40);
         assert_eq!(svc.active.load(Ordering::Relaxed), 40);
 
-        let (a, mut b) = tokio::io::duplex(64);
-        let mut counted = Counted::new(a, guards[0].info(), Direction::ToEndpoint);
-        b.write_all(b"hello world").await.unwrap();
-        let mut got = [0u8; 11];
-        counted.read_exact(&mut got).await.unwrap();
+        guards[0].info().sent(11);
+        guards[1].info().received(5);
         assert_eq!(guards[0].info().to_endpoint.load(Ordering::Relaxed), 11);
+        assert_eq!(guards[1].info().to_client.load(Ordering::Relaxed), 5);
         assert_eq!(svc.bytes_to_endpoint.load(Ordering::Relaxed), 11);
+        assert_eq!(svc.bytes_to_client.load(Ordering::Relaxed), 5);
 
         drop(guards);
         assert!(reg.is_empty());

@@ -6,6 +6,7 @@ pub mod flows;
 pub mod nat;
 pub mod packet;
 pub mod shared;
+pub mod splice;
 pub mod stats;
 pub mod tcp;
 pub mod tun;

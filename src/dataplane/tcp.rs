@@ -1,7 +1,7 @@
 //! The TCP proxy: the listeners on the inner listener address L, the acceptor that matches
 //! each accepted connection (peer `V:vp`) to the flow the dataplane mapped, and one task per
 //! connection that dials an endpoint (retrying the next ones with short timeouts) and moves
-//! bytes both ways, propagating half-close.
+//! bytes both ways, propagating half-close (with `splice(2)`, see [`super::splice`]).
 //!
 //! It owns sockets only; it learns flows from the workers over a bounded channel and records
 //! what happened to them (accepted, endpoint that answered, closed) in the NAT and balancer
@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 
 use super::balancer::MAX_ATTEMPTS;
 use super::engine::PendingFlow;
-use super::flows::{Counted, Direction};
 use super::shared::SharedFlows;
+use super::splice::{self, PipePool};
 use super::stats::{ConnResult, NoticeKind, Stats};
 
 /// Dial timeouts per attempt, as kube-proxy's userspace mode used them.
@@ -66,6 +66,8 @@ pub struct Acceptor {
     /// The NAT and balancer the workers share.
     pub shared: Arc<SharedFlows>,
     pub stats: Arc<Stats>,
+    /// Pipes lent to connections while they have bytes in flight.
+    pub pipes: Arc<PipePool>,
 }
 
 impl Acceptor {
@@ -122,7 +124,8 @@ impl Acceptor {
             };
             let shared = self.shared.clone();
             let stats = self.stats.clone();
-            tokio::spawn(proxy(stream, flow, shared, stats));
+            let pipes = self.pipes.clone();
+            tokio::spawn(proxy(stream, flow, shared, stats, pipes));
         }
     }
 }
@@ -177,7 +180,13 @@ async fn dial(flow: &PendingFlow, stats: &Stats) -> Option<(TcpStream, SocketAdd
     None
 }
 
-async fn proxy(client: TcpStream, flow: PendingFlow, shared: Arc<SharedFlows>, stats: Arc<Stats>) {
+async fn proxy(
+    client: TcpStream,
+    flow: PendingFlow,
+    shared: Arc<SharedFlows>,
+    stats: Arc<Stats>,
+    pipes: Arc<PipePool>,
+) {
     let virt = flow.virt;
     let dial_start = Instant::now();
     let dialed = dial(&flow, &stats).await;
@@ -203,46 +212,26 @@ async fn proxy(client: TcpStream, flow: PendingFlow, shared: Arc<SharedFlows>, s
             stats.tcp_active.fetch_add(1, Ordering::Relaxed);
             let _ = client.set_nodelay(true);
             let _ = upstream.set_nodelay(true);
-            let (to_ep, to_client) = splice_both(
-                Counted::new(client, listed.info(), Direction::ToEndpoint),
-                Counted::new(upstream, listed.info(), Direction::ToClient),
+            let info = listed.info();
+            let moved = splice::splice_both(
+                &client,
+                &upstream,
+                &pipes,
+                |n| info.sent(n),
+                |n| info.received(n),
             )
             .await;
-            stats.bytes_to_endpoint.fetch_add(to_ep, Ordering::Relaxed);
+            if let Some(e) = &moved.error {
+                tracing::debug!(error = %e, "proxied connection ended with an error");
+            }
+            stats
+                .bytes_to_endpoint
+                .fetch_add(moved.to_endpoint, Ordering::Relaxed);
             stats
                 .bytes_to_client
-                .fetch_add(to_client, Ordering::Relaxed);
+                .fetch_add(moved.to_client, Ordering::Relaxed);
             stats.tcp_active.fetch_sub(1, Ordering::Relaxed);
         }
     }
     shared.closed(virt, Instant::now());
-}
-
-/// Copy buffer per direction. 16 KiB: a new connection zeroes two of them, so larger
-/// buffers cost measurably in connections per second (64 KiB: ~6 % of the gateway's CPU in
-/// `memset` and page faults at 11k connections/s), while bulk transfer barely gains.
-const COPY_BUFFER: usize = 16 * 1024;
-
-/// Copy both ways until both directions are finished; EOF on one side is passed on as a
-/// shutdown of the other's write half (half-close). Returns bytes (client→endpoint,
-/// endpoint→client).
-async fn splice_both<C, U>(mut client: C, mut upstream: U) -> (u64, u64)
-where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    match tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    )
-    .await
-    {
-        Ok((a, b)) => (a, b),
-        Err(e) => {
-            tracing::debug!(error = %e, "proxied connection ended with an error");
-            (0, 0)
-        }
-    }
 }
