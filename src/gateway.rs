@@ -258,6 +258,7 @@ async fn serve(
                 index,
                 count: device.queues.len(),
             },
+            busy_poll: args.busy_poll,
         };
         let done = worker_done_tx.clone();
         let runtime = runtime.clone();

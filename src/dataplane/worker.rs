@@ -69,6 +69,9 @@ pub struct Worker {
     pub shutdown: Arc<AtomicBool>,
     /// This worker's number among `part.count`: it sweeps that share of the shared NAT.
     pub part: Partition,
+    /// After its last packet, keep reading the queue this long before sleeping in poll(2)
+    /// (zero: sleep at once). Spares the wake-up of a request/response exchange.
+    pub busy_poll: Duration,
 }
 
 impl Worker {
@@ -80,6 +83,7 @@ impl Worker {
         let mut buf = vec![0u8; packet::MAX_PACKET].into_boxed_slice();
         let mut scratch = vec![0u8; 2048].into_boxed_slice();
         let mut last_expiry = Instant::now();
+        let mut last_packet = Instant::now();
         loop {
             if self.shutdown.load(Ordering::Relaxed) {
                 return Ok(());
@@ -106,7 +110,12 @@ impl Worker {
                     Err(e) => return Err(e),
                 }
             }
-            if handled == 0 {
+            if handled > 0 {
+                last_packet = Instant::now();
+            } else if last_packet.elapsed() < self.busy_poll {
+                // Busy polling: the answer to what was just forwarded is likely on its way.
+                std::hint::spin_loop();
+            } else {
                 // Idle: sleep in poll(2) until a packet arrives (or the idle tick passes).
                 self.queue.wait_readable(IDLE_POLL_MS)?;
             }
