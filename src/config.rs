@@ -345,7 +345,9 @@ mod busy_poll_tests {
         assert_eq!(parse_busy_poll("2ms"), Ok(Duration::from_millis(2)));
         assert!(parse_busy_poll("50").unwrap_err().contains("like 50us"));
         assert!(parse_busy_poll("xus").is_err());
-        assert!(parse_busy_poll("11ms").unwrap_err().contains("at most 10ms"));
+        assert!(parse_busy_poll("11ms")
+            .unwrap_err()
+            .contains("at most 10ms"));
     }
 }
 
