@@ -85,9 +85,9 @@ pub struct RunArgs {
     pub queues: Option<u16>,
 
     /// After a burst of packets, a dataplane thread keeps reading its queue this long
-    /// before it sleeps (e.g. 50us; 0 turns it off): the reply to what it just forwarded
-    /// then skips a thread wake-up (round trips about 40 % shorter on an idle 2-core VM),
-    /// for at most this much CPU per burst.
+    /// before it sleeps (e.g. 50us; 0 turns it off), yielding the core to any other runnable
+    /// thread in between: the reply to what it just forwarded then skips a thread wake-up
+    /// (round trips about 40 % shorter on an idle 2-core VM), for CPU nobody else wanted.
     #[arg(long, default_value = "50us", value_parser = parse_busy_poll, value_name = "DURATION")]
     pub busy_poll: Duration,
 

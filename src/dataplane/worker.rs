@@ -114,7 +114,9 @@ impl Worker {
                 last_packet = Instant::now();
             } else if last_packet.elapsed() < self.busy_poll {
                 // Busy polling: the answer to what was just forwarded is likely on its way.
-                std::hint::spin_loop();
+                // Yielding, not spinning: a runnable thread (the proxy, a server on the same
+                // cores) gets the core first, so the poll only takes time nobody else wants.
+                std::thread::yield_now();
             } else {
                 // Idle: sleep in poll(2) until a packet arrives (or the idle tick passes).
                 self.queue.wait_readable(IDLE_POLL_MS)?;
