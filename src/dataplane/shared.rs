@@ -48,6 +48,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Carry a part's change from `before` to `after` into the total `counter`.
+fn carry(counter: &AtomicUsize, before: usize, after: usize) {
+    if after > before {
+        counter.fetch_add(after - before, Ordering::Relaxed);
+    } else if before > after {
+        counter.fetch_sub(before - after, Ordering::Relaxed);
+    }
+}
+
 impl SharedFlows {
     pub fn new(config: NatConfig, now: Instant) -> Self {
         let shards = (0..SHARDS)
@@ -92,11 +101,7 @@ impl SharedFlows {
         let r = f(&mut t);
         let after = t.active();
         drop(t);
-        if after > before {
-            self.active.fetch_add(after - before, Ordering::Relaxed);
-        } else if before > after {
-            self.active.fetch_sub(before - after, Ordering::Relaxed);
-        }
+        carry(&self.active, before, after);
         r
     }
 
@@ -178,11 +183,7 @@ impl SharedFlows {
 
     /// A worker's UDP flow count went from `before` to `after`.
     pub fn udp_changed(&self, before: usize, after: usize) {
-        if after > before {
-            self.udp_active.fetch_add(after - before, Ordering::Relaxed);
-        } else if before > after {
-            self.udp_active.fetch_sub(before - after, Ordering::Relaxed);
-        }
+        carry(&self.udp_active, before, after);
     }
 
     /// Choose endpoints for a new flow (see [`Balancer::pick`]).

@@ -273,11 +273,7 @@ fn set_offload(q: &TunQueue, name: &str) -> Result<Offloads, TunError> {
         // SAFETY: TUNSETOFFLOAD takes its flags as the integer argument.
         let r =
             unsafe { libc::ioctl(q.fd.as_raw_fd(), TUNSETOFFLOAD as _, flags as libc::c_ulong) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        check(r as isize).map(drop)
     };
     let failed = |source| TunError::Offload {
         name: name.to_string(),
