@@ -6,7 +6,8 @@
 #
 # Environment: REPS (5) repetitions, DUR (5) seconds per measurement, PATHS ("route dnat
 # haproxy clusterway"), CLUSTERWAY (target/release/clusterway), OUT (bench/results/<date>),
-# IDLE_FLOWS (8000; 0 skips the idle-flow memory runs), IDLE_PATHS ("haproxy clusterway").
+# IDLE_FLOWS (8000; 0 skips the idle-flow memory runs), IDLE_PATHS ("haproxy clusterway"),
+# FIGURES ("tcp1 tcp4 rtt http_ka http_close"; a subset for quick A/B runs).
 set -euo pipefail
 
 REPS=${REPS:-5}
@@ -14,6 +15,7 @@ DUR=${DUR:-5}
 PATHS=${PATHS:-"route dnat haproxy clusterway"}
 IDLE_FLOWS=${IDLE_FLOWS:-8000}
 IDLE_PATHS=${IDLE_PATHS:-"haproxy clusterway"}
+FIGURES=${FIGURES:-"tcp1 tcp4 rtt http_ka http_close"}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 CLUSTERWAY=${CLUSTERWAY:-$REPO/target/release/clusterway}
@@ -50,6 +52,13 @@ log "results in $OUT; REPS=$REPS DUR=${DUR}s paths: $PATHS; idle flows:" \
     "$([ "$IDLE_FLOWS" = 0 ] && echo off || echo "$IDLE_FLOWS through $IDLE_PATHS");" \
     "RLIMIT_NOFILE $(ulimit -n)"
 [[ $IDLE_FLOWS =~ ^[0-9]+$ ]] || die "IDLE_FLOWS must be a number (0 disables)"
+for f in $FIGURES; do
+    case $f in
+    tcp1 | tcp4 | rtt | http_ka | http_close) ;;
+    *) die "FIGURES: '$f' is not one of tcp1 tcp4 rtt http_ka http_close" ;;
+    esac
+done
+want() { [[ " $FIGURES " == *" $1 "* ]]; }
 CLK_TCK=$(getconf CLK_TCK)
 
 # --- namespaces ----------------------------------------------------------------------------
@@ -326,37 +335,46 @@ measure() { # path rep
     cores=$(cpu_cores "$s0" "$s1")
     record "$path" cpu_bg "$rep" "${cores%% *}"
     # CPU per Gbit/s over the whole 1-stream iperf3 client run (busy cores / Gbit/s).
-    s0=$(cpu_snap)
-    if v=$(iperf_gbps 1); then
-        s1=$(cpu_snap)
-        cores=$(cpu_cores "$s0" "$s1")
-        record "$path" tcp1 "$rep" "$v"
-        record "$path" cpu_machine "$rep" "$(awk -v c="${cores%% *}" -v g="$v" \
-            'BEGIN {printf "%.4f", c / g}')"
-        if [ -n "$GW_PID" ]; then
-            record "$path" cpu_gw "$rep" "$(awk -v c="${cores#* }" -v g="$v" \
+    if want tcp1; then
+        s0=$(cpu_snap)
+        if v=$(iperf_gbps 1); then
+            s1=$(cpu_snap)
+            cores=$(cpu_cores "$s0" "$s1")
+            record "$path" tcp1 "$rep" "$v"
+            record "$path" cpu_machine "$rep" "$(awk -v c="${cores%% *}" -v g="$v" \
                 'BEGIN {printf "%.4f", c / g}')"
+            if [ -n "$GW_PID" ]; then
+                record "$path" cpu_gw "$rep" "$(awk -v c="${cores#* }" -v g="$v" \
+                    'BEGIN {printf "%.4f", c / g}')"
+            fi
+            log "$path: 1 stream $(printf %.2f "$v") Gbit/s, busy cores machine/gateway: $cores"
         fi
-        log "$path: 1 stream $(printf %.2f "$v") Gbit/s, busy cores machine/gateway: $cores"
+        sleep 0.5
     fi
-    sleep 0.5
     # HAProxy: check halfway through the 4-stream run that it really splices.
-    local probe=
-    if [ "$path" = haproxy ]; then
-        (sleep "$(awk -v d="$DUR" 'BEGIN {print d / 2}')"
-         log "haproxy during 4 streams: $(haproxy_pipes "$OUT/$path-$rep")") &
-        probe=$!
+    if want tcp4; then
+        local probe=
+        if [ "$path" = haproxy ]; then
+            (sleep "$(awk -v d="$DUR" 'BEGIN {print d / 2}')"
+             log "haproxy during 4 streams: $(haproxy_pipes "$OUT/$path-$rep")") &
+            probe=$!
+        fi
+        v=$(iperf_gbps 4) && record "$path" tcp4 "$rep" "$v"
+        [ -z "$probe" ] || wait "$probe" || true
+        sleep 0.5
     fi
-    v=$(iperf_gbps 4) && record "$path" tcp4 "$rep" "$v"
-    [ -z "$probe" ] || wait "$probe" || true
-    sleep 0.5
-    v=$(ip netns exec "$CL" python3 "$HERE/rtt.py" "$TARGET" 80 "$DUR") && {
-        record "$path" rtt_p50 "$rep" "${v%% *}"
-        v=${v#* }
-        record "$path" rtt_p99 "$rep" "${v%% *}"
-    }
-    v=$(wrk_rps) && record "$path" http_ka "$rep" "$v"
+    if want rtt; then
+        v=$(ip netns exec "$CL" python3 "$HERE/rtt.py" "$TARGET" 80 "$DUR") && {
+            record "$path" rtt_p50 "$rep" "${v%% *}"
+            v=${v#* }
+            record "$path" rtt_p99 "$rep" "${v%% *}"
+        }
+    fi
+    if want http_ka; then
+        v=$(wrk_rps) && record "$path" http_ka "$rep" "$v"
+    fi
     # Last: it leaves TIME_WAIT sockets behind (the namespaces are rebuilt next).
+    want http_close || return 0
     v=$(wrk_rps -H 'Connection: close') && record "$path" http_close "$rep" "$v"
 }
 

@@ -78,7 +78,8 @@ def main():
     for r in rows:
         print(line(r))
 
-    counts = {p: len(samples.get((p, "tcp1"), [])) for p, _ in paths}
+    # Repetitions measured: every repetition records cpu_bg, whatever FIGURES chose.
+    counts = {p: len(samples.get((p, "cpu_bg"), [])) for p, _ in paths}
     idle_counts = {p: len(samples.get((p, "idle_ok"), [])) for p, _ in paths}
     print()
     print("cells: median (ratio to kernel DNAT, where given) ±(max-min)/median; samples per path:",
