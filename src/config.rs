@@ -88,7 +88,7 @@ pub struct RunArgs {
     /// before it sleeps (e.g. 50us; 0 turns it off), yielding the core to any other runnable
     /// thread in between: the reply to what it just forwarded then skips a thread wake-up
     /// (round trips about 40 % shorter on an idle 2-core VM), for CPU nobody else wanted.
-    #[arg(long, default_value = "50us", value_parser = parse_busy_poll, value_name = "DURATION")]
+    #[arg(long, env = "CLUSTERWAY_BUSY_POLL", default_value = "50us", value_parser = parse_busy_poll, value_name = "DURATION")]
     pub busy_poll: Duration,
 
     /// Inner IPv4 prefix on the TUN device: the listener takes its first address, virtual
