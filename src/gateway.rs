@@ -29,16 +29,16 @@ use crate::dataplane::nat::{NatConfig, Partition};
 use crate::dataplane::shared::SharedFlows;
 use crate::dataplane::splice::{PipePool, PIPE_SIZE};
 use crate::dataplane::stats::Stats;
-use crate::dataplane::tcp::{bind_listener, Acceptor};
+use crate::dataplane::tcp::{bind_listener, Acceptor, PendingFlows};
 use crate::dataplane::tun::TunDevice;
 use crate::dataplane::worker::Worker;
 use crate::host::netlink::Host;
 use crate::host::sysctl;
 use crate::web::{self, health::Health};
 
-/// New TCP flows waiting for the acceptor: one burst of SYNs per worker batch several times
-/// over; past it the SYN is dropped and the client retransmits.
-const FLOWS_CAPACITY: usize = 4096;
+/// New TCP flows waiting for the listener to accept them: one burst of SYNs per worker batch
+/// several times over; past it the SYN is dropped and the client retransmits.
+const PENDING_CAPACITY: usize = 4096;
 
 /// Where the table comes from.
 // Made once at start-up and moved twice: the size of its variants does not matter.
@@ -230,7 +230,7 @@ async fn serve(
         web::server::spawn(listener, status, changed_tx.subscribe())
     };
     let shutdown = Arc::new(AtomicBool::new(false));
-    let (flows_tx, flows_rx) = mpsc::channel(FLOWS_CAPACITY);
+    let pending = Arc::new(PendingFlows::new(PENDING_CAPACITY));
     let shared = Arc::new(SharedFlows::new(nat.clone(), Instant::now()));
     let mut config = EngineConfig::new(nat, limits.udp_flows as usize);
     config.udp_idle = args.udp_idle_timeout;
@@ -251,7 +251,7 @@ async fn serve(
             queue: queue.clone(),
             table: table.clone(),
             engine,
-            flows: flows_tx.clone(),
+            pending: pending.clone(),
             stats: stats.clone(),
             shutdown: shutdown.clone(),
             part: Partition {
@@ -274,10 +274,10 @@ async fn serve(
             .context("cannot start a dataplane thread")?;
         worker_threads.push(thread);
     }
-    drop((flows_tx, worker_done_tx));
+    drop(worker_done_tx);
     let acceptor = Acceptor {
         listeners,
-        flows: flows_rx,
+        pending,
         shared,
         stats: stats.clone(),
         pipes: Arc::new(PipePool::new(limits.pipes as usize, PIPE_SIZE)),

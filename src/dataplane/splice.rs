@@ -15,14 +15,18 @@
 //! 8,000 idle flows through it the gateway's RSS was 42 MB (182 MB with the two 16 KiB copy
 //! buffers per connection it used to hold). When the pool has no pipe left, or the kernel
 //! refuses splice for these sockets (`EINVAL`, `ENOSYS`, `EOPNOTSUPP`), bursts are copied
-//! whole. Tokio's readiness drives both: every syscall runs in `try_io`, so an `EAGAIN`
-//! clears the readiness it was made under, and each chunk moved consumes task budget so a
-//! busy connection yields like any tokio I/O.
+//! whole. Tokio's readiness drives both: every splice runs in `try_io`, so an `EAGAIN`
+//! clears the readiness it was made under; copies read through tokio's `poll_read`, which
+//! also clears it after a short read (the socket is drained), so the read that would only
+//! say `EAGAIN` is never made. Each chunk moved consumes task budget so a busy connection
+//! yields like any tokio I/O.
 //!
 //! The contract is the one `copy_bidirectional` had: EOF from one side is passed on as
 //! `shutdown(Write)` on the other (half-close), the connection is done when both directions
-//! are, and an error on either side ends both. Bytes are counted once per splice or read
-//! call, when they leave the source.
+//! are, and an error on either side ends both. The second EOF is not passed on by a
+//! shutdown: both sockets are closed right after it, and the close sends that FIN (a socket
+//! closed with unread bytes would send a RST instead, but both have been read to EOF).
+//! Bytes are counted once per splice or read call, when they leave the source.
 //!
 //! Sizes, measured on loopback with the gateway's half on a thread of its own (1 GiB each
 //! way at once, 5 runs, CPU of that thread per GiB moved; the 2-core VM was loaded by other
@@ -46,12 +50,16 @@
 //! Owns: the pipe pool and the copy loop of a connection. Must not touch: the NAT, the
 //! ServiceTable, the flow list (it reports counts through the closures it is given).
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::task::Poll;
 
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, Interest, ReadBuf};
+use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 
 /// Most pipes in a gateway's pool (`config` derives the count from `RLIMIT_NOFILE`, up to
@@ -215,8 +223,8 @@ pub struct Moved {
 /// (each passed on as a half-close) or either fails. `sent` and `received` count the bytes
 /// read from the client and from the endpoint, once per call that read them.
 pub async fn splice_both(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
     pool: &PipePool,
     sent: impl Fn(u64) + Sync,
     received: impl Fn(u64) + Sync,
@@ -224,8 +232,31 @@ pub async fn splice_both(
     // Atomics only so the futures stay `Send`; both directions run in this one task.
     let to_endpoint = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
-    let up = one_way(client, upstream, pool, &to_endpoint, &sent);
-    let down = one_way(upstream, client, pool, &to_client, &received);
+    let (client_eof, upstream_eof) = (AtomicBool::new(false), AtomicBool::new(false));
+    let (client_read, client_write) = client.split();
+    let (upstream_read, upstream_write) = upstream.split();
+    let up = one_way(
+        client_read,
+        upstream_write.as_ref(),
+        pool,
+        Ends {
+            from: &client_eof,
+            to: &upstream_eof,
+        },
+        &to_endpoint,
+        &sent,
+    );
+    let down = one_way(
+        upstream_read,
+        client_write.as_ref(),
+        pool,
+        Ends {
+            from: &upstream_eof,
+            to: &client_eof,
+        },
+        &to_client,
+        &received,
+    );
     let error = tokio::try_join!(up, down).err();
     Moved {
         to_endpoint: to_endpoint.load(Ordering::Relaxed),
@@ -247,36 +278,48 @@ enum Burst {
     Full,
 }
 
+/// Which sockets of a connection have been read to EOF: this direction's source, and the
+/// socket it writes to (the other direction's source).
+struct Ends<'a> {
+    from: &'a AtomicBool,
+    to: &'a AtomicBool,
+}
+
 /// One direction, from EOF to a half-close of `to`. A burst starts as a copy unless the
 /// previous one was large; once a read fills the copy buffer, it goes on with splice.
 async fn one_way(
-    from: &TcpStream,
+    mut reader: ReadHalf<'_>,
     to: &TcpStream,
     pool: &PipePool,
+    ends: Ends<'_>,
     moved: &AtomicU64,
     count: &(impl Fn(u64) + Sync),
 ) -> io::Result<()> {
     let mut splice_refused = false;
     let mut last_large = false;
     loop {
-        from.readable().await?;
+        reader.readable().await?;
         let start = moved.load(Ordering::Relaxed);
         let mut burst = if last_large && !splice_refused {
             Burst::Full
         } else {
-            copy_burst(from, to, moved, count, !splice_refused).await?
+            copy_burst(&mut reader, to, moved, count, !splice_refused).await?
         };
         if let Burst::Full = burst {
             burst = match pool.take() {
-                Some(pipe) => splice_burst(from, to, pipe, moved, count).await?,
-                None => copy_burst(from, to, moved, count, false).await?,
+                Some(pipe) => splice_burst(reader.as_ref(), to, pipe, moved, count).await?,
+                None => copy_burst(&mut reader, to, moved, count, false).await?,
             };
         }
         last_large = moved.load(Ordering::Relaxed) - start >= COPY_BUFFER as u64;
         match burst {
             Burst::Idle => {}
             Burst::Eof => {
-                socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)?;
+                ends.from.store(true, Ordering::Relaxed);
+                // Both directions run in one task: the other one's EOF is already known.
+                if !ends.to.load(Ordering::Relaxed) {
+                    socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)?;
+                }
                 return Ok(());
             }
             Burst::Refused => {
@@ -342,7 +385,7 @@ async fn splice_burst(
 /// Copy from `from` to `to` through a buffer that lives for this burst only, until `from`
 /// would block or ends, or (with `stop_when_full`) a read fills the buffer.
 async fn copy_burst(
-    from: &TcpStream,
+    from: &mut ReadHalf<'_>,
     to: &TcpStream,
     moved: &AtomicU64,
     count: &impl Fn(u64),
@@ -351,11 +394,14 @@ async fn copy_burst(
     let mut buf = Vec::with_capacity(COPY_BUFFER);
     loop {
         buf.clear();
-        match from.try_read_buf(&mut buf) {
+        match read_now(from, &mut buf).await {
             Ok(0) => return Ok(Burst::Eof),
             Ok(n) => {
                 count(n as u64);
-                write_all(to, &buf, moved).await?;
+                // The source's FIN is already here: hold these bytes back (`MSG_MORE`) so the
+                // FIN this direction passes on next leaves in the same segment.
+                let more = n < buf.capacity() && read_closed(from).await;
+                write_all(to, &buf, more, moved).await?;
                 if stop_when_full && n == buf.capacity() {
                     return Ok(Burst::Full);
                 }
@@ -365,6 +411,31 @@ async fn copy_burst(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Idle),
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Read what `from` holds now into `buf`'s spare capacity, or `WouldBlock`. Through tokio's
+/// `poll_read`, polled once: unlike `try_read`, it marks the socket not readable after a
+/// short read, so the next call answers `WouldBlock` without a syscall.
+async fn read_now(from: &mut ReadHalf<'_>, buf: &mut Vec<u8>) -> io::Result<usize> {
+    // `poll_read` also answers `Pending` when the task's budget is spent, which this
+    // single poll would take for "nothing to read" while `readable()` (free of budget) says
+    // there is: the direction would spin without ever yielding. Yield first instead.
+    if !tokio::task::coop::has_budget_remaining() {
+        tokio::task::coop::consume_budget().await;
+    }
+    let mut read = ReadBuf::uninit(buf.spare_capacity_mut());
+    let polled =
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *from).poll_read(cx, &mut read))).await;
+    match polled {
+        Poll::Ready(Ok(())) => {
+            let n = read.filled().len();
+            // SAFETY: `poll_read` initialised and filled these `n` bytes of spare capacity.
+            unsafe { buf.set_len(n) };
+            Ok(n)
+        }
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
     }
 }
 
@@ -388,13 +459,32 @@ async fn drain_pipe(pipe: RawFd, left: usize, to: &TcpStream, moved: &AtomicU64)
             }
         }
     }
-    write_all(to, &buf, moved).await
+    write_all(to, &buf, false, moved).await
 }
 
-async fn write_all(to: &TcpStream, mut buf: &[u8], moved: &AtomicU64) -> io::Result<()> {
+/// Whether `from` has received its peer's FIN (tokio saw `EPOLLRDHUP`): the reads to come
+/// return what is left and then EOF. No syscall; `false` when tokio has not seen it yet.
+async fn read_closed(from: &ReadHalf<'_>) -> bool {
+    let mut ready = std::pin::pin!(from.as_ref().ready(Interest::READABLE));
+    let polled = std::future::poll_fn(|cx| Poll::Ready(ready.as_mut().poll(cx)));
+    matches!(polled.await, Poll::Ready(Ok(r)) if r.is_read_closed())
+}
+
+/// Write all of `buf`. With `more`, the last segment waits for what follows (`MSG_MORE`):
+/// only when a FIN (a shutdown or the close) surely comes next, which sends it.
+async fn write_all(
+    to: &TcpStream,
+    mut buf: &[u8],
+    more: bool,
+    moved: &AtomicU64,
+) -> io::Result<()> {
+    let flags = if more { libc::MSG_MORE } else { 0 };
     while !buf.is_empty() {
         to.writable().await?;
-        match to.try_write(buf) {
+        let sent = to.try_io(Interest::WRITABLE, || {
+            socket2::SockRef::from(to).send_with_flags(buf, flags)
+        });
+        match sent {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(k) => {
                 buf = &buf[k..];
@@ -478,15 +568,15 @@ mod tests {
     /// Run the gateway half of `p` with `pool` on a task of its own; returns what it moved
     /// and what it counted (sent, received), after both sockets are closed.
     fn spawn_gateway(
-        gw_client: TcpStream,
-        gw_upstream: TcpStream,
+        mut gw_client: TcpStream,
+        mut gw_upstream: TcpStream,
         pool: Arc<PipePool>,
     ) -> tokio::task::JoinHandle<(Moved, u64, u64)> {
         tokio::spawn(async move {
             let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
             let moved = splice_both(
-                &gw_client,
-                &gw_upstream,
+                &mut gw_client,
+                &mut gw_upstream,
                 &pool,
                 |n| {
                     sent.fetch_add(n, Ordering::Relaxed);
@@ -578,6 +668,7 @@ mod tests {
         assert_eq!(asked, b"question");
         p.endpoint.write_all(b"the answer").await.unwrap();
         p.endpoint.shutdown().await.unwrap();
+        // The second EOF is passed on by the close, not a shutdown: a clean EOF, no reset.
         let mut answer = Vec::new();
         tokio::time::timeout(LIMIT, p.client.read_to_end(&mut answer))
             .await
@@ -662,6 +753,65 @@ mod tests {
             }
             assert!(pool.open() <= pipes);
             assert_eq!(pool.idle(), pool.open());
+        }
+    }
+
+    /// A peer's FIN that tokio has seen is reported; before it, nothing is.
+    #[tokio::test]
+    async fn read_closed_tells_a_fin_that_arrived() {
+        let (mut a, mut b) = pair().await;
+        let (reader, _) = a.split();
+        assert!(!read_closed(&reader).await, "open connection");
+        b.write_all(b"last words").await.unwrap();
+        b.shutdown().await.unwrap();
+        let seen = async {
+            while !read_closed(&reader).await {
+                reader.readable().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(LIMIT, seen)
+            .await
+            .expect("the FIN is seen");
+    }
+
+    /// An answer whose FIN is already there when the gateway reads it goes out held back
+    /// (`MSG_MORE`) for the FIN to join it: it must still arrive, at once and whole, both
+    /// when the FIN leaves by a shutdown (the client still sends) and by the close (the
+    /// client had already finished).
+    #[tokio::test]
+    async fn an_answer_held_for_its_fin_still_arrives_at_once() {
+        for client_done_first in [false, true] {
+            let mut p = proxied().await;
+            if client_done_first {
+                p.client.write_all(b"question").await.unwrap();
+                p.client.shutdown().await.unwrap();
+            }
+            p.endpoint.write_all(b"the answer").await.unwrap();
+            p.endpoint.shutdown().await.unwrap();
+            // The gateway starts with the answer and its FIN both waiting.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let pool = Arc::new(PipePool::new(2, PIPE_SIZE));
+            let gw = spawn_gateway(p.gw_client, p.gw_upstream, pool);
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(2), p.client.read_to_end(&mut answer))
+                .await
+                .expect("the held answer and the FIN arrive within 2 s")
+                .unwrap();
+            assert_eq!(answer, b"the answer");
+            if !client_done_first {
+                p.client.write_all(b"question").await.unwrap();
+                p.client.shutdown().await.unwrap();
+            }
+            let mut asked = Vec::new();
+            tokio::time::timeout(LIMIT, p.endpoint.read_to_end(&mut asked))
+                .await
+                .expect("endpoint sees the question and EOF")
+                .unwrap();
+            assert_eq!(asked, b"question");
+            let (moved, ..) = tokio::time::timeout(LIMIT, gw).await.unwrap().unwrap();
+            assert!(moved.error.is_none(), "{:?}", moved.error);
+            assert_eq!((moved.to_endpoint, moved.to_client), (8, 10));
         }
     }
 

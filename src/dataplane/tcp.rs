@@ -3,21 +3,21 @@
 //! connection that dials an endpoint (retrying the next ones with short timeouts) and moves
 //! bytes both ways, propagating half-close (with `splice(2)`, see [`super::splice`]).
 //!
-//! It owns sockets only; it learns flows from the workers over a bounded channel and records
-//! what happened to them (accepted, endpoint that answered, closed) in the NAT and balancer
-//! the workers share, once per connection set-up and once at its end. It never reads the
-//! ServiceTable.
+//! It owns sockets only; it learns flows from the workers through [`PendingFlows`] and
+//! records what happened to them (accepted, endpoint that answered, closed) in the NAT and
+//! balancer the workers share, once per connection set-up and once at its end. It never
+//! reads the ServiceTable.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 
 use super::balancer::MAX_ATTEMPTS;
 use super::engine::PendingFlow;
@@ -36,8 +36,95 @@ pub const DIAL_TIMEOUTS: [Duration; MAX_ATTEMPTS] = [
 /// A pending flow the listener never accepted is forgotten after this long.
 const PENDING_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Shards of [`PendingFlows`]: workers and the acceptor rarely meet on one lock.
+const PENDING_SHARDS: usize = 16;
+
+/// Flows by virtual client, with the time they were put there.
+type PendingShard = HashMap<SocketAddr, (PendingFlow, Instant)>;
+
+/// New TCP flows a worker mapped and the listener has not accepted yet, by virtual client
+/// `V:vp` (the peer address the accepted connection will have). A worker puts the flow here
+/// before it writes the SYN into the device, so the flow is always found by the time its
+/// handshake completes; the acceptor takes it on accept. A shared map rather than a channel:
+/// the accept itself is the acceptor's only wake-up per connection (a channel woke it twice).
+pub struct PendingFlows {
+    shards: Box<[Mutex<PendingShard>]>,
+    hasher: rustc_hash::FxBuildHasher,
+    len: AtomicUsize,
+    capacity: usize,
+}
+
+impl PendingFlows {
+    /// At most `capacity` flows wait at once; past that [`PendingFlows::insert`] refuses.
+    pub fn new(capacity: usize) -> PendingFlows {
+        PendingFlows {
+            shards: (0..PENDING_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            hasher: rustc_hash::FxBuildHasher,
+            len: AtomicUsize::new(0),
+            capacity,
+        }
+    }
+
+    fn shard(
+        &self,
+        virt: &SocketAddr,
+    ) -> MutexGuard<'_, HashMap<SocketAddr, (PendingFlow, Instant)>> {
+        let i = self.hasher.hash_one(virt) as usize % PENDING_SHARDS;
+        // A poisoned shard holds plain values; accepting must go on.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Add a flow; `false` when `capacity` flows are already waiting (the listener is that
+    /// far behind: the caller drops the SYN and the client retransmits it).
+    #[must_use]
+    pub fn insert(&self, flow: PendingFlow, now: Instant) -> bool {
+        if self.len.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        if self
+            .shard(&flow.virt)
+            .insert(flow.virt, (flow, now))
+            .is_some()
+        {
+            // A retransmitted SYN mapped again to the same tuple replaces its first copy.
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Take the flow of an accepted connection whose peer is `virt`.
+    pub fn take(&self, virt: &SocketAddr) -> Option<PendingFlow> {
+        let (flow, _) = self.shard(virt).remove(virt)?;
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        Some(flow)
+    }
+
+    /// Forget flows waiting since before `now - PENDING_TIMEOUT` (never accepted: the
+    /// client gave up, or the listener's queue overflowed).
+    pub fn sweep(&self, now: Instant) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let before = shard.len();
+            shard.retain(|_, (_, at)| now.duration_since(*at) < PENDING_TIMEOUT);
+            self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Bind the listener of one family on `addr` (port 0 picks one). `IP_FREEBIND`, so the
-/// bind does not race the address appearing on the device.
+/// bind does not race the address appearing on the device. `TCP_NODELAY` on the listener:
+/// accepted connections inherit it, which spares a syscall per connection.
 pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(
         Domain::for_address(addr),
@@ -51,6 +138,7 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
         socket.set_freebind_v4(true)?;
     }
     socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     // The kernel caps this at net.core.somaxconn.
@@ -61,8 +149,8 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Accepts connections on the listeners and hands each to its own proxy task.
 pub struct Acceptor {
     pub listeners: Vec<TcpListener>,
-    /// Flows the workers mapped (sent before their SYN is written to the device).
-    pub flows: mpsc::Receiver<PendingFlow>,
+    /// Flows the workers mapped (put there before their SYN is written to the device).
+    pub pending: Arc<PendingFlows>,
     /// The NAT and balancer the workers share.
     pub shared: Arc<SharedFlows>,
     pub stats: Arc<Stats>,
@@ -72,7 +160,6 @@ pub struct Acceptor {
 
 impl Acceptor {
     pub async fn run(mut self) {
-        let mut pending: HashMap<SocketAddr, (PendingFlow, Instant)> = HashMap::new();
         let mut sweep = tokio::time::interval(Duration::from_secs(5));
         let (l0, l1) = match self.listeners.len() {
             0 => return,
@@ -84,18 +171,10 @@ impl Acceptor {
         };
         loop {
             let accepted = tokio::select! {
-                flow = self.flows.recv() => {
-                    match flow {
-                        Some(f) => { pending.insert(f.virt, (f, Instant::now())); }
-                        None => return,
-                    }
-                    continue;
-                }
                 r = l0.accept() => r,
                 r = accept_opt(&l1) => r,
                 _ = sweep.tick() => {
-                    let now = Instant::now();
-                    pending.retain(|_, (_, at)| now.duration_since(*at) < PENDING_TIMEOUT);
+                    self.pending.sweep(Instant::now());
                     continue;
                 }
             };
@@ -109,15 +188,7 @@ impl Acceptor {
                 }
             };
             let peer = normalize(peer);
-            let mut flow = pending.remove(&peer).map(|(f, _)| f);
-            if flow.is_none() {
-                // The flow was sent before its SYN went out; it may still be queued.
-                while let Ok(f) = self.flows.try_recv() {
-                    pending.insert(f.virt, (f, Instant::now()));
-                }
-                flow = pending.remove(&peer).map(|(f, _)| f);
-            }
-            let Some(flow) = flow else {
+            let Some(flow) = self.pending.take(&peer) else {
                 tracing::debug!(peer = %peer, "accepted a connection no flow owns; resetting it");
                 reset(stream);
                 continue;
@@ -181,7 +252,7 @@ async fn dial(flow: &PendingFlow, stats: &Stats) -> Option<(TcpStream, SocketAdd
 }
 
 async fn proxy(
-    client: TcpStream,
+    mut client: TcpStream,
     flow: PendingFlow,
     shared: Arc<SharedFlows>,
     stats: Arc<Stats>,
@@ -202,7 +273,7 @@ async fn proxy(
             tracing::info!(service = %flow.port.service, client = %flow.key.client, "no endpoint answered; resetting the client");
             reset(client);
         }
-        Some((upstream, endpoint)) => {
+        Some((mut upstream, endpoint)) => {
             // Observability, once per connection: counters, latency, the live flow list.
             stats.dial_latency.observe(dial_start.elapsed());
             let svc = stats.tcp_conn(&flow.port, flow.key.client, ConnResult::Ok);
@@ -210,12 +281,12 @@ async fn proxy(
                 .flows
                 .register(&flow.port, flow.key.client, endpoint, svc);
             stats.tcp_active.fetch_add(1, Ordering::Relaxed);
-            let _ = client.set_nodelay(true);
+            // The client's inherits it from the listener.
             let _ = upstream.set_nodelay(true);
             let info = listed.info();
             let moved = splice::splice_both(
-                &client,
-                &upstream,
+                &mut client,
+                &mut upstream,
                 &pipes,
                 |n| info.sent(n),
                 |n| info.received(n),
@@ -234,4 +305,88 @@ async fn proxy(
         }
     }
     shared.closed(virt, Instant::now());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::table::{Protocol, ServiceId, ServicePort};
+    use crate::dataplane::balancer::Candidates;
+    use crate::dataplane::nat::FlowKey;
+
+    fn flow(virt: &str) -> PendingFlow {
+        let virt: SocketAddr = virt.parse().unwrap();
+        PendingFlow {
+            virt,
+            key: FlowKey {
+                client: "192.0.2.7:40000".parse().unwrap(),
+                service: "10.96.0.10:80".parse().unwrap(),
+            },
+            port: Arc::new(ServicePort {
+                service: Arc::new(ServiceId {
+                    namespace: "demo".into(),
+                    name: "web".into(),
+                }),
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                cluster_ip: "10.96.0.10".parse().unwrap(),
+                port: 80,
+                endpoints: vec![],
+                usable: vec!["10.244.1.10:8080".parse().unwrap()],
+                affinity: None,
+                allow: None,
+            }),
+            candidates: Candidates::one("10.244.1.10:8080".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn pending_flows_are_taken_once_by_their_virtual_tuple() {
+        let pending = PendingFlows::new(8);
+        let now = Instant::now();
+        assert!(pending.insert(flow("198.18.0.2:1024"), now));
+        assert!(pending.insert(flow("198.18.0.3:1024"), now));
+        // A retransmitted SYN's flow replaces the first; it is not counted twice.
+        assert!(pending.insert(flow("198.18.0.2:1024"), now));
+        assert_eq!(pending.len(), 2);
+        let v: SocketAddr = "198.18.0.2:1024".parse().unwrap();
+        assert_eq!(pending.take(&v).map(|f| f.virt), Some(v));
+        assert!(pending.take(&v).is_none(), "taken twice");
+        assert_eq!(pending.len(), 1);
+    }
+
+    #[test]
+    fn a_full_pending_map_refuses_and_a_sweep_makes_room() {
+        let pending = PendingFlows::new(2);
+        let t0 = Instant::now();
+        assert!(pending.insert(flow("198.18.0.2:1024"), t0));
+        assert!(pending.insert(flow("198.18.0.2:1025"), t0));
+        assert!(
+            !pending.insert(flow("198.18.0.2:1026"), t0),
+            "over capacity"
+        );
+        assert_eq!(pending.len(), 2);
+        // Not yet old enough to be forgotten.
+        pending.sweep(t0 + PENDING_TIMEOUT / 2);
+        assert_eq!(pending.len(), 2);
+        pending.sweep(t0 + PENDING_TIMEOUT);
+        assert!(pending.is_empty());
+        assert!(pending.insert(flow("198.18.0.2:1026"), t0));
+        assert_eq!(pending.len(), 1);
+    }
+
+    /// The proxy no longer sets TCP_NODELAY on accepted connections: the listener's is
+    /// inherited, on both families.
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay_from_the_listener() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = bind_listener(addr.parse().unwrap()).unwrap();
+            let client = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            assert!(accepted.nodelay().unwrap(), "{addr}");
+            assert!(!client.nodelay().unwrap(), "{addr}: the default is off");
+        }
+    }
 }

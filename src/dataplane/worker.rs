@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::engine::{Engine, PendingFlow, Verdict};
+use super::engine::{Engine, Verdict};
 use super::flows::{FlowGuard, FlowInfo};
 use super::nat::FlowKey;
 use super::nat::Partition;
 use super::packet::{self, VirtioNetHdr};
 use super::stats::{ConnResult, Reason, Stats};
+use super::tcp::PendingFlows;
 use super::tun::TunQueue;
 use crate::cluster::table::{ServicePort, ServiceTable};
 
@@ -62,9 +62,9 @@ pub struct Worker {
     pub queue: Arc<TunQueue>,
     pub table: Arc<ArcSwap<ServiceTable>>,
     pub engine: Engine<UdpHandle>,
-    /// New TCP flows, to the acceptor. Bounded (see `flows_capacity` where it is made):
-    /// when the acceptor lags that far behind, new SYNs are dropped and retried by clients.
-    pub flows: mpsc::Sender<PendingFlow>,
+    /// New TCP flows, for the acceptor. Bounded (see where it is made): when the listener
+    /// lags that far behind, new SYNs are dropped and retried by clients.
+    pub pending: Arc<PendingFlows>,
     pub stats: Arc<Stats>,
     pub shutdown: Arc<AtomicBool>,
     /// This worker's number among `part.count`: it sweeps that share of the shared NAT.
@@ -164,14 +164,15 @@ impl Worker {
         let write = match self.engine.handle(&table, buf, len, csum, now, scratch) {
             Verdict::Forward { len } => Some((false, len)),
             Verdict::Reply { len } => Some((true, len)),
-            Verdict::NewTcp { len, flow } => match self.flows.try_send(flow) {
-                Ok(()) => Some((false, len)),
-                Err(_) => {
-                    // The acceptor is behind: drop the SYN; the client retransmits it.
+            Verdict::NewTcp { len, flow } => {
+                if self.pending.insert(flow, now) {
+                    Some((false, len))
+                } else {
+                    // The listener is behind: drop the SYN; the client retransmits it.
                     self.stats.count_drop(Reason::RateLimited);
                     None
                 }
-            },
+            }
             Verdict::UdpSend { flow, payload } => {
                 for datagram in datagrams(&buf[payload], &hdr) {
                     if flow.send(datagram).is_err() {
