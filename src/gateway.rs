@@ -280,7 +280,11 @@ async fn serve(
         pending,
         shared,
         stats: stats.clone(),
-        pipes: Arc::new(PipePool::new(limits.pipes as usize, PIPE_SIZE)),
+        pipes: Arc::new(PipePool::with_stats(
+            limits.pipes as usize,
+            PIPE_SIZE,
+            stats.splice.clone(),
+        )),
     };
     let acceptor_task = tokio::spawn(acceptor.run());
 

@@ -217,6 +217,28 @@ fn metrics_and_api_count_exactly_the_connections_made() {
         3.0
     );
     assert!(sample(&metrics, "clusterway_dial_duration_seconds_count", &[]) >= 6.0);
+    // The proxy's byte path: every byte written to a socket is counted as spliced or copied.
+    let moved = sample(
+        &metrics,
+        "clusterway_proxy_moved_bytes_total",
+        &[("method", "splice")],
+    ) + sample(
+        &metrics,
+        "clusterway_proxy_moved_bytes_total",
+        &[("method", "copy")],
+    );
+    assert!(moved >= to_client, "moved {moved}, to clients {to_client}");
+    assert!(
+        sample(
+            &metrics,
+            "clusterway_splice_pipes",
+            &[("state", "capacity")]
+        ) > 0.0
+    );
+    assert_eq!(
+        sample(&metrics, "clusterway_splice_refused_total", &[]),
+        0.0
+    );
     assert!(
         sample(
             &metrics,
@@ -245,6 +267,7 @@ fn metrics_and_api_count_exactly_the_connections_made() {
                         "state",
                         "source",
                         "reason",
+                        "method",
                         "le"
                     ]
                     .contains(&k),

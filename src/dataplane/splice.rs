@@ -55,12 +55,14 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use tokio::io::{AsyncRead, Interest, ReadBuf};
 use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
+
+use super::stats::SpliceStats;
 
 /// Most pipes in a gateway's pool (`config` derives the count from `RLIMIT_NOFILE`, up to
 /// this). A pipe is held only while a direction has bytes in flight, so this bounds the
@@ -114,17 +116,33 @@ pub struct PipePool {
     open: AtomicUsize,
     capacity: usize,
     pipe_size: usize,
+    /// Where the pool and the connections using it count (the gateway's metrics).
+    stats: Arc<SpliceStats>,
 }
 
 impl PipePool {
     /// A pool of at most `capacity` pipes of `pipe_size` bytes, opened on first use.
     pub fn new(capacity: usize, pipe_size: usize) -> PipePool {
+        PipePool::with_stats(capacity, pipe_size, Arc::default())
+    }
+
+    /// As [`PipePool::new`], counting into `stats`.
+    pub fn with_stats(capacity: usize, pipe_size: usize, stats: Arc<SpliceStats>) -> PipePool {
+        stats
+            .pipes_capacity
+            .store(capacity as u64, Ordering::Relaxed);
         PipePool {
             idle: Mutex::new(Vec::with_capacity(capacity)),
             open: AtomicUsize::new(0),
             capacity,
             pipe_size,
+            stats,
         }
+    }
+
+    /// The counters this pool and its connections keep.
+    pub fn stats(&self) -> &SpliceStats {
+        &self.stats
     }
 
     /// Pipes open now (idle or lent).
@@ -140,6 +158,14 @@ impl PipePool {
     /// An idle pipe, or a new one while under capacity; `None` when all are lent (or no
     /// pipe can be opened): the caller copies instead.
     fn take(&self) -> Option<Lent<'_>> {
+        let lent = self.take_pipe();
+        if lent.is_none() {
+            self.stats.pool_exhausted.fetch_add(1, Ordering::Relaxed);
+        }
+        lent
+    }
+
+    fn take_pipe(&self) -> Option<Lent<'_>> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         if let Some(pipe) = idle {
             return Some(Lent::new(self, pipe));
@@ -179,6 +205,7 @@ struct Lent<'a> {
 
 impl<'a> Lent<'a> {
     fn new(pool: &'a PipePool, pipe: Pipe) -> Lent<'a> {
+        pool.stats.pipes_lent.fetch_add(1, Ordering::Relaxed);
         Lent {
             pool,
             read: pipe.read.as_raw_fd(),
@@ -198,6 +225,7 @@ impl<'a> Lent<'a> {
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
         let Some(pipe) = self.pipe.take() else { return };
+        self.pool.stats.pipes_lent.fetch_sub(1, Ordering::Relaxed);
         if self.reusable {
             let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.push(pipe);
@@ -303,12 +331,12 @@ async fn one_way(
         let mut burst = if last_large && !splice_refused {
             Burst::Full
         } else {
-            copy_burst(&mut reader, to, moved, count, !splice_refused).await?
+            copy_burst(&mut reader, to, pool.stats(), moved, count, !splice_refused).await?
         };
         if let Burst::Full = burst {
             burst = match pool.take() {
                 Some(pipe) => splice_burst(reader.as_ref(), to, pipe, moved, count).await?,
-                None => copy_burst(&mut reader, to, moved, count, false).await?,
+                None => copy_burst(&mut reader, to, pool.stats(), moved, count, false).await?,
             };
         }
         last_large = moved.load(Ordering::Relaxed) - start >= COPY_BUFFER as u64;
@@ -324,6 +352,7 @@ async fn one_way(
             }
             Burst::Refused => {
                 tracing::debug!("splice refused for a connection; copying its bytes instead");
+                pool.stats.refused.fetch_add(1, Ordering::Relaxed);
                 splice_refused = true;
             }
             // Only a copy that stops when full returns it, and its result was replaced.
@@ -367,10 +396,14 @@ async fn splice_burst(
                 Ok(k) => {
                     left -= k;
                     moved.fetch_add(k as u64, Ordering::Relaxed);
+                    pipe.pool
+                        .stats
+                        .bytes_spliced
+                        .fetch_add(k as u64, Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if refused(&e) => {
-                    drain_pipe(pipe_out, left, to, moved).await?;
+                    drain_pipe(pipe_out, left, to, moved, &pipe.pool.stats.bytes_copied).await?;
                     return Ok(Burst::Refused);
                 }
                 Err(e) => return Err(e),
@@ -387,6 +420,7 @@ async fn splice_burst(
 async fn copy_burst(
     from: &mut ReadHalf<'_>,
     to: &TcpStream,
+    stats: &SpliceStats,
     moved: &AtomicU64,
     count: &impl Fn(u64),
     stop_when_full: bool,
@@ -401,7 +435,7 @@ async fn copy_burst(
                 // The source's FIN is already here: hold these bytes back (`MSG_MORE`) so the
                 // FIN this direction passes on next leaves in the same segment.
                 let more = n < buf.capacity() && read_closed(from).await;
-                write_all(to, &buf, more, moved).await?;
+                write_all(to, &buf, more, moved, &stats.bytes_copied).await?;
                 if stop_when_full && n == buf.capacity() {
                     return Ok(Burst::Full);
                 }
@@ -440,7 +474,13 @@ async fn read_now(from: &mut ReadHalf<'_>, buf: &mut Vec<u8>) -> io::Result<usiz
 }
 
 /// The kernel would not splice out of the pipe: read its `left` bytes back and write them.
-async fn drain_pipe(pipe: RawFd, left: usize, to: &TcpStream, moved: &AtomicU64) -> io::Result<()> {
+async fn drain_pipe(
+    pipe: RawFd,
+    left: usize,
+    to: &TcpStream,
+    moved: &AtomicU64,
+    copied: &AtomicU64,
+) -> io::Result<()> {
     let mut buf = vec![0u8; left];
     let mut filled = 0;
     while filled < left {
@@ -459,7 +499,7 @@ async fn drain_pipe(pipe: RawFd, left: usize, to: &TcpStream, moved: &AtomicU64)
             }
         }
     }
-    write_all(to, &buf, false, moved).await
+    write_all(to, &buf, false, moved, copied).await
 }
 
 /// Whether `from` has received its peer's FIN (tokio saw `EPOLLRDHUP`): the reads to come
@@ -470,13 +510,15 @@ async fn read_closed(from: &ReadHalf<'_>) -> bool {
     matches!(polled.await, Poll::Ready(Ok(r)) if r.is_read_closed())
 }
 
-/// Write all of `buf`. With `more`, the last segment waits for what follows (`MSG_MORE`):
-/// only when a FIN (a shutdown or the close) surely comes next, which sends it.
+/// Write all of `buf`, counting what is written in `moved` and `copied`. With `more`, the
+/// last segment waits for what follows (`MSG_MORE`): only when a FIN (a shutdown or the
+/// close) surely comes next, which sends it.
 async fn write_all(
     to: &TcpStream,
     mut buf: &[u8],
     more: bool,
     moved: &AtomicU64,
+    copied: &AtomicU64,
 ) -> io::Result<()> {
     let flags = if more { libc::MSG_MORE } else { 0 };
     while !buf.is_empty() {
@@ -489,6 +531,7 @@ async fn write_all(
             Ok(k) => {
                 buf = &buf[k..];
                 moved.fetch_add(k as u64, Ordering::Relaxed);
+                copied.fetch_add(k as u64, Ordering::Relaxed);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
@@ -651,6 +694,16 @@ mod tests {
         assert_eq!((sent, received), (len as u64, len as u64));
         assert!(pool.open() > 0, "no pipe was used");
         assert_eq!(pool.idle(), pool.open(), "pipes not given back");
+        let stats = pool.stats();
+        let spliced = stats.bytes_spliced.load(Ordering::Relaxed);
+        let copied = stats.bytes_copied.load(Ordering::Relaxed);
+        assert_eq!(spliced + copied, 2 * len as u64, "every byte counted once");
+        assert!(
+            spliced > copied,
+            "bulk goes by splice: {spliced} vs {copied}"
+        );
+        assert_eq!(stats.pipes_lent.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.pipes_capacity.load(Ordering::Relaxed), 4);
     }
 
     #[tokio::test]
@@ -684,6 +737,8 @@ mod tests {
             0,
             "messages this small are copied, not spliced"
         );
+        assert_eq!(pool.stats().bytes_copied.load(Ordering::Relaxed), 18);
+        assert_eq!(pool.stats().bytes_spliced.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
@@ -753,6 +808,11 @@ mod tests {
             }
             assert!(pool.open() <= pipes);
             assert_eq!(pool.idle(), pool.open());
+            // Without pipes every burst that would splice is copied, and counted so.
+            if pipes == 0 {
+                assert!(pool.stats().pool_exhausted.load(Ordering::Relaxed) > 0);
+            }
+            assert_eq!(pool.stats().pipes_lent.load(Ordering::Relaxed), 0);
         }
     }
 

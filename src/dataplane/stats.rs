@@ -107,6 +107,26 @@ pub struct Stats {
     pub dial_latency: LatencyHistogram,
     /// Recent failures, for the status page.
     pub notices: Notices,
+    /// How proxied bytes moved (splice or copy) and how the pipe pool fared.
+    pub splice: Arc<SpliceStats>,
+}
+
+/// Counters of the proxy's byte path (`dataplane::splice`): which way bytes went, pipes
+/// lent now, and the two reasons a burst that should splice is copied instead.
+#[derive(Debug, Default)]
+pub struct SpliceStats {
+    /// Bytes written to a socket out of a pipe.
+    pub bytes_spliced: AtomicU64,
+    /// Bytes written to a socket from a copy buffer.
+    pub bytes_copied: AtomicU64,
+    /// Pipes lent to a connection direction now.
+    pub pipes_lent: AtomicU64,
+    /// The pool's capacity (set when the pool is made).
+    pub pipes_capacity: AtomicU64,
+    /// Bursts that filled the copy buffer (so would splice) but found no free pipe.
+    pub pool_exhausted: AtomicU64,
+    /// Connection directions for which the kernel refused splice (copied from then on).
+    pub refused: AtomicU64,
 }
 
 fn other_index(r: Reason) -> usize {

@@ -196,6 +196,48 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
         .0,
     );
 
+    // The proxy's byte path: splice or copy, and the pipe pool.
+    let splice = &stats.splice;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
+    out.push(
+        Family::new(
+            "proxy_moved_bytes_total",
+            "Bytes the TCP proxy wrote to sockets, by how: spliced kernel to kernel through a pipe, or copied through a buffer (short bursts, or no pipe free).",
+            MetricType::COUNTER,
+        )
+        .counter(&[("method", "splice")], load(&splice.bytes_spliced))
+        .counter(&[("method", "copy")], load(&splice.bytes_copied))
+        .0,
+    );
+    out.push(
+        Family::new(
+            "splice_pipes",
+            "Splice pipes lent to connections now, and the pool's capacity (from RLIMIT_NOFILE).",
+            MetricType::GAUGE,
+        )
+        .gauge(&[("state", "lent")], load(&splice.pipes_lent))
+        .gauge(&[("state", "capacity")], load(&splice.pipes_capacity))
+        .0,
+    );
+    out.push(
+        Family::new(
+            "splice_pool_exhausted_total",
+            "Bursts large enough to splice that found every pipe lent and were copied instead (raise the file limit for more pipes).",
+            MetricType::COUNTER,
+        )
+        .counter(&[], load(&splice.pool_exhausted))
+        .0,
+    );
+    out.push(
+        Family::new(
+            "splice_refused_total",
+            "Connection directions for which the kernel refused splice(2); their bytes are copied.",
+            MetricType::COUNTER,
+        )
+        .counter(&[], load(&splice.refused))
+        .0,
+    );
+
     // Dial latency.
     let (cumulative, count, sum) = stats.dial_latency.read();
     let mut h = Histogram::default();
