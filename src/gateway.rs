@@ -287,6 +287,9 @@ async fn serve(
         )),
     };
     let acceptor_task = tokio::spawn(acceptor.run());
+    let trim_task = tokio::spawn(crate::dataplane::memory::trim_after_flows_close(
+        stats.clone(),
+    ));
 
     let live = table.clone();
     let publish = move |t: ServiceTable| {
@@ -355,6 +358,7 @@ async fn serve(
     shutdown.store(true, Ordering::Relaxed);
     source_task.abort();
     acceptor_task.abort();
+    trim_task.abort();
     web_task.abort();
     // The workers notice within their idle poll interval.
     let _ = tokio::task::spawn_blocking(move || {
