@@ -52,8 +52,14 @@ impl Env {
 
     /// `clusterway check ARGS` inside the namespace.
     fn check(&self, args: &[&str]) -> Output {
+        self.command("check", args)
+    }
+
+    /// `clusterway COMMAND ARGS` inside the namespace, with `$HOME` the scratch directory
+    /// and no Kubernetes environment.
+    fn command(&self, command: &str, args: &[&str]) -> Output {
         self.ns
-            .exec(BIN, std::iter::once("check").chain(args.iter().copied()))
+            .exec(BIN, std::iter::once(command).chain(args.iter().copied()))
             .env_remove("KUBECONFIG")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("KUBERNETES_SERVICE_PORT")
@@ -61,7 +67,7 @@ impl Env {
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "warn")
             .output()
-            .expect("run clusterway check")
+            .expect("run clusterway")
     }
 
     /// `clusterway check ARGS --json`, parsed; with the exit status.
@@ -372,6 +378,32 @@ fn a_missing_or_broken_kubeconfig_is_named() {
     let detail = report.detail("kubeconfig loads");
     assert!(detail.starts_with("no kubeconfig"), "{detail}");
     assert!(report.fix("kubeconfig loads").contains("--kubeconfig"));
+
+    // A context but no kubeconfig to take it from: the check and the gateway resolve alike
+    // (the gateway stops before it touches the host), neither falls back to in-cluster.
+    let (ok, report) = env.check_json(&["--context", "staging"]);
+    assert!(!ok);
+    let detail = report.detail("kubeconfig loads");
+    assert!(
+        detail.contains("--context staging given, but there is no kubeconfig"),
+        "{detail}"
+    );
+    let run = env.command("run", &["--context", "staging"]);
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("--context staging given, but there is no kubeconfig"),
+        "{stderr}"
+    );
+    assert!(
+        !env.ns
+            .exec("ip", ["link", "show", "cw0"])
+            .output()
+            .unwrap()
+            .status
+            .success(),
+        "run created its device before failing"
+    );
 }
 
 /// A kubeconfig with a context per `(name, server)`, the first current, trusting `ca`.

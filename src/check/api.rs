@@ -1,14 +1,12 @@
 //! Cluster checks: the kubeconfig loads, the API server answers, the gateway's permissions
 //! are granted, and which endpoints to try for the reachability check.
 //!
-//! Kubeconfig resolution follows kubectl: `--kubeconfig`, else the files in `KUBECONFIG`
-//! (merged, first wins; a missing one is an error, as in kube-rs), else `~/.kube/config`,
-//! else the in-cluster service account. kube-rs does the loading (exec plugins, client
-//! certificates, tokens); this module only decides which files, and says which were used.
+//! Kubeconfig resolution is `cluster::kubeconfig`'s, the one `clusterway run` uses (kubectl's
+//! order, then the in-cluster service account); this module says which files were used and
+//! what to do when they fail.
 //!
 //! Read-only: the only write is `SelfSubjectAccessReview`, which stores nothing.
 
-use std::ffi::OsString;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -19,13 +17,14 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
+use kube::config::{KubeConfigOptions, KubeconfigError};
 use kube::{Api, Client, Config};
 
 use super::host::error_chain;
 use super::reach::Target;
 use super::report::Check;
 use crate::cluster::build::SERVICE_NAME_LABEL;
+pub use crate::cluster::kubeconfig::{read_kubeconfig, Origin, ReadError};
 
 pub const KUBECONFIG: &str = "kubeconfig loads";
 pub const API: &str = "API reachable";
@@ -81,116 +80,6 @@ pub const NEEDED: [Needed; 3] = [
 /// Verbs the check asks about (what reflectors use).
 pub const VERBS: [&str; 2] = ["list", "watch"];
 
-/// Where the kubeconfig came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
-    /// `--kubeconfig FILE`.
-    Flag(PathBuf),
-    /// The files of `KUBECONFIG`, merged in this order.
-    Env(Vec<PathBuf>),
-    /// `~/.kube/config`.
-    Home(PathBuf),
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Origin::Flag(p) => write!(f, "{} (--kubeconfig)", p.display()),
-            Origin::Home(p) => write!(f, "{}", p.display()),
-            Origin::Env(files) => {
-                let files: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
-                write!(f, "{} (KUBECONFIG)", files.join(":"))
-            }
-        }
-    }
-}
-
-/// A kubeconfig that could not be used; the text names the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadError {
-    pub detail: String,
-    pub fix: String,
-}
-
-fn read_file(path: &Path) -> Result<Kubeconfig, ReadError> {
-    Kubeconfig::read_from(path).map_err(|e| {
-        let detail = match &e {
-            KubeconfigError::ReadConfig(source, _) => {
-                format!("cannot read {}: {source}", path.display())
-            }
-            other => format!("{}: {}", path.display(), error_chain(other)),
-        };
-        let fix = match &e {
-            KubeconfigError::ReadConfig(..) => format!(
-                "check that {} exists and this user can read it (in a container, mount it \
-                 read-only and pass --kubeconfig with the path inside the container)",
-                path.display()
-            ),
-            _ => format!(
-                "{} is not a valid kubeconfig: `kubectl config view --kubeconfig {}` shows \
-                 what kubectl makes of it",
-                path.display(),
-                path.display()
-            ),
-        };
-        ReadError { detail, fix }
-    })
-}
-
-/// Picks and reads the kubeconfig the way kubectl does. `Ok(None)`: there is none, so the
-/// in-cluster service account is next. `env` is `KUBECONFIG`, `home` is `$HOME`.
-pub fn read_kubeconfig(
-    flag: Option<&Path>,
-    env: Option<OsString>,
-    home: Option<PathBuf>,
-) -> Result<Option<(Kubeconfig, Origin)>, ReadError> {
-    if let Some(path) = flag {
-        return read_file(path).map(|kc| Some((kc, Origin::Flag(path.to_path_buf()))));
-    }
-    let listed: Vec<PathBuf> = env
-        .as_ref()
-        .map(|v| {
-            std::env::split_paths(v)
-                .filter(|p| !p.as_os_str().is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
-    if !listed.is_empty() {
-        // kubectl skips missing files here, but kube-rs (and so the gateway) fails on them:
-        // report that, rather than pass a check that `run` would then fail.
-        let missing: Vec<String> = listed
-            .iter()
-            .filter(|p| !p.exists())
-            .map(|p| p.display().to_string())
-            .collect();
-        if !missing.is_empty() {
-            return Err(ReadError {
-                detail: format!("KUBECONFIG lists missing files: {}", missing.join(", ")),
-                fix: "remove them from KUBECONFIG (kubectl skips missing files, the gateway \
-                      does not), or pass --kubeconfig FILE"
-                    .into(),
-            });
-        }
-        let files = listed;
-        let mut merged = Kubeconfig::default();
-        for path in &files {
-            let next = read_file(path)?;
-            merged = merged.merge(next).map_err(|e| ReadError {
-                detail: format!("merging {}: {e}", path.display()),
-                fix: "the KUBECONFIG files disagree on kind/apiVersion; list fewer files".into(),
-            })?;
-        }
-        return Ok(Some((merged, Origin::Env(files))));
-    }
-    if let Some(home) = home {
-        let path = home.join(".kube").join("config");
-        if path.exists() {
-            return read_file(&path).map(|kc| Some((kc, Origin::Home(path))));
-        }
-    }
-    Ok(None)
-}
-
 /// The kubeconfig check. On success also returns a client for the other API checks.
 pub async fn load(
     kubeconfig: Option<&Path>,
@@ -231,6 +120,20 @@ pub async fn load(
                     );
                 }
             }
+        }
+        Ok(None) if context.is_some() => {
+            return (
+                Check::fail(
+                    KUBECONFIG,
+                    format!(
+                        "--context {} given, but there is no kubeconfig (no --kubeconfig, \
+                         KUBECONFIG unset, no ~/.kube/config)",
+                        context.unwrap_or_default()
+                    ),
+                    format!("pass --kubeconfig FILE, or leave out --context ({RBAC_README})"),
+                ),
+                None,
+            );
         }
         Ok(None) => match Config::incluster() {
             Ok(config) => (config, "in-cluster service account".to_string()),
@@ -516,6 +419,7 @@ pub fn targets_from_slices(slices: &[EndpointSlice]) -> Vec<Target> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsString;
 
     fn write(dir: &Path, name: &str, server: &str, ctx: &str) -> PathBuf {
         let path = dir.join(name);

@@ -227,20 +227,7 @@ pub fn judge_forwarding(v4: &Sysctl, v6: Option<&Sysctl>) -> Check {
     }
 }
 
-/// `error: cause: cause` in one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = cause.source();
-    }
-    s
-}
+pub use crate::cluster::kubeconfig::error_chain;
 
 #[cfg(test)]
 mod tests {

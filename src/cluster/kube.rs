@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ::kube::api::Api;
-use ::kube::config::{KubeConfigOptions, Kubeconfig};
+use ::kube::config::KubeConfigOptions;
 use ::kube::runtime::watcher::{self, Event};
 use ::kube::runtime::WatchStreamExt;
 use ::kube::{Client, Config};
@@ -82,10 +82,10 @@ impl Default for KubeOptions {
     }
 }
 
-/// Loads the client configuration as kubectl does: `--kubeconfig` (that file only),
-/// otherwise `KUBECONFIG` (several files, merged) or `~/.kube/config`, otherwise the
-/// in-cluster service account; `--context` picks a context. Exec plugins, tokens and client
-/// certificates are kube-rs's.
+/// Loads the client configuration as kubectl does (`cluster::kubeconfig`, the resolver
+/// `clusterway check` uses too): `--kubeconfig` (that file only), otherwise `KUBECONFIG`
+/// (several files, merged) or `~/.kube/config`, otherwise the in-cluster service account;
+/// `--context` picks a context. Exec plugins, tokens and client certificates are kube-rs's.
 pub async fn load_config(opts: &KubeOptions) -> anyhow::Result<Config> {
     use anyhow::Context;
     let kc_opts = KubeConfigOptions {
@@ -93,21 +93,29 @@ pub async fn load_config(opts: &KubeOptions) -> anyhow::Result<Config> {
         cluster: None,
         user: None,
     };
-    let mut config = match &opts.kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-            Config::from_custom_kubeconfig(kc, &kc_opts)
-                .await
-                .with_context(|| format!("kubeconfig {}", path.display()))?
-        }
-        None if opts.context.is_some() => Config::from_kubeconfig(&kc_opts)
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let found = super::kubeconfig::read_kubeconfig(
+        opts.kubeconfig.as_deref(),
+        std::env::var_os("KUBECONFIG"),
+        home,
+    )
+    .map_err(|e| anyhow::anyhow!("{} ({})", e.detail, e.fix))?;
+    let mut config = match found {
+        Some((kc, origin)) => Config::from_custom_kubeconfig(kc, &kc_opts)
             .await
-            .context("cannot load the kubeconfig (KUBECONFIG or ~/.kube/config)")?,
-        None => Config::infer().await.context(
-            "no Kubernetes configuration: give --kubeconfig, set KUBECONFIG, create \
-             ~/.kube/config, or run in a cluster",
-        )?,
+            .with_context(|| format!("kubeconfig {origin}"))?,
+        None => {
+            if let Some(context) = &opts.context {
+                anyhow::bail!(
+                    "--context {context} given, but there is no kubeconfig (no --kubeconfig, \
+                     KUBECONFIG unset, no ~/.kube/config)"
+                );
+            }
+            Config::incluster().context(
+                "no Kubernetes configuration: give --kubeconfig, set KUBECONFIG, create \
+                 ~/.kube/config, or run in a cluster",
+            )?
+        }
     };
     // A watch ends server-side after --watch-timeout and carries bookmarks meanwhile; a
     // connection silent for longer than that plus a margin has stalled (a proxy or load

@@ -15,6 +15,7 @@ pub mod error;
 pub mod file;
 pub mod incremental;
 pub mod kube;
+pub mod kubeconfig;
 pub mod parse;
 pub mod policy;
 pub mod sync;
