@@ -40,6 +40,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub watch_timeout: Duration,
 
+    /// When the cluster does not serve `networking.k8s.io/v1` ServiceCIDR (404) or the
+    /// gateway may not read it (403), ask again this often: a cluster upgraded to serve it,
+    /// or RBAC granted later, is picked up without a restart.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION", conflicts_with = "from_file")]
+    pub service_cidr_recheck: Duration,
+
     /// Expose only Services in this namespace (repeatable; default: all namespaces).
     #[arg(long = "namespace", value_name = "NS")]
     pub namespaces: Vec<String>,
@@ -189,6 +195,7 @@ impl RunArgs {
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
             watch_timeout: self.watch_timeout,
+            service_cidr_recheck: self.service_cidr_recheck,
             ..Default::default()
         }
     }

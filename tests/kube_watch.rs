@@ -481,6 +481,8 @@ fn kube_policy_rules_and_service_cidrs() {
             "tier notin (internal)",
             "--allow-source",
             "192.168.0.0/16",
+            "--service-cidr-recheck",
+            "1s",
         ],
     );
     assert!(
@@ -534,6 +536,32 @@ fn kube_policy_rules_and_service_cidrs() {
     let logs = gw.logs();
     assert_eq!(count(&logs, "malformed annotation"), 2, "{logs}");
     assert!(logs.contains("field=metadata.annotations[clusterway.io/allow-sources]"));
+
+    // ServiceCIDR was not served (404) when this gateway started, so it routes per IP. Once
+    // the cluster serves it, the re-check (every second here) picks it up: the routes
+    // follow the ServiceCIDR without a restart.
+    assert!(!gw.routes_via_tun(ip("10.96.250.250")));
+    api.serve_service_cidrs(true);
+    api.apply(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16"]}}),
+    );
+    assert!(
+        wait_for(
+            || gw.routes_via_tun(ip("10.96.250.250")),
+            Duration::from_secs(10)
+        ),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(
+        count(
+            &gw.logs(),
+            "does not serve networking.k8s.io/v1 ServiceCIDR"
+        ),
+        1,
+        "the re-checks that found nothing stay quiet"
+    );
     drop(gw);
 
     // Opt-in mode and --namespace, with routes from the cluster's ServiceCIDRs.

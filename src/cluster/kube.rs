@@ -18,6 +18,10 @@
 //!   capped exponential backoff with jitter; its complete re-list ends the outage. A watch
 //!   that stalls (no event, no bookmark, no close) is dropped by kube-rs after the watch
 //!   timeout plus a margin and re-established.
+//! - **ServiceCIDR not served** (404) or not allowed (403): routes come from
+//!   `--service-cidr` or per IP, and the API is asked again every
+//!   [`KubeOptions::service_cidr_recheck`], so an upgrade or a granted permission takes
+//!   effect without a restart.
 //! - **Trimmed cache.** `managedFields`, `status` and annotations the gateway does not read
 //!   are dropped as objects arrive; EndpointSlices are kept only as what they contribute.
 
@@ -67,6 +71,8 @@ pub struct KubeOptions {
     /// Retry backoff after a failed list/watch: first delay and cap (jittered).
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// After ServiceCIDR answered 404 or 403, how long until it is asked again.
+    pub service_cidr_recheck: Duration,
 }
 
 impl Default for KubeOptions {
@@ -78,6 +84,7 @@ impl Default for KubeOptions {
             coalesce: Duration::from_millis(10),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
+            service_cidr_recheck: Duration::from_secs(300),
         }
     }
 }
@@ -237,6 +244,14 @@ fn is_status(e: &watcher::Error, codes: &[u16]) -> bool {
     matches!(inner, ::kube::Error::Api(s) if codes.contains(&s.code))
 }
 
+/// When a watcher asks again: after a failure (backoff), or after ServiceCIDR was not
+/// served or not allowed (a fixed, long interval).
+#[derive(Debug, Clone)]
+struct Retry {
+    backoff: Backoff,
+    recheck_unavailable: Duration,
+}
+
 /// Runs one resource's watcher forever, recreating it (after a backoff) whenever it fails,
 /// so that every outage ends with a complete re-list.
 async fn watch_resource<K>(
@@ -246,10 +261,14 @@ async fn watch_resource<K>(
     trim: fn(&mut K),
     wrap: fn(Event<K>) -> Msg,
     tx: mpsc::Sender<Msg>,
-    mut backoff: Backoff,
+    retry: Retry,
 ) where
     K: ::kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
+    let Retry {
+        mut backoff,
+        recheck_unavailable,
+    } = retry;
     loop {
         let stream = watcher::watcher(api.clone(), config.clone()).modify(trim);
         let mut stream = std::pin::pin!(stream);
@@ -275,8 +294,17 @@ async fn watch_resource<K>(
             }
         };
         if resource == Resource::Cidrs && is_status(&error, &[403, 404]) {
-            let _ = tx.send(Msg::CidrsUnavailable(error.to_string())).await;
-            return;
+            // Not served, or not allowed: not an outage. Ask again later (an upgraded
+            // cluster or a granted permission then takes effect without a restart).
+            if tx
+                .send(Msg::CidrsUnavailable(error.to_string()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(recheck_unavailable).await;
+            continue;
         }
         if tx
             .send(Msg::Failed(resource, error.to_string()))
@@ -370,10 +398,13 @@ impl KubeSource {
         let (tx, mut rx) = mpsc::channel(EVENTS_CAPACITY);
         let config = watcher::Config::default()
             .timeout(u32::try_from(self.opts.watch_timeout.as_secs().max(1)).unwrap_or(290));
-        let backoff = Backoff {
-            min: self.opts.backoff_min,
-            max: self.opts.backoff_max,
-            attempt: 0,
+        let retry = Retry {
+            backoff: Backoff {
+                min: self.opts.backoff_min,
+                max: self.opts.backoff_max,
+                attempt: 0,
+            },
+            recheck_unavailable: self.opts.service_cidr_recheck,
         };
         let tasks = [
             tokio::spawn(watch_resource(
@@ -383,7 +414,7 @@ impl KubeSource {
                 trim_service,
                 |e| Msg::Services(Box::new(e)),
                 tx.clone(),
-                backoff.clone(),
+                retry.clone(),
             )),
             tokio::spawn(watch_resource(
                 Api::<EndpointSlice>::all(self.client.clone()),
@@ -392,7 +423,7 @@ impl KubeSource {
                 trim_slice,
                 |e| Msg::Slices(Box::new(e)),
                 tx.clone(),
-                backoff.clone(),
+                retry.clone(),
             )),
             tokio::spawn(watch_resource(
                 Api::<ServiceCIDR>::all(self.client.clone()),
@@ -401,7 +432,7 @@ impl KubeSource {
                 trim_cidr,
                 |e| Msg::Cidrs(Box::new(e)),
                 tx,
-                backoff,
+                retry,
             )),
         ];
         struct AbortOnDrop<const N: usize>([tokio::task::JoinHandle<()>; N]);
@@ -515,11 +546,17 @@ impl KubeSource {
                 }
             }
             Msg::CidrsUnavailable(why) => {
-                tracing::info!(reason = %why,
-                    "the cluster does not serve networking.k8s.io/v1 ServiceCIDR; using --service-cidr or per-IP routes");
+                let changed = self.inc.set_service_cidrs(None);
+                // Once at the start and on each change; the periodic re-checks stay quiet.
+                if !agg.cidrs_decided || changed {
+                    tracing::info!(reason = %why,
+                        "the cluster does not serve networking.k8s.io/v1 ServiceCIDR; using --service-cidr or per-IP routes");
+                } else {
+                    tracing::debug!(reason = %why, "ServiceCIDR still not served");
+                }
                 agg.cidrs_decided = true;
                 agg.failing.remove(&Resource::Cidrs);
-                if self.inc.set_service_cidrs(None) {
+                if changed {
                     agg.cidrs_changed = true;
                 }
                 self.maybe_recovered(agg);
