@@ -85,6 +85,35 @@ pub struct ServicePort {
     pub allow: Option<Arc<[IpNet]>>,
 }
 
+#[cfg(test)]
+impl ServicePort {
+    /// A port for tests: `ns/name`, port name `name`, on `cluster_ip:port`, with `usable`
+    /// endpoints (listed as such, nothing else set).
+    pub fn for_test(
+        ns: &str,
+        name: &str,
+        protocol: Protocol,
+        frontend: &str,
+        usable: &[&str],
+    ) -> ServicePort {
+        let frontend: std::net::SocketAddr = frontend.parse().unwrap();
+        ServicePort {
+            service: Arc::new(ServiceId {
+                namespace: ns.into(),
+                name: name.into(),
+            }),
+            name: name.into(),
+            protocol,
+            cluster_ip: frontend.ip(),
+            port: frontend.port(),
+            endpoints: vec![],
+            usable: usable.iter().map(|s| s.parse().unwrap()).collect(),
+            affinity: None,
+            allow: None,
+        }
+    }
+}
+
 impl ServicePort {
     pub fn frontend(&self) -> SocketAddr {
         SocketAddr::new(self.cluster_ip, self.port)

@@ -122,23 +122,11 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::table::ServiceId;
-    use std::sync::Arc;
 
     fn port(usable: &[&str], affinity: Option<u64>) -> ServicePort {
         ServicePort {
-            service: Arc::new(ServiceId {
-                namespace: "shop".into(),
-                name: "web".into(),
-            }),
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            cluster_ip: "10.96.0.10".parse().unwrap(),
-            port: 80,
-            endpoints: vec![],
-            usable: usable.iter().map(|s| s.parse().unwrap()).collect(),
             affinity: affinity.map(Duration::from_secs),
-            allow: None,
+            ..ServicePort::for_test("shop", "web", Protocol::Tcp, "10.96.0.10:80", usable)
         }
     }
 

@@ -310,7 +310,7 @@ async fn proxy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::table::{Protocol, ServiceId, ServicePort};
+    use crate::cluster::table::{Protocol, ServicePort};
     use crate::dataplane::balancer::Candidates;
     use crate::dataplane::nat::FlowKey;
 
@@ -322,20 +322,13 @@ mod tests {
                 client: "192.0.2.7:40000".parse().unwrap(),
                 service: "10.96.0.10:80".parse().unwrap(),
             },
-            port: Arc::new(ServicePort {
-                service: Arc::new(ServiceId {
-                    namespace: "demo".into(),
-                    name: "web".into(),
-                }),
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                cluster_ip: "10.96.0.10".parse().unwrap(),
-                port: 80,
-                endpoints: vec![],
-                usable: vec!["10.244.1.10:8080".parse().unwrap()],
-                affinity: None,
-                allow: None,
-            }),
+            port: Arc::new(ServicePort::for_test(
+                "demo",
+                "web",
+                Protocol::Tcp,
+                "10.96.0.10:80",
+                &["10.244.1.10:8080"],
+            )),
             candidates: Candidates::one("10.244.1.10:8080".parse().unwrap()),
         }
     }

@@ -132,23 +132,16 @@ impl<T> UdpFlows<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::table::{ServiceEntry, ServiceId};
+    use crate::cluster::table::ServiceEntry;
 
     fn port(usable: &[&str]) -> Arc<ServicePort> {
-        Arc::new(ServicePort {
-            service: Arc::new(ServiceId {
-                namespace: "kube-system".into(),
-                name: "dns".into(),
-            }),
-            name: "dns".into(),
-            protocol: Protocol::Udp,
-            cluster_ip: "10.96.0.10".parse().unwrap(),
-            port: 53,
-            endpoints: vec![],
-            usable: usable.iter().map(|s| s.parse().unwrap()).collect(),
-            affinity: None,
-            allow: None,
-        })
+        Arc::new(ServicePort::for_test(
+            "kube-system",
+            "dns",
+            Protocol::Udp,
+            "10.96.0.10:53",
+            usable,
+        ))
     }
 
     fn key(p: u16) -> FlowKey {
