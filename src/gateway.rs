@@ -36,10 +36,6 @@ use crate::host::netlink::Host;
 use crate::host::sysctl;
 use crate::web::{self, health::Health};
 
-/// New TCP flows waiting for the listener to accept them: one burst of SYNs per worker batch
-/// several times over; past it the SYN is dropped and the client retransmits.
-const PENDING_CAPACITY: usize = 4096;
-
 /// Where the table comes from.
 // Made once at start-up and moved twice: the size of its variants does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -230,7 +226,10 @@ async fn serve(
         web::server::spawn(listener, status, changed_tx.subscribe())
     };
     let shutdown = Arc::new(AtomicBool::new(false));
-    let pending = Arc::new(PendingFlows::new(PENDING_CAPACITY));
+    // New TCP flows waiting for the listener to accept them. Each also holds a NAT entry,
+    // so the NAT's bound (table full: RST, counted) is the one that acts under a SYN flood;
+    // this one only guards against entries whose NAT side already expired.
+    let pending = Arc::new(PendingFlows::new(limits.tcp_flows as usize));
     let shared = Arc::new(SharedFlows::new(nat.clone(), Instant::now()));
     let mut config = EngineConfig::new(nat, limits.udp_flows as usize);
     config.udp_idle = args.udp_idle_timeout;
