@@ -134,3 +134,75 @@ pub fn read_kubeconfig(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, server: &str, ctx: &str) -> PathBuf {
+        let path = dir.join(name);
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: {ctx}\nclusters:\n- name: {ctx}\n  \
+             cluster:\n    server: {server}\ncontexts:\n- name: {ctx}\n  context:\n    \
+             cluster: {ctx}\n    user: {ctx}\nusers:\n- name: {ctx}\n  user:\n    token: t\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn resolution_order_is_kubectls() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(dir.path(), "a", "https://a:6443", "ca");
+        let b = write(dir.path(), "b", "https://b:6443", "cb");
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join(".kube")).unwrap();
+        write(&home.join(".kube"), "config", "https://h:6443", "ch");
+
+        // --kubeconfig wins over everything.
+        let env = std::env::join_paths([&b, &a]).unwrap();
+        let (kc, origin) = read_kubeconfig(Some(&a), Some(env.clone()), Some(home.clone()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(origin, Origin::Flag(a.clone()));
+        assert_eq!(kc.current_context.as_deref(), Some("ca"));
+
+        // KUBECONFIG: merged, first file wins.
+        let env = std::env::join_paths([&b, &a]).unwrap();
+        let (kc, origin) = read_kubeconfig(None, Some(env), Some(home.clone()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(kc.current_context.as_deref(), Some("cb"));
+        assert_eq!(kc.contexts.len(), 2);
+        assert_eq!(origin, Origin::Env(vec![b.clone(), a.clone()]));
+
+        // A missing file in KUBECONFIG is named (kube-rs would fail on it at run time).
+        let gone = dir.path().join("gone");
+        let env = std::env::join_paths([&b, &gone]).unwrap();
+        let err = read_kubeconfig(None, Some(env), Some(home.clone())).unwrap_err();
+        assert!(err.detail.contains(&gone.display().to_string()), "{err:?}");
+
+        // Then ~/.kube/config; then nothing (in-cluster is next).
+        let (_, origin) = read_kubeconfig(None, Some(OsString::new()), Some(home.clone()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(origin, Origin::Home(home.join(".kube/config")));
+        assert!(read_kubeconfig(None, None, Some(dir.path().join("nohome")))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.kubeconfig");
+        let err = read_kubeconfig(Some(&missing), None, None).unwrap_err();
+        assert!(err.detail.starts_with("cannot read "), "{err:?}");
+        assert!(err.detail.contains("nope.kubeconfig"), "{err:?}");
+        let garbage = dir.path().join("garbage");
+        std::fs::write(&garbage, "clusters: [ {").unwrap();
+        let err = read_kubeconfig(Some(&garbage), None, None).unwrap_err();
+        assert!(err.detail.contains("garbage"), "{err:?}");
+        assert!(err.fix.contains("kubectl config view"), "{err:?}");
+    }
+}
