@@ -42,9 +42,10 @@ pub struct SharedFlows {
     udp_active: AtomicUsize,
 }
 
-/// A poisoned lock means a worker panicked mid-update; the state is a table of plain
-/// values, still usable, and forwarding must go on.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// A poisoned lock means a thread panicked mid-update; the dataplane's shared state is
+/// plain values (tables, lists), still usable, and forwarding must go on. Every dataplane
+/// mutex is taken through this.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

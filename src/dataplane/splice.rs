@@ -66,6 +66,7 @@ use tokio::io::{AsyncRead, Interest, ReadBuf};
 use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 
+use super::shared::lock;
 use super::stats::SpliceStats;
 
 /// Most pipes in a gateway's pool (`config` derives the count from `RLIMIT_NOFILE`, up to
@@ -156,7 +157,7 @@ impl PipePool {
 
     /// Pipes open and not lent to any connection.
     pub fn idle(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.idle).len()
     }
 
     /// An idle pipe, or a new one while under capacity; `None` when all are lent (or no
@@ -170,7 +171,7 @@ impl PipePool {
     }
 
     fn take_pipe(&self) -> Option<Lent<'_>> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let idle = lock(&self.idle).pop();
         if let Some(pipe) = idle {
             return Some(Lent::new(self, pipe));
         }
@@ -231,7 +232,7 @@ impl Drop for Lent<'_> {
         let Some(pipe) = self.pipe.take() else { return };
         self.pool.stats.pipes_lent.fetch_sub(1, Ordering::Relaxed);
         if self.reusable {
-            let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = lock(&self.pool.idle);
             idle.push(pipe);
         } else {
             drop(pipe);

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::balancer::MAX_ATTEMPTS;
 use super::engine::PendingFlow;
-use super::shared::SharedFlows;
+use super::shared::{lock, SharedFlows};
 use super::splice::{self, PipePool};
 use super::stats::{ConnResult, NoticeKind, Stats};
 
@@ -67,13 +67,9 @@ impl PendingFlows {
         }
     }
 
-    fn shard(
-        &self,
-        virt: &SocketAddr,
-    ) -> MutexGuard<'_, HashMap<SocketAddr, (PendingFlow, Instant)>> {
+    fn shard(&self, virt: &SocketAddr) -> MutexGuard<'_, PendingShard> {
         let i = self.hasher.hash_one(virt) as usize % PENDING_SHARDS;
-        // A poisoned shard holds plain values; accepting must go on.
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.shards[i])
     }
 
     /// Add a flow; `false` when `capacity` flows are already waiting (the listener is that
@@ -106,7 +102,7 @@ impl PendingFlows {
     /// client gave up, or the listener's queue overflowed).
     pub fn sweep(&self, now: Instant) {
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let mut shard = lock(shard);
             let before = shard.len();
             shard.retain(|_, (_, at)| now.duration_since(*at) < PENDING_TIMEOUT);
             self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
