@@ -123,6 +123,9 @@ pub struct PipePool {
     pipe_size: usize,
     /// Where the pool and the connections using it count (the gateway's metrics).
     stats: Arc<SpliceStats>,
+    /// Tests make the kernel's refusal happen on loopback, where it never does.
+    #[cfg(test)]
+    fault: tests::Fault,
 }
 
 impl PipePool {
@@ -142,7 +145,19 @@ impl PipePool {
             capacity,
             pipe_size,
             stats,
+            #[cfg(test)]
+            fault: tests::Fault::default(),
         }
+    }
+
+    /// `splice(2)` for a burst: from a socket into a pipe (`into_pipe`) or out of it.
+    fn splice(&self, from: RawFd, to: RawFd, len: usize, into_pipe: bool) -> io::Result<usize> {
+        #[cfg(test)]
+        if let Some(r) = self.fault.inject(len, into_pipe) {
+            return r.and_then(|len| splice(from, to, len));
+        }
+        let _ = into_pipe;
+        splice(from, to, len)
     }
 
     /// The counters this pool and its connections keep.
@@ -378,7 +393,8 @@ async fn splice_burst(
     let (pipe_in, pipe_out) = (pipe.write, pipe.read);
     loop {
         // The pipe is empty here, so EAGAIN can only mean the socket has nothing to read.
-        let n = match from.try_io(Interest::READABLE, || splice(source, pipe_in, pipe.size)) {
+        let into_pipe = || pipe.pool.splice(source, pipe_in, pipe.size, true);
+        let n = match from.try_io(Interest::READABLE, into_pipe) {
             Ok(0) => {
                 pipe.give_back();
                 return Ok(Burst::Eof);
@@ -396,7 +412,9 @@ async fn splice_burst(
         while left > 0 {
             to.writable().await?;
             // The pipe holds bytes, so EAGAIN can only mean the socket's send buffer is full.
-            match to.try_io(Interest::WRITABLE, || splice(pipe_out, sink, left)) {
+            match to.try_io(Interest::WRITABLE, || {
+                pipe.pool.splice(pipe_out, sink, left, false)
+            }) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(k) => {
                     left -= k;
@@ -672,6 +690,95 @@ mod tests {
     }
 
     const LIMIT: Duration = Duration::from_secs(30);
+
+    /// A refusal to inject (`EINVAL`, as for sockets that cannot splice): none (the default),
+    /// every splice into a pipe, or every splice out of one once a first has moved only
+    /// part of a burst, which leaves bytes in the pipe to drain.
+    #[derive(Debug, Default)]
+    pub(super) struct Fault {
+        mode: std::sync::atomic::AtomicU8,
+        partial_done: std::sync::atomic::AtomicBool,
+    }
+
+    const REFUSE_INTO_PIPE: u8 = 1;
+    const REFUSE_OUT_AFTER_PART: u8 = 2;
+    /// What the one partial splice out of a pipe may move.
+    const PART: usize = 1000;
+
+    impl Fault {
+        /// None: splice as asked. `Some(Ok(len))`: splice at most `len`. `Some(Err)`: refused.
+        pub(super) fn inject(&self, len: usize, into_pipe: bool) -> Option<io::Result<usize>> {
+            let refused = || Some(Err(io::Error::from_raw_os_error(libc::EINVAL)));
+            match (self.mode.load(Ordering::Relaxed), into_pipe) {
+                (REFUSE_INTO_PIPE, true) => refused(),
+                (REFUSE_OUT_AFTER_PART, false) => {
+                    if self.partial_done.swap(true, Ordering::Relaxed) {
+                        refused()
+                    } else {
+                        Some(Ok(len.min(PART)))
+                    }
+                }
+                _ => None,
+            }
+        }
+    }
+
+    /// 4 MiB each way through a pool whose splices the kernel refuses in `mode`: every byte
+    /// arrives, in order; returns the pool's (spliced, copied, refused) counts.
+    async fn transfer_with_refusal(mode: u8) -> (u64, u64, u64) {
+        let p = proxied().await;
+        let pool = Arc::new(PipePool::new(4, PIPE_SIZE));
+        pool.fault.mode.store(mode, Ordering::Relaxed);
+        let gw = spawn_gateway(p.gw_client, p.gw_upstream, pool.clone());
+        let len = 4 << 20;
+        let (up, down) = (stream_bytes(31, len), stream_bytes(32, len));
+        let (up_hash, down_hash) = (fnv(&up), fnv(&down));
+        let client = tokio::spawn(exchange(p.client, up));
+        let endpoint = tokio::spawn(exchange(p.endpoint, down));
+        let (at_client, at_endpoint, (moved, sent, received)) =
+            tokio::time::timeout(LIMIT, async {
+                (
+                    client.await.unwrap(),
+                    endpoint.await.unwrap(),
+                    gw.await.unwrap(),
+                )
+            })
+            .await
+            .expect("transfer finished");
+        assert_eq!(at_endpoint, (up_hash, len), "mode {mode}");
+        assert_eq!(at_client, (down_hash, len), "mode {mode}");
+        assert!(moved.error.is_none(), "{:?}", moved.error);
+        assert_eq!(
+            (moved.to_endpoint, moved.to_client),
+            (len as u64, len as u64)
+        );
+        assert_eq!((sent, received), (len as u64, len as u64));
+        // A pipe that failed is closed, never pooled; the others came back.
+        assert_eq!(pool.idle(), pool.open(), "pipes not given back");
+        let stats = pool.stats();
+        assert_eq!(stats.pipes_lent.load(Ordering::Relaxed), 0);
+        let spliced = stats.bytes_spliced.load(Ordering::Relaxed);
+        let copied = stats.bytes_copied.load(Ordering::Relaxed);
+        assert_eq!(spliced + copied, 2 * len as u64, "every byte counted once");
+        (spliced, copied, stats.refused.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_splice_into_the_pipe_falls_back_to_copying() {
+        let (spliced, _, refused) = transfer_with_refusal(REFUSE_INTO_PIPE).await;
+        assert_eq!(spliced, 0);
+        // Once per direction: after a refusal the connection only copies.
+        assert!((1..=2).contains(&refused), "refused {refused} times");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_splice_out_of_the_pipe_drains_it_and_copies() {
+        let (spliced, _, refused) = transfer_with_refusal(REFUSE_OUT_AFTER_PART).await;
+        // The one partial splice out moved at most its part; the bytes it left in the pipe
+        // were read back and written, and everything after was copied.
+        assert!(spliced <= PART as u64, "spliced {spliced}");
+        assert!((1..=2).contains(&refused), "refused {refused} times");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sixteen_mib_each_way_at_once_arrive_intact() {
