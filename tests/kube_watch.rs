@@ -675,3 +675,61 @@ fn kube_stalled_watch_is_detected_and_restarted() {
     // Forwarding went on meanwhile (the last table), and the resync is complete.
     assert_eq!(get(&topo, "10.96.202.10:80").as_deref(), Ok("pod-2"));
 }
+
+/// More objects than kube-rs's watcher asks for in one page (500): it lists page by page
+/// with `continue` tokens, and a Service on every page (and its slice) is forwarded.
+#[test]
+fn kube_lists_are_read_page_by_page() {
+    let topo = topology(2);
+    let _b = start_backends_in_process(&topo);
+    let api = ApiServer::start_in(topo.gateway());
+    let n = 1100;
+    let addr = |i: usize| format!("10.98.{}.{}", (i + 1) / 256, (i + 1) % 256);
+    for i in 0..n {
+        let name = format!("svc-{i:04}");
+        api.apply(service("bulk", &name, &addr(i), 80, "TCP"));
+        let k = 1 + i % 2;
+        let slice_name = format!("{name}-a");
+        api.apply(slice(
+            "bulk",
+            &slice_name,
+            &name,
+            8080,
+            "TCP",
+            &[pod(&topo, k)],
+        ));
+    }
+    let gw = start_gateway(&topo, &api, &["--service-cidr", "10.98.0.0/16"]);
+    // One Service from each page (sorted by namespace and name, as the server pages).
+    for i in [0, 499, 500, 999, 1000, n - 1] {
+        let want = format!("pod-{}", 1 + i % 2);
+        assert!(
+            wait_get(
+                &topo,
+                &format!("{}:80", addr(i)),
+                &want,
+                Duration::from_secs(15)
+            ),
+            "svc-{i:04}: {:?}\n{}",
+            get(&topo, &format!("{}:80", addr(i))),
+            gw.logs()
+        );
+    }
+    let requests = api.requests();
+    for path in [
+        "/api/v1/services",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+    ] {
+        let pages: Vec<&String> = requests
+            .iter()
+            .filter(|r| r.starts_with(&format!("{path}?")) && !r.contains("watch="))
+            .collect();
+        assert!(pages.iter().all(|r| r.contains("limit=500")), "{pages:?}");
+        // 1,100 objects: a first page and two more, each asked for with its token.
+        assert_eq!(
+            pages.iter().filter(|r| r.contains("continue=")).count(),
+            2,
+            "{pages:?}"
+        );
+    }
+}

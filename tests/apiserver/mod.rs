@@ -5,7 +5,8 @@
 //!   trusts it and carries a bearer token.
 //! - `GET /version`; `GET /api/v1/services`, `/apis/discovery.k8s.io/v1/endpointslices`,
 //!   `/apis/networking.k8s.io/v1/servicecidrs` (404 unless [`ApiServer::serve_service_cidrs`])
-//!   as lists with `metadata.resourceVersion`, and with `watch=1|true` as a chunked stream of
+//!   as lists with `metadata.resourceVersion` (paged with `limit` and `continue`, every page
+//!   from the first page's snapshot), and with `watch=1|true` as a chunked stream of
 //!   JSON lines `ADDED`/`MODIFIED`/`DELETED`/`BOOKMARK` (`allowWatchBookmarks`), ended when
 //!   `timeoutSeconds` expires. A watch from a resourceVersion older than the compaction
 //!   point gets an `ERROR` event with a `410 Gone` Status, as a real API server sends it.
@@ -94,6 +95,21 @@ struct Store {
     history: Vec<Change>,
     /// Watches from a resourceVersion below this get 410 Gone.
     compacted: u64,
+    /// Paged lists in progress: the items of each as they were at its first page, served
+    /// page by page from there (a real server serves every page from the first page's
+    /// resourceVersion), by the number in its continue token. Dropped at compaction.
+    snapshots: BTreeMap<u64, Snapshot>,
+    next_snapshot: u64,
+}
+
+/// Paged lists kept at once.
+const MAX_SNAPSHOTS: usize = 64;
+
+#[derive(Debug)]
+struct Snapshot {
+    res: Res,
+    rv: u64,
+    items: Vec<Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -456,6 +472,7 @@ impl ApiServer {
         {
             let mut store = self.shared.store.lock().unwrap();
             store.compacted = store.rv + 1;
+            store.snapshots.clear();
         }
         self.shared.expire_epoch.send_modify(|e| *e += 1);
     }
@@ -722,8 +739,10 @@ async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         if !watching {
             // A client that lists again has given up its stalled watch.
             shared.faults.lock().unwrap().frozen.remove(&res);
-            let body = list(&shared, res);
-            respond(&mut s, 200, &body).await?;
+            match list(&shared, res, &req.query) {
+                Ok(body) => respond(&mut s, 200, &body).await?,
+                Err((code, body)) => respond(&mut s, code, &body).await?,
+            }
             continue;
         }
         watch_stream(&mut s, &shared, res, &req, &faults).await?;
@@ -733,18 +752,80 @@ async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     Ok(())
 }
 
-fn list(shared: &Shared, res: Res) -> Value {
-    let store = shared.store.lock().unwrap();
-    let items: Vec<Value> = store
-        .objects
-        .range((res, String::new(), String::new())..)
-        .take_while(|(k, _)| k.0 == res)
-        .map(|(_, v)| (**v).clone())
-        .collect();
+/// A list, or a page of it: with `limit`, at most that many items and, when more remain,
+/// `metadata.continue` and `remainingItemCount`, as a real API server pages (kube-rs's
+/// watcher asks for pages of 500). A `continue` token this server did not give, or one
+/// from before a compaction ([`ApiServer::expire_watches`]), gets 410 Expired.
+fn list(
+    shared: &Shared,
+    res: Res,
+    query: &BTreeMap<String, String>,
+) -> Result<Value, (u16, Value)> {
+    let bad = |msg: &str| (400, status_body(400, "BadRequest", msg));
+    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return Err(bad("limit must be a non-negative integer")),
+    };
+    let mut store = shared.store.lock().unwrap();
+    let (snapshot, offset) = match query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => {
+            let parsed = token
+                .split_once('.')
+                .and_then(|(id, at)| Some((id.parse::<u64>().ok()?, at.parse::<usize>().ok()?)));
+            let Some((id, at)) = parsed else {
+                return Err(bad("continue key is not valid"));
+            };
+            match store.snapshots.get(&id) {
+                Some(snap) if snap.res == res => (id, at),
+                _ => {
+                    return Err((
+                        410,
+                        status_body(
+                            410,
+                            "Expired",
+                            "The provided continue parameter is too old to display a \
+                             consistent list result. You can start a new list without the \
+                             continue parameter.",
+                        ),
+                    ))
+                }
+            }
+        }
+        None => {
+            let items: Vec<Value> = store
+                .objects
+                .range((res, String::new(), String::new())..)
+                .take_while(|(k, _)| k.0 == res)
+                .map(|(_, v)| (**v).clone())
+                .collect();
+            let rv = store.rv;
+            let id = store.next_snapshot;
+            store.next_snapshot += 1;
+            // Lists a client gave up on are forgotten, oldest first (their tokens expire).
+            while store.snapshots.len() >= MAX_SNAPSHOTS {
+                store.snapshots.pop_first();
+            }
+            store.snapshots.insert(id, Snapshot { res, rv, items });
+            (id, 0)
+        }
+    };
+    let snap = &store.snapshots[&snapshot];
+    let end = if limit == 0 {
+        snap.items.len()
+    } else {
+        offset.saturating_add(limit).min(snap.items.len())
+    };
+    let items = snap.items.get(offset..end).unwrap_or_default().to_vec();
+    let mut metadata = json!({"resourceVersion": snap.rv.to_string()});
+    if end < snap.items.len() {
+        metadata["continue"] = json!(format!("{snapshot}.{end}"));
+        metadata["remainingItemCount"] = json!(snap.items.len() - end);
+    } else {
+        store.snapshots.remove(&snapshot);
+    }
     let (api, kind) = res.list_kind();
-    json!({"apiVersion": api, "kind": kind,
-           "metadata": {"resourceVersion": store.rv.to_string()},
-           "items": items})
+    Ok(json!({"apiVersion": api, "kind": kind, "metadata": metadata, "items": items}))
 }
 
 async fn write_chunk<S: tokio::io::AsyncWrite + Unpin>(
