@@ -691,6 +691,52 @@ mod tests {
 
     const LIMIT: Duration = Duration::from_secs(30);
 
+    /// `len` pseudo-random bytes each way at once through a gateway half using `pool`.
+    struct Transfer {
+        gw: tokio::task::JoinHandle<(Moved, u64, u64)>,
+        client: tokio::task::JoinHandle<(u64, usize)>,
+        endpoint: tokio::task::JoinHandle<(u64, usize)>,
+        /// Hashes of what the client and the endpoint send.
+        sent: (u64, u64),
+        len: usize,
+    }
+
+    fn start_transfer(p: Proxied, pool: &Arc<PipePool>, seed: u64, len: usize) -> Transfer {
+        let gw = spawn_gateway(p.gw_client, p.gw_upstream, pool.clone());
+        let (up, down) = (stream_bytes(seed, len), stream_bytes(seed + 1000, len));
+        let sent = (fnv(&up), fnv(&down));
+        Transfer {
+            gw,
+            client: tokio::spawn(exchange(p.client, up)),
+            endpoint: tokio::spawn(exchange(p.endpoint, down)),
+            sent,
+            len,
+        }
+    }
+
+    impl Transfer {
+        /// Wait for it to end: every byte arrived, in order, both ways, and the gateway
+        /// moved and counted each once and ended without an error.
+        async fn check(self, what: &str) {
+            let (at_client, at_endpoint, (moved, sent, received)) =
+                tokio::time::timeout(LIMIT, async {
+                    (
+                        self.client.await.unwrap(),
+                        self.endpoint.await.unwrap(),
+                        self.gw.await.unwrap(),
+                    )
+                })
+                .await
+                .expect("transfer finished");
+            let len = self.len as u64;
+            assert_eq!(at_endpoint, (self.sent.0, self.len), "{what}");
+            assert_eq!(at_client, (self.sent.1, self.len), "{what}");
+            assert!(moved.error.is_none(), "{what}: {:?}", moved.error);
+            assert_eq!((moved.to_endpoint, moved.to_client), (len, len), "{what}");
+            assert_eq!((sent, received), (len, len), "{what}");
+        }
+    }
+
     /// A refusal to inject (`EINVAL`, as for sockets that cannot splice): none (the default),
     /// every splice into a pipe, or every splice out of one once a first has moved only
     /// part of a burst, which leaves bytes in the pipe to drain.
@@ -726,33 +772,12 @@ mod tests {
     /// 4 MiB each way through a pool whose splices the kernel refuses in `mode`: every byte
     /// arrives, in order; returns the pool's (spliced, copied, refused) counts.
     async fn transfer_with_refusal(mode: u8) -> (u64, u64, u64) {
-        let p = proxied().await;
         let pool = Arc::new(PipePool::new(4, PIPE_SIZE));
         pool.fault.mode.store(mode, Ordering::Relaxed);
-        let gw = spawn_gateway(p.gw_client, p.gw_upstream, pool.clone());
         let len = 4 << 20;
-        let (up, down) = (stream_bytes(31, len), stream_bytes(32, len));
-        let (up_hash, down_hash) = (fnv(&up), fnv(&down));
-        let client = tokio::spawn(exchange(p.client, up));
-        let endpoint = tokio::spawn(exchange(p.endpoint, down));
-        let (at_client, at_endpoint, (moved, sent, received)) =
-            tokio::time::timeout(LIMIT, async {
-                (
-                    client.await.unwrap(),
-                    endpoint.await.unwrap(),
-                    gw.await.unwrap(),
-                )
-            })
-            .await
-            .expect("transfer finished");
-        assert_eq!(at_endpoint, (up_hash, len), "mode {mode}");
-        assert_eq!(at_client, (down_hash, len), "mode {mode}");
-        assert!(moved.error.is_none(), "{:?}", moved.error);
-        assert_eq!(
-            (moved.to_endpoint, moved.to_client),
-            (len as u64, len as u64)
-        );
-        assert_eq!((sent, received), (len as u64, len as u64));
+        start_transfer(proxied().await, &pool, 31, len)
+            .check(&format!("refusal mode {mode}"))
+            .await;
         // A pipe that failed is closed, never pooled; the others came back.
         assert_eq!(pool.idle(), pool.open(), "pipes not given back");
         let stats = pool.stats();
@@ -782,28 +807,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sixteen_mib_each_way_at_once_arrive_intact() {
-        let p = proxied().await;
         let pool = Arc::new(PipePool::new(4, PIPE_SIZE));
-        let gw = spawn_gateway(p.gw_client, p.gw_upstream, pool.clone());
         let len = 16 << 20;
-        let (up, down) = (stream_bytes(1, len), stream_bytes(2, len));
-        let (up_hash, down_hash) = (fnv(&up), fnv(&down));
-        let client = tokio::spawn(exchange(p.client, up));
-        let endpoint = tokio::spawn(exchange(p.endpoint, down));
-        let (at_client, at_endpoint) = tokio::time::timeout(LIMIT, async {
-            (client.await.unwrap(), endpoint.await.unwrap())
-        })
-        .await
-        .expect("transfer finished");
-        assert_eq!(at_endpoint, (up_hash, len));
-        assert_eq!(at_client, (down_hash, len));
-        let (moved, sent, received) = gw.await.unwrap();
-        assert!(moved.error.is_none(), "{:?}", moved.error);
-        assert_eq!(
-            (moved.to_endpoint, moved.to_client),
-            (len as u64, len as u64)
-        );
-        assert_eq!((sent, received), (len as u64, len as u64));
+        start_transfer(proxied().await, &pool, 1, len)
+            .check("16 MiB")
+            .await;
         assert!(pool.open() > 0, "no pipe was used");
         assert_eq!(pool.idle(), pool.open(), "pipes not given back");
         let stats = pool.stats();
@@ -893,30 +901,10 @@ mod tests {
             let pool = Arc::new(PipePool::new(pipes, PIPE_SIZE));
             let mut flows = Vec::new();
             for i in 0..4u64 {
-                let p = proxied().await;
-                let gw = spawn_gateway(p.gw_client, p.gw_upstream, pool.clone());
-                let len = 2 << 20;
-                let (up, down) = (stream_bytes(10 + i, len), stream_bytes(20 + i, len));
-                let want = (fnv(&up), fnv(&down));
-                let client = tokio::spawn(exchange(p.client, up));
-                let endpoint = tokio::spawn(exchange(p.endpoint, down));
-                flows.push((gw, client, endpoint, want, len));
+                flows.push(start_transfer(proxied().await, &pool, 10 + i, 2 << 20));
             }
-            for (gw, client, endpoint, (up, down), len) in flows {
-                let (at_client, at_endpoint, (moved, sent, received)) =
-                    tokio::time::timeout(LIMIT, async {
-                        (
-                            client.await.unwrap(),
-                            endpoint.await.unwrap(),
-                            gw.await.unwrap(),
-                        )
-                    })
-                    .await
-                    .expect("transfer finished");
-                assert_eq!(at_endpoint, (up, len), "pool of {pipes}");
-                assert_eq!(at_client, (down, len), "pool of {pipes}");
-                assert!(moved.error.is_none(), "{:?}", moved.error);
-                assert_eq!((sent, received), (len as u64, len as u64));
+            for flow in flows {
+                flow.check(&format!("pool of {pipes}")).await;
             }
             assert!(pool.open() <= pipes);
             assert_eq!(pool.idle(), pool.open());
