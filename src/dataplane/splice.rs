@@ -694,6 +694,22 @@ mod tests {
 
     const LIMIT: Duration = Duration::from_secs(30);
 
+    /// Write `msg`, then half-close.
+    async fn say_and_close(s: &mut TcpStream, msg: &[u8]) {
+        s.write_all(msg).await.unwrap();
+        s.shutdown().await.unwrap();
+    }
+
+    /// Everything `s` receives up to EOF, which must come within `limit` (`what` if not).
+    async fn read_all(s: &mut TcpStream, limit: Duration, what: &str) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(limit, s.read_to_end(&mut got))
+            .await
+            .expect(what)
+            .unwrap();
+        got
+    }
+
     /// `len` pseudo-random bytes each way at once through a gateway half using `pool`.
     struct Transfer {
         gw: tokio::task::JoinHandle<(Moved, u64, u64)>,
@@ -834,22 +850,12 @@ mod tests {
         let mut p = proxied().await;
         let pool = Arc::new(PipePool::new(2, PIPE_SIZE));
         let gw = spawn_gateway(p.gw_client, p.gw_upstream, pool.clone());
-        p.client.write_all(b"question").await.unwrap();
-        p.client.shutdown().await.unwrap();
-        let mut asked = Vec::new();
-        tokio::time::timeout(LIMIT, p.endpoint.read_to_end(&mut asked))
-            .await
-            .expect("endpoint sees EOF")
-            .unwrap();
+        say_and_close(&mut p.client, b"question").await;
+        let asked = read_all(&mut p.endpoint, LIMIT, "endpoint sees EOF").await;
         assert_eq!(asked, b"question");
-        p.endpoint.write_all(b"the answer").await.unwrap();
-        p.endpoint.shutdown().await.unwrap();
+        say_and_close(&mut p.endpoint, b"the answer").await;
         // The second EOF is passed on by the close, not a shutdown: a clean EOF, no reset.
-        let mut answer = Vec::new();
-        tokio::time::timeout(LIMIT, p.client.read_to_end(&mut answer))
-            .await
-            .expect("client sees the answer and EOF")
-            .unwrap();
+        let answer = read_all(&mut p.client, LIMIT, "client sees the answer and EOF").await;
         assert_eq!(answer, b"the answer");
         let (moved, sent, received) = tokio::time::timeout(LIMIT, gw).await.unwrap().unwrap();
         assert!(moved.error.is_none(), "{:?}", moved.error);
@@ -947,30 +953,22 @@ mod tests {
         for client_done_first in [false, true] {
             let mut p = proxied().await;
             if client_done_first {
-                p.client.write_all(b"question").await.unwrap();
-                p.client.shutdown().await.unwrap();
+                say_and_close(&mut p.client, b"question").await;
             }
-            p.endpoint.write_all(b"the answer").await.unwrap();
-            p.endpoint.shutdown().await.unwrap();
+            say_and_close(&mut p.endpoint, b"the answer").await;
             // The gateway starts with the answer and its FIN both waiting.
             tokio::time::sleep(Duration::from_millis(20)).await;
             let pool = Arc::new(PipePool::new(2, PIPE_SIZE));
             let gw = spawn_gateway(p.gw_client, p.gw_upstream, pool);
-            let mut answer = Vec::new();
-            tokio::time::timeout(Duration::from_secs(2), p.client.read_to_end(&mut answer))
-                .await
-                .expect("the held answer and the FIN arrive within 2 s")
-                .unwrap();
+            let within = Duration::from_secs(2);
+            let what = "the held answer and the FIN arrive within 2 s";
+            let answer = read_all(&mut p.client, within, what).await;
             assert_eq!(answer, b"the answer");
             if !client_done_first {
-                p.client.write_all(b"question").await.unwrap();
-                p.client.shutdown().await.unwrap();
+                say_and_close(&mut p.client, b"question").await;
             }
-            let mut asked = Vec::new();
-            tokio::time::timeout(LIMIT, p.endpoint.read_to_end(&mut asked))
-                .await
-                .expect("endpoint sees the question and EOF")
-                .unwrap();
+            let what = "endpoint sees the question and EOF";
+            let asked = read_all(&mut p.endpoint, LIMIT, what).await;
             assert_eq!(asked, b"question");
             let (moved, ..) = tokio::time::timeout(LIMIT, gw).await.unwrap().unwrap();
             assert!(moved.error.is_none(), "{:?}", moved.error);
