@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# clusterway benchmark: client -- gateway -- pod in network namespaces, four paths compared
+# clusterway benchmark: client -- gateway -- pod in network namespaces, five paths compared
 # in one interleaved run. See bench/README.md. Never touches the host namespace: everything
 # (links, addresses, routes, sysctls, nftables, servers) lives in namespaces this script
 # creates, and a trap removes them on exit, also after a failure or Ctrl-C.
 #
 # Environment: REPS (5) repetitions, DUR (5) seconds per measurement, PATHS ("route dnat
-# haproxy clusterway"), CLUSTERWAY (target/release/clusterway), OUT (bench/results/<date>),
-# IDLE_FLOWS (8000; 0 skips the idle-flow memory runs), IDLE_PATHS ("haproxy clusterway"),
-# FIGURES ("tcp1 tcp4 rtt http_ka http_close"; a subset for quick A/B runs).
+# haproxy clusterway workers"; workers is clusterway run --proxy-on-workers), CLUSTERWAY
+# (target/release/clusterway), OUT (bench/results/<date>), IDLE_FLOWS (8000; 0 skips the
+# idle-flow memory runs), IDLE_PATHS ("haproxy clusterway"; workers may be added), FIGURES
+# ("tcp1 tcp4 rtt http_ka http_close"; a subset for quick A/B runs).
 set -euo pipefail
 
 REPS=${REPS:-5}
 DUR=${DUR:-5}
-PATHS=${PATHS:-"route dnat haproxy clusterway"}
+PATHS=${PATHS:-"route dnat haproxy clusterway workers"}
 IDLE_FLOWS=${IDLE_FLOWS:-8000}
 IDLE_PATHS=${IDLE_PATHS:-"haproxy clusterway"}
 FIGURES=${FIGURES:-"tcp1 tcp4 rtt http_ka http_close"}
@@ -228,8 +229,10 @@ clusterway_available() {
     [ -x "$CLUSTERWAY" ] && "$CLUSTERWAY" run --help >/dev/null 2>&1
 }
 
+# clusterway; further arguments are passed to `clusterway run`.
 setup_clusterway() {
     local dir=$1
+    shift
     cat >"$dir/snapshot.yaml" <<EOF
 apiVersion: v1
 kind: List
@@ -262,7 +265,7 @@ EOF
     # Started with the hard descriptor limit (set at the top): it sizes its TCP flow table
     # from RLIMIT_NOFILE. `ip netns exec` execs the command, so $! is clusterway itself.
     ip netns exec "$GW" "$CLUSTERWAY" run --from-file "$dir/snapshot.yaml" \
-        --service-cidr 10.96.0.0/16 >"$dir/clusterway.log" 2>&1 &
+        --service-cidr 10.96.0.0/16 "$@" >"$dir/clusterway.log" 2>&1 &
     GW_PID=$!
     local i
     for i in $(seq 100); do
@@ -277,6 +280,9 @@ EOF
     done
     die "clusterway did not route $VIP via cw0 in 10 s; log: $(tail -20 "$dir/clusterway.log")"
 }
+
+# clusterway with each flow's proxy on the dataplane thread that reads its packets.
+setup_workers() { setup_clusterway "$1" --proxy-on-workers; }
 
 # --- measurements ----------------------------------------------------------------------------
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$SAMPLES"; }
@@ -456,15 +462,15 @@ run_paths=()
 for path in $PATHS; do
     case $path in
     route | dnat | haproxy) run_paths+=("$path") ;;
-    clusterway)
+    clusterway | workers)
         if clusterway_available; then
-            run_paths+=(clusterway)
+            run_paths+=("$path")
         else
             log "SKIPPING clusterway: $CLUSTERWAY missing or has no 'run' subcommand" \
                 "(build it with: cargo build --release)"
         fi
         ;;
-    *) die "unknown path '$path' (route dnat haproxy clusterway)" ;;
+    *) die "unknown path '$path' (route dnat haproxy clusterway workers)" ;;
     esac
 done
 # Idle-flow runs: only gateways that are a process (RSS), and only paths selected above.
@@ -472,9 +478,9 @@ idle_paths=()
 if [ "$IDLE_FLOWS" -gt 0 ]; then
     for path in $IDLE_PATHS; do
         case $path in
-        haproxy | clusterway)
+        haproxy | clusterway | workers)
             if [[ " ${run_paths[*]} " == *" $path "* ]]; then idle_paths+=("$path"); fi ;;
-        *) die "IDLE_PATHS: '$path' is not a gateway process (haproxy clusterway)" ;;
+        *) die "IDLE_PATHS: '$path' is not a gateway process (haproxy clusterway workers)" ;;
         esac
     done
 fi

@@ -11,6 +11,7 @@ PATHS = [
     ("dnat", "kernel DNAT (nft)"),
     ("haproxy", "HAProxy TCP, splice"),
     ("clusterway", "clusterway"),
+    ("workers", "clusterway --proxy-on-workers"),
 ]
 # (metric, label, better, ratio to DNAT?, format)
 METRICS = [
@@ -99,9 +100,11 @@ def main():
               f" {statistics.median(bg):.2f} cores of other load): the machine-wide CPU per"
               " Gbit/s counts that load too; with the cores saturated it is close to"
               " cores / Gbit/s, i.e. it mostly restates throughput.")
-    hp, cw = medians.get(("haproxy", "cpu_gw")), medians.get(("clusterway", "cpu_gw"))
-    if hp and cw:
-        print(f"gateway process CPU per Gbit/s, clusterway / HAProxy: {cw / hp:.2f}")
+    hp = medians.get(("haproxy", "cpu_gw"))
+    for path, label in paths:
+        cw = medians.get((path, "cpu_gw"))
+        if hp and cw and path != "haproxy":
+            print(f"gateway process CPU per Gbit/s, {label} / HAProxy: {cw / hp:.2f}")
     for path, label in paths:
         ok, n = medians.get((path, "idle_ok")), medians.get((path, "idle_n"))
         pod, still = medians.get((path, "idle_pod")), medians.get((path, "idle_still"))

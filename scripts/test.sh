@@ -41,11 +41,14 @@ echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "==> cargo test"
 cargo test --all-targets 2>&1
-# The dataplane suite again: without TUN offloads, and with several queues (workers).
+# The dataplane suite again: without TUN offloads, with several queues (workers), and with
+# the proxy on the workers (a listener port each).
 echo "==> cargo test --test dataplane, offloads off, 3 queues"
 CLUSTERWAY_NO_OFFLOAD=1 CLUSTERWAY_QUEUES=3 cargo test --test dataplane 2>&1
 echo "==> cargo test --test dataplane, offloads on, 4 queues"
 CLUSTERWAY_QUEUES=4 cargo test --test dataplane 2>&1
+echo "==> cargo test --test dataplane, proxy on the workers, 2 queues"
+CLUSTERWAY_PROXY_ON_WORKERS=1 CLUSTERWAY_QUEUES=2 cargo test --test dataplane 2>&1
 left=$(ip netns list | grep -c '^cw' || true)
 if [ "$left" != 0 ]; then
   echo "scripts/test.sh: $left test network namespace(s) left behind:" >&2

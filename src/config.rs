@@ -86,9 +86,19 @@ pub struct RunArgs {
     pub no_offload: bool,
 
     /// TUN queues, each read by a dataplane thread of its own (1 to 16). Default: half the
-    /// cores (at least one); the proxy's runtime gets the other cores.
+    /// cores (at least one), the proxy's runtime getting the other cores; with
+    /// `--proxy-on-workers`, all cores but one (at least one).
     #[arg(long, env = "CLUSTERWAY_QUEUES", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16))]
     pub queues: Option<u16>,
+
+    /// Run each flow's proxy on the dataplane thread that reads its packets, instead of on
+    /// a runtime of its own (the default). A packet and the socket it wakes are then handled
+    /// by one thread: a third less CPU per Gbit/s for bulk and more throughput with several
+    /// streams, but one thread's share of the CPU for connection set-up, which makes new
+    /// connections about a fifth slower where load shares the gateway's cores (see the
+    /// README's performance section).
+    #[arg(long, env = "CLUSTERWAY_PROXY_ON_WORKERS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub proxy_on_workers: bool,
 
     /// After a burst of packets, a dataplane thread keeps reading its queue this long
     /// before it sleeps (e.g. 50us; 0 turns it off), yielding the core to any other runnable
@@ -166,16 +176,35 @@ pub fn cores() -> usize {
 }
 
 impl RunArgs {
-    /// TUN queues and dataplane threads: `--queues`, else half the cores (at least one).
+    /// TUN queues and dataplane threads: `--queues`, else half the cores (all but one with
+    /// `--proxy-on-workers`), at least one.
     pub fn queue_count(&self) -> usize {
-        self.queues
-            .map_or_else(|| (cores() / 2).max(1), usize::from)
+        let default = if self.proxy_on_workers {
+            cores().saturating_sub(1)
+        } else {
+            cores() / 2
+        };
+        self.queues.map_or(default.max(1), usize::from)
     }
 
-    /// Threads of the async runtime (listeners, proxied connections, UDP replies, status
-    /// server): the cores the dataplane threads leave, at least one.
+    /// Threads of the shared async runtime: the cores the dataplane threads leave (at least
+    /// one) when it runs the proxy, one when the workers do (then it only serves the status
+    /// page and the control plane).
     pub fn runtime_threads(&self) -> usize {
-        cores().saturating_sub(self.queue_count()).max(1)
+        if self.proxy_on_workers {
+            1
+        } else {
+            cores().saturating_sub(self.queue_count()).max(1)
+        }
+    }
+
+    /// Where the proxy runs, as the start-up log says it.
+    pub fn proxy_threads(&self) -> &'static str {
+        if self.proxy_on_workers {
+            "workers"
+        } else {
+            "runtime"
+        }
     }
 
     /// The exposure policy the flags describe.

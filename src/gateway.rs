@@ -122,12 +122,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let queues = args.queue_count();
     let device = TunDevice::open(&args.tun_name, queues, !args.no_offload)?;
     let threads = args.runtime_threads();
+    let proxy = args.proxy_threads();
     match device.offload {
         Some(o) => {
-            tracing::info!(device = %device.name, queues, runtime_threads = threads, offloads = %o, "TUN device created")
+            tracing::info!(device = %device.name, queues, runtime_threads = threads, proxy, offloads = %o, "TUN device created")
         }
         None => {
-            tracing::info!(device = %device.name, queues, runtime_threads = threads, "TUN device created without offloads")
+            tracing::info!(device = %device.name, queues, runtime_threads = threads, proxy, "TUN device created without offloads")
         }
     }
     let result = serve(&args, limits, &host, &device, source).await;
@@ -192,15 +193,29 @@ async fn serve(
         sysctl::ensure("net.ipv6.conf.all.forwarding", "1")?;
     }
 
-    let l4 = bind_listener(SocketAddr::new(listener_v4.into(), 0))
-        .context("cannot bind the IPv4 listener")?;
-    let port = l4.local_addr()?.port();
-    let mut listeners = vec![l4];
-    if ipv6 {
-        let l6 = bind_listener(SocketAddr::new(listener_v6.into(), port))
-            .with_context(|| format!("cannot bind the IPv6 listener on port {port}"))?;
-        listeners.push(l6);
+    // The listeners: one port for the proxy on the shared runtime, or one per worker when
+    // the workers run it (a flow's tuple names its worker, see dataplane::shared).
+    let owners = if args.proxy_on_workers {
+        device.queues.len()
+    } else {
+        1
+    };
+    let mut listener_sets = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..owners {
+        let l4 = bind_listener(SocketAddr::new(listener_v4.into(), 0))
+            .context("cannot bind the IPv4 listener")?;
+        let port = l4.local_addr()?.port();
+        let mut listeners = vec![l4];
+        if ipv6 {
+            let l6 = bind_listener(SocketAddr::new(listener_v6.into(), port))
+                .with_context(|| format!("cannot bind the IPv6 listener on port {port}"))?;
+            listeners.push(l6);
+        }
+        listener_sets.push(listeners);
+        ports.push(port);
     }
+    let ports: Arc<[u16]> = ports.into();
 
     let stats = Arc::new(Stats::default());
     let table = Arc::new(ArcSwap::from_pointee(first));
@@ -230,7 +245,11 @@ async fn serve(
     // so the NAT's bound (table full: RST, counted) is the one that acts under a SYN flood;
     // this one only guards against entries whose NAT side already expired.
     let pending = Arc::new(PendingFlows::new(limits.tcp_flows as usize));
-    let shared = Arc::new(SharedFlows::new(nat.clone(), Instant::now()));
+    let shared = Arc::new(SharedFlows::with_owners(
+        nat.clone(),
+        owners,
+        Instant::now(),
+    ));
     let mut config = EngineConfig::new(nat, limits.udp_flows as usize);
     config.udp_idle = args.udp_idle_timeout;
     // One worker per queue, each on a thread of its own reading its queue directly (see
@@ -238,11 +257,18 @@ async fn serve(
     let (worker_done_tx, mut worker_done) = mpsc::channel(device.queues.len());
     let runtime = tokio::runtime::Handle::current();
     let mut worker_threads = Vec::new();
+    let pipes = Arc::new(PipePool::with_stats(
+        limits.pipes as usize,
+        PIPE_SIZE,
+        stats.splice.clone(),
+    ));
+    let mut listener_sets = listener_sets.into_iter();
     for (index, queue) in device.queues.iter().enumerate() {
         let engine = Engine::with_shared(
             config.clone(),
             shared.clone(),
-            port,
+            ports.clone(),
+            index % owners,
             stats.clone(),
             Instant::now(),
         );
@@ -261,12 +287,21 @@ async fn serve(
         };
         let done = worker_done_tx.clone();
         let runtime = runtime.clone();
+        let local = args.proxy_on_workers.then(|| Acceptor {
+            listeners: listener_sets.next().unwrap_or_default(),
+            pending: pending.clone(),
+            shared: shared.clone(),
+            stats: stats.clone(),
+            pipes: pipes.clone(),
+        });
         let thread = std::thread::Builder::new()
             .name(format!("cw-dataplane-{index}"))
             .spawn(move || {
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                    worker.run(runtime)
-                }));
+                let r =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match local {
+                        Some(acceptor) => worker.run_with_proxy(acceptor),
+                        None => worker.run(runtime),
+                    }));
                 // One message per worker, and room for each: never full.
                 let _ = done.try_send(r.map_err(|_| ()));
             })
@@ -275,15 +310,11 @@ async fn serve(
     }
     drop(worker_done_tx);
     let acceptor = Acceptor {
-        listeners,
+        listeners: listener_sets.next().unwrap_or_default(),
         pending,
         shared,
         stats: stats.clone(),
-        pipes: Arc::new(PipePool::with_stats(
-            limits.pipes as usize,
-            PIPE_SIZE,
-            stats.splice.clone(),
-        )),
+        pipes,
     };
     let acceptor_task = tokio::spawn(acceptor.run());
     let trim_task = tokio::spawn(crate::dataplane::memory::trim_after_flows_close(
@@ -334,7 +365,7 @@ async fn serve(
         match generation {
             0 => {}
             1 => {
-                tracing::info!(device = %device.name, listener_port = port, generation, "gateway ready")
+                tracing::info!(device = %device.name, listener_ports = ?ports, generation, "gateway ready")
             }
             _ => tracing::info!(generation, "table applied"),
         }

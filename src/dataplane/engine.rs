@@ -131,8 +131,12 @@ pub struct Engine<T> {
     errors: RateLimit,
     inner_v4: Ipv4Net,
     inner_v6: Ipv6Net,
-    listener_v4: SocketAddr,
-    listener_v6: SocketAddr,
+    listener_v4: IpAddr,
+    listener_v6: IpAddr,
+    /// The listener port of each worker (index: [`SharedFlows::owner_of`]).
+    listener_ports: Arc<[u16]>,
+    /// This engine's worker: the owner of the flows it maps.
+    worker: usize,
     stats: Arc<Stats>,
     generation: u64,
 }
@@ -142,20 +146,25 @@ impl<T> Engine<T> {
     /// listeners bound on L (both families).
     pub fn new(config: EngineConfig, listener_port: u16, stats: Arc<Stats>, now: Instant) -> Self {
         let shared = Arc::new(SharedFlows::new(config.nat.clone(), now));
-        Self::with_shared(config, shared, listener_port, stats, now)
+        Self::with_shared(config, shared, Arc::new([listener_port]), 0, stats, now)
     }
 
-    /// An engine of one worker among several, all using `shared` (made from the same
-    /// `config.nat`).
+    /// The engine of worker `worker` among several, all using `shared` (made from the same
+    /// `config.nat`, dealt out to as many owners as there are `listener_ports`: one port
+    /// per worker, bound on L in both families).
     pub fn with_shared(
         config: EngineConfig,
         shared: Arc<SharedFlows>,
-        listener_port: u16,
+        listener_ports: Arc<[u16]>,
+        worker: usize,
         stats: Arc<Stats>,
         now: Instant,
     ) -> Self {
-        let listener_v4 = SocketAddr::new(config.nat.listener_v4().into(), listener_port);
-        let listener_v6 = SocketAddr::new(config.nat.listener_v6().into(), listener_port);
+        assert_eq!(
+            listener_ports.len(),
+            shared.owners(),
+            "one listener port per worker"
+        );
         Engine {
             inner_v4: config.nat.inner_v4,
             inner_v6: config.nat.inner_v6,
@@ -170,8 +179,10 @@ impl<T> Engine<T> {
             ),
             frag_out: vec![0u8; packet::MAX_PACKET].into_boxed_slice(),
             errors: RateLimit::new(config.error_rate, config.error_burst, now),
-            listener_v4,
-            listener_v6,
+            listener_v4: config.nat.listener_v4().into(),
+            listener_v6: config.nat.listener_v6().into(),
+            listener_ports,
+            worker,
             stats,
             generation: 0,
         }
@@ -192,12 +203,17 @@ impl<T> Engine<T> {
         }
     }
 
-    fn listener(&self, v6: bool) -> SocketAddr {
-        if v6 {
+    /// The listener `L:lp` the connection of the flow mapped to `virt` goes to: that of
+    /// the worker that mapped it.
+    fn listener(&self, virt: &SocketAddr) -> SocketAddr {
+        let owner = self.nat.owner_of(virt).unwrap_or(0);
+        let port = self.listener_ports[owner % self.listener_ports.len()];
+        let ip = if virt.is_ipv6() {
             self.listener_v6
         } else {
             self.listener_v4
-        }
+        };
+        SocketAddr::new(ip, port)
     }
 
     /// Decide what to do with `buf[..len]`, a packet read from the TUN device. `buf` must
@@ -298,7 +314,7 @@ impl<T> Engine<T> {
             return Verdict::Drop(Reason::NoReverseFlow);
         };
         let virt = SocketAddr::new(pkt.dst, dst_port);
-        if SocketAddr::new(pkt.src, src_port) != self.listener(pkt.src.is_ipv6()) {
+        if SocketAddr::new(pkt.src, src_port) != self.listener(&virt) {
             return Verdict::Drop(Reason::NoReverseFlow);
         }
         match self.nat.reverse(&virt) {
@@ -323,11 +339,10 @@ impl<T> Engine<T> {
         scratch: &mut [u8],
     ) -> Verdict<'_, T> {
         let syn = flags.has(TcpFlags::SYN) && !flags.has(TcpFlags::ACK);
-        let listener = self.listener(pkt.src.is_ipv6());
-        if let Some((virt, state)) = self.nat.get(&key) {
+        if let Some((virt, state)) = self.nat.get(&key, self.worker) {
             let reopened = syn && matches!(state, FlowState::Closed { .. });
             if !reopened {
-                packet::rewrite(buf, pkt, virt, listener, csum);
+                packet::rewrite(buf, pkt, virt, self.listener(&virt), csum);
                 return Verdict::Forward { len: pkt.len };
             }
         }
@@ -349,9 +364,9 @@ impl<T> Engine<T> {
                 .tcp_conn(&port, key.client, ConnResult::NoEndpoints);
             return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
         };
-        match self.nat.insert(key, now) {
+        match self.nat.insert(key, self.worker, now) {
             Ok(virt) => {
-                packet::rewrite(buf, pkt, virt, listener, csum);
+                packet::rewrite(buf, pkt, virt, self.listener(&virt), csum);
                 Verdict::NewTcp {
                     len: pkt.len,
                     flow: PendingFlow {
@@ -427,10 +442,10 @@ impl<T> Engine<T> {
             client: inner.dst,
             service: inner.src,
         };
-        let Some((virt, _)) = self.nat.get(&key) else {
+        let Some((virt, _)) = self.nat.get(&key, self.worker) else {
             return Verdict::Drop(Reason::IcmpIgnored);
         };
-        let listener = self.listener(virt.is_ipv6());
+        let listener = self.listener(&virt);
         if packet::rewrite_icmp_error(buf, pkt, listener.ip(), listener, virt) {
             Verdict::Forward { len: pkt.len }
         } else {

@@ -9,6 +9,16 @@
 //! of that shard, so the reply direction finds the shard from the tuple alone. Two workers
 //! meet on a lock only when their packets fall in the same shard at the same moment.
 //!
+//! Each worker also runs the proxy of the flows it maps (the acceptor of a listener port
+//! of its own, see `Worker::run`), so a flow is best handled start to end by one thread.
+//! The shards are therefore dealt out to the workers (shard `s` belongs to worker
+//! `s % owners`): a worker maps a new flow into one of its own shards, picked by the key's
+//! hash among that worker's, so the tuple names the worker whose listener takes the
+//! connection ([`SharedFlows::owner_of`]). A key is looked for in the `owners` shards its
+//! hash allows, the reader's own first: the kernel keeps both directions of a flow on the
+//! queue that last wrote them, which is the owner's, so that first look is almost always
+//! the one that finds it.
+//!
 //! The active-flow bound is global (an atomic count next to the shards). The balancer
 //! (round-robin position, ClientIP affinity) is shared too, behind one mutex, but it is
 //! taken once per new flow, never per packet of an existing one.
@@ -40,6 +50,8 @@ pub struct SharedFlows {
     balancer: Mutex<Balancer>,
     /// UDP flows over all workers (each worker holds its own and reports changes).
     udp_active: AtomicUsize,
+    /// Workers the shards are dealt out to (1 to [`SHARDS`]).
+    owners: usize,
 }
 
 /// A poisoned lock means a thread panicked mid-update; the dataplane's shared state is
@@ -59,7 +71,13 @@ fn carry(counter: &AtomicUsize, before: usize, after: usize) {
 }
 
 impl SharedFlows {
+    /// The NAT of a single worker.
     pub fn new(config: NatConfig, now: Instant) -> Self {
+        Self::with_owners(config, 1, now)
+    }
+
+    /// The NAT shared by `owners` workers (clamped to 1..=[`SHARDS`]).
+    pub fn with_owners(config: NatConfig, owners: usize, now: Instant) -> Self {
         let shards = (0..SHARDS)
             .map(|index| {
                 let part = Partition {
@@ -76,6 +94,7 @@ impl SharedFlows {
             hasher: rustc_hash::FxBuildHasher,
             balancer: Mutex::new(Balancer::new()),
             udp_active: AtomicUsize::new(0),
+            owners: owners.clamp(1, SHARDS),
         }
     }
 
@@ -83,16 +102,29 @@ impl SharedFlows {
         &self.config
     }
 
-    fn shard_of_key(&self, key: &FlowKey) -> &Mutex<NatTable> {
+    /// The shards `key` may live in, one per owner, owner `from`'s first.
+    fn shards_of_key(&self, key: &FlowKey, from: usize) -> impl Iterator<Item = usize> {
         let mut h = self.hasher.build_hasher();
         key.hash(&mut h);
         let h = std::hash::Hasher::finish(&h);
         // Fx leaves the low bits weak: fold the high ones in.
-        &self.shards[((h >> 32) ^ h) as usize % SHARDS]
+        let owners = self.owners;
+        let base = ((h >> 32) ^ h) as usize % (SHARDS / owners) * owners;
+        (0..owners).map(move |i| base + (from + i) % owners)
     }
 
     fn shard_of_virt(&self, virt: &SocketAddr) -> Option<&Mutex<NatTable>> {
         virtual_index(&self.config, *virt).map(|i| &self.shards[i % SHARDS])
+    }
+
+    /// The worker whose listener takes the connection of the flow mapped to `virt`.
+    pub fn owner_of(&self, virt: &SocketAddr) -> Option<usize> {
+        virtual_index(&self.config, *virt).map(|i| i % SHARDS % self.owners)
+    }
+
+    /// How many workers the shards are dealt out to.
+    pub fn owners(&self) -> usize {
+        self.owners
     }
 
     /// Run `f` on a shard and carry the change of its active count into the global one.
@@ -106,9 +138,10 @@ impl SharedFlows {
         r
     }
 
-    /// The virtual tuple of a known flow, and its state.
-    pub fn get(&self, key: &FlowKey) -> Option<(SocketAddr, FlowState)> {
-        lock(self.shard_of_key(key)).get(key)
+    /// The virtual tuple of a known flow, and its state; `from` is the asking worker.
+    pub fn get(&self, key: &FlowKey, from: usize) -> Option<(SocketAddr, FlowState)> {
+        self.shards_of_key(key, from)
+            .find_map(|s| lock(&self.shards[s]).get(key))
     }
 
     /// The original flow behind a virtual tuple.
@@ -116,10 +149,16 @@ impl SharedFlows {
         lock(self.shard_of_virt(virt)?).reverse(virt)
     }
 
-    /// Map a new flow (see [`NatTable::insert`]); refused when all shards together hold
-    /// the configured capacity of active flows.
-    pub fn insert(&self, key: FlowKey, now: Instant) -> Result<SocketAddr, NatError> {
-        let shard = self.shard_of_key(&key);
+    /// Map a new flow for worker `owner` (see [`NatTable::insert`]): in the shard that
+    /// already maps its key, else in one of `owner`'s. Refused when all shards together
+    /// hold the configured capacity of active flows.
+    pub fn insert(&self, key: FlowKey, owner: usize, now: Instant) -> Result<SocketAddr, NatError> {
+        let mut shards = self.shards_of_key(&key, owner);
+        let own = shards.next().unwrap_or(0);
+        let index = shards
+            .find(|&s| lock(&self.shards[s]).get(&key).is_some())
+            .unwrap_or(own);
+        let shard = &self.shards[index];
         self.counted(shard, |t| {
             // A still-mapped flow of the same key is replaced and frees its place.
             let replaced = t
@@ -224,9 +263,9 @@ mod tests {
         let s = SharedFlows::new(config(1000), now);
         let mut virts = std::collections::HashSet::new();
         for n in 1..=200 {
-            let v = s.insert(key(n), now).unwrap();
+            let v = s.insert(key(n), 0, now).unwrap();
             assert!(virts.insert(v), "{v} handed out twice");
-            assert_eq!(s.get(&key(n)).unwrap().0, v);
+            assert_eq!(s.get(&key(n), 0).unwrap().0, v);
             assert_eq!(s.reverse(&v).unwrap().0, key(n));
         }
         // The keys spread over the shards (none holds more than a third of them).
@@ -241,15 +280,15 @@ mod tests {
     fn the_capacity_is_global_and_closing_makes_room() {
         let now = Instant::now();
         let s = SharedFlows::new(config(3), now);
-        let v: Vec<_> = (1..=3).map(|n| s.insert(key(n), now).unwrap()).collect();
-        assert_eq!(s.insert(key(4), now), Err(NatError::TableFull));
+        let v: Vec<_> = (1..=3).map(|n| s.insert(key(n), 0, now).unwrap()).collect();
+        assert_eq!(s.insert(key(4), 0, now), Err(NatError::TableFull));
         // A SYN reusing a live key replaces its flow instead of being refused.
-        let again = s.insert(key(2), now).unwrap();
+        let again = s.insert(key(2), 0, now).unwrap();
         assert_eq!(s.active(), 3);
         s.accepted(v[0]);
         s.closed(v[0], now);
         assert_eq!(s.active(), 2);
-        assert!(s.insert(key(4), now).is_ok());
+        assert!(s.insert(key(4), 0, now).is_ok());
         // Closed flows go after their grace; unaccepted ones after the pending timeout.
         let later = now + Duration::from_secs(31);
         for index in 0..2 {
@@ -270,7 +309,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for n in 0..1000u16 {
                         let k = key(t * 1000 + n + 1);
-                        let v = s.insert(k, now).unwrap();
+                        let v = s.insert(k, 0, now).unwrap();
                         assert_eq!(s.reverse(&v).unwrap().0, k);
                         s.accepted(v);
                         s.closed(v, now);
@@ -283,5 +322,39 @@ mod tests {
         }
         assert_eq!(s.active(), 0);
         assert_eq!(s.len(), 4000);
+    }
+
+    #[test]
+    fn each_worker_maps_flows_its_listener_takes_and_every_worker_finds_them() {
+        let now = Instant::now();
+        let s = SharedFlows::with_owners(config(1000), 3, now);
+        assert_eq!(s.owners(), 3);
+        for n in 1..=300u16 {
+            let owner = usize::from(n % 3);
+            let v = s.insert(key(n), owner, now).unwrap();
+            assert_eq!(
+                s.owner_of(&v),
+                Some(owner),
+                "flow {n} mapped by worker {owner}"
+            );
+            for from in 0..3 {
+                assert_eq!(s.get(&key(n), from).unwrap().0, v);
+            }
+            assert_eq!(s.reverse(&v).unwrap().0, key(n));
+        }
+        assert_eq!(s.active(), 300);
+        // A SYN of a live key read by another worker replaces the flow where it is: one
+        // entry per key, and the owner stays the first mapper's.
+        let first = s.get(&key(1), 1).unwrap().0;
+        let again = s.insert(key(1), 2, now).unwrap();
+        assert_eq!(s.owner_of(&again), s.owner_of(&first));
+        assert_eq!(s.active(), 300);
+        assert_eq!(s.len(), 300);
+        // Owners past the shard count are clamped: every shard still has one.
+        assert_eq!(
+            SharedFlows::with_owners(config(10), 99, now).owners(),
+            SHARDS
+        );
+        assert_eq!(SharedFlows::with_owners(config(10), 0, now).owners(), 1);
     }
 }

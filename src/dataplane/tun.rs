@@ -104,6 +104,13 @@ fn check(n: isize) -> io::Result<usize> {
     }
 }
 
+/// For a reactor to wait on the queue (the worker that runs the proxy, too).
+impl AsRawFd for TunQueue {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl TunQueue {
     /// A packet if one is waiting (`WouldBlock` otherwise). Never blocks. `buf` should hold
     /// [`super::packet::MAX_PACKET`] bytes: with offloads, packets are up to 64 KiB.

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::AbortHandle;
 
@@ -74,45 +76,48 @@ pub struct Worker {
     pub busy_poll: Duration,
 }
 
+/// What one worker keeps between batches: its buffers and clocks.
+struct Loop {
+    epoch: Instant,
+    buf: Box<[u8]>,
+    scratch: Box<[u8]>,
+    last_expiry: Instant,
+    /// When the last packet was read (for busy polling).
+    last_packet: Instant,
+}
+
+impl Loop {
+    fn new() -> Loop {
+        let now = Instant::now();
+        Loop {
+            epoch: now,
+            buf: vec![0u8; packet::MAX_PACKET].into_boxed_slice(),
+            scratch: vec![0u8; 2048].into_boxed_slice(),
+            last_expiry: now,
+            last_packet: now,
+        }
+    }
+}
+
+/// What a batch did: packets handled, and whether the queue was found empty.
+struct Batch {
+    handled: usize,
+    drained: bool,
+}
+
 impl Worker {
     /// Run on the calling thread (a dedicated OS thread) until `shutdown` is set or the
-    /// queue fails. `runtime` is where UDP flow sockets and their reply tasks live.
+    /// queue fails; the proxy runs elsewhere (the acceptor on the shared runtime).
+    /// `runtime` is where UDP flow sockets and their reply tasks live.
     pub fn run(mut self, runtime: tokio::runtime::Handle) -> io::Result<()> {
         let _runtime = runtime.enter();
-        let epoch = Instant::now();
-        let mut buf = vec![0u8; packet::MAX_PACKET].into_boxed_slice();
-        let mut scratch = vec![0u8; 2048].into_boxed_slice();
-        let mut last_expiry = Instant::now();
-        let mut last_packet = Instant::now();
-        loop {
-            if self.shutdown.load(Ordering::Relaxed) {
-                return Ok(());
+        let mut state = Loop::new();
+        while self.housekeeping(&mut state) {
+            let batch = self.read_batch(&mut state)?;
+            if batch.handled > 0 {
+                continue;
             }
-            if last_expiry.elapsed() >= EXPIRY_INTERVAL {
-                last_expiry = Instant::now();
-                self.expire(epoch);
-            }
-            let mut handled = 0;
-            while handled < BATCH {
-                match self.queue.try_recv(&mut buf) {
-                    Ok(rx) => {
-                        handled += 1;
-                        match rx.hdr {
-                            Ok(hdr) => self.packet(&mut buf, rx.len, hdr, &mut scratch, epoch),
-                            Err(r) => {
-                                self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
-                                self.stats.count_drop(Reason::Malformed(r));
-                            }
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            if handled > 0 {
-                last_packet = Instant::now();
-            } else if last_packet.elapsed() < self.busy_poll {
+            if self.busy(&state) {
                 // Busy polling: the answer to what was just forwarded is likely on its way.
                 // Yielding, not spinning: a runnable thread (the proxy, a server on the same
                 // cores) gets the core first, so the poll only takes time nobody else wants.
@@ -122,6 +127,113 @@ impl Worker {
                 self.queue.wait_readable(IDLE_POLL_MS)?;
             }
         }
+        Ok(())
+    }
+
+    /// Run on the calling thread, with a runtime of its own that also runs `acceptor` (the
+    /// listeners of this worker's port) and the proxy tasks of the connections it accepts,
+    /// and the UDP flows this worker opens (`--proxy-on-workers`). A packet written into
+    /// the device and the socket it makes readable are then handled by one thread, without
+    /// waking another; see `shared` for how a flow's packets and its connection meet there.
+    pub fn run_with_proxy(self, acceptor: super::tcp::Acceptor) -> io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let accept = tokio::spawn(acceptor.run());
+            let r = self.run_local().await;
+            accept.abort();
+            r
+        })
+    }
+
+    /// The queue as one task among the proxy's: a batch, then the other tasks' turn.
+    async fn run_local(mut self) -> io::Result<()> {
+        // SAFETY: the Arc keeps the queue, and so its descriptor, open while this lives.
+        let queue =
+            unsafe { AsyncFd::register_with_interest(self.queue.clone(), Interest::READABLE) }
+                .map_err(io::Error::from)?;
+        let idle = Duration::from_millis(IDLE_POLL_MS as u64);
+        let mut state = Loop::new();
+        while self.housekeeping(&mut state) {
+            let batch = self.read_batch(&mut state)?;
+            if !batch.drained || self.busy(&state) {
+                // More to read (or busy polling): let the proxy tasks run first. The yield
+                // to the kernel's scheduler as in `run`: a server on the same cores, woken
+                // by what was just forwarded, gets the core before this thread polls again.
+                if batch.drained {
+                    std::thread::yield_now();
+                }
+                tokio::task::yield_now().await;
+                continue;
+            }
+            // The queue is empty: sleep until it is readable (or the idle tick passes).
+            // Readiness is cleared only here, after a read found it empty.
+            match tokio::time::timeout(idle, queue.readable()).await {
+                Ok(Ok(mut ready)) => ready.clear_ready(),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Between batches: expire idle flows when it is time; false once shutdown is set.
+    fn housekeeping(&mut self, state: &mut Loop) -> bool {
+        if self.shutdown.load(Ordering::Relaxed) {
+            return false;
+        }
+        if state.last_expiry.elapsed() >= EXPIRY_INTERVAL {
+            state.last_expiry = Instant::now();
+            self.expire(state.epoch);
+        }
+        true
+    }
+
+    /// Within the busy-poll time after the last packet.
+    fn busy(&self, state: &Loop) -> bool {
+        state.last_packet.elapsed() < self.busy_poll
+    }
+
+    /// Read and handle up to [`BATCH`] packets, stopping early when the queue is empty.
+    fn read_batch(&mut self, state: &mut Loop) -> io::Result<Batch> {
+        let mut handled = 0;
+        while handled < BATCH {
+            match self.queue.try_recv(&mut state.buf) {
+                Ok(rx) => {
+                    handled += 1;
+                    match rx.hdr {
+                        Ok(hdr) => self.packet(
+                            &mut state.buf,
+                            rx.len,
+                            hdr,
+                            &mut state.scratch,
+                            state.epoch,
+                        ),
+                        Err(r) => {
+                            self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+                            self.stats.count_drop(Reason::Malformed(r));
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if handled > 0 {
+                        state.last_packet = Instant::now();
+                    }
+                    return Ok(Batch {
+                        handled,
+                        drained: true,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        state.last_packet = Instant::now();
+        Ok(Batch {
+            handled,
+            drained: false,
+        })
     }
 
     fn expire(&mut self, epoch: Instant) {

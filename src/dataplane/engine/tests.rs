@@ -506,3 +506,82 @@ fn a_source_outside_the_allowed_cidrs_gets_a_rst_or_admin_prohibited() {
         Verdict::UdpNew { .. }
     ));
 }
+
+/// The listener port a packet the engine forwarded to L is addressed to, and its source.
+fn to_listener(b: &[u8]) -> (u16, SocketAddr) {
+    let p = parsed(b);
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not IPv4")
+    };
+    let Some(etherparse::TransportSlice::Tcp(th)) = p.transport else {
+        panic!("not TCP")
+    };
+    assert_eq!(ip.header().destination_addr().octets(), [198, 18, 0, 1]);
+    let src = SocketAddr::new(ip.header().source_addr().into(), th.source_port());
+    (th.destination_port(), src)
+}
+
+#[test]
+fn with_the_proxy_on_workers_a_flow_goes_to_the_listener_of_the_worker_that_mapped_it() {
+    let t0 = Instant::now();
+    let table = table();
+    let nat = NatConfig::new(
+        "198.18.0.0/16".parse().unwrap(),
+        "fdc7:7779::/64".parse().unwrap(),
+        100,
+    );
+    let shared = Arc::new(SharedFlows::with_owners(nat.clone(), 2, t0));
+    let ports: Arc<[u16]> = Arc::new([4000, 4001]);
+    let stats = Arc::new(Stats::default());
+    let mut workers: Vec<Engine<u32>> = (0..2)
+        .map(|w| {
+            let cfg = EngineConfig::new(nat.clone(), 2);
+            Engine::with_shared(cfg, shared.clone(), ports.clone(), w, stats.clone(), t0)
+        })
+        .collect();
+    for (sport, mapper) in [(41000u16, 1usize), (41001, 0), (41002, 1)] {
+        let syn = tcp(CLIENT, sport, WEB, 80, true, false);
+        let mut r = Run::new(&syn);
+        let flow = match r.handle(&mut workers[mapper], &table, syn.len(), t0) {
+            Verdict::NewTcp { flow, .. } => flow,
+            v => panic!("expected NewTcp, got {v:?}"),
+        };
+        let (port, virt) = to_listener(&r.buf[..syn.len()]);
+        assert_eq!(port, ports[mapper], "the SYN goes to the mapper's listener");
+        assert_eq!(virt, flow.virt);
+        // Whichever worker reads the flow's next packets sends them to that listener too.
+        for reader in workers.iter_mut() {
+            let ack = tcp(CLIENT, sport, WEB, 80, false, true);
+            let mut r = Run::new(&ack);
+            assert!(matches!(
+                r.handle(reader, &table, ack.len(), t0),
+                Verdict::Forward { .. }
+            ));
+            assert_eq!(to_listener(&r.buf[..ack.len()]), (port, virt));
+        }
+        // Replies are taken from that listener only, by either worker.
+        let IpAddr::V4(vip) = virt.ip() else { panic!() };
+        for reader in workers.iter_mut() {
+            for (from, taken) in [(ports[mapper], true), (ports[1 - mapper], false)] {
+                let reply = tcp(
+                    [198, 18, 0, 1],
+                    from,
+                    vip.octets(),
+                    virt.port(),
+                    false,
+                    true,
+                );
+                let mut r = Run::new(&reply);
+                let v = r.handle(reader, &table, reply.len(), t0);
+                if taken {
+                    assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+                } else {
+                    assert!(
+                        matches!(v, Verdict::Drop(Reason::NoReverseFlow)),
+                        "a reply from another worker's port: {v:?}"
+                    );
+                }
+            }
+        }
+    }
+}
