@@ -93,10 +93,10 @@ pub struct RunArgs {
 
     /// Run each flow's proxy on the dataplane thread that reads its packets, instead of on
     /// a runtime of its own (the default). A packet and the socket it wakes are then handled
-    /// by one thread: a third less CPU per Gbit/s for bulk and more throughput with several
-    /// streams, but one thread's share of the CPU for connection set-up, which makes new
-    /// connections about a fifth slower where load shares the gateway's cores (see the
-    /// README's performance section).
+    /// by one thread: about a quarter less CPU per Gbit/s and a shorter round trip, but one
+    /// thread's share of the CPU for connection set-up, which makes new connections about a
+    /// fifth slower where load shares the gateway's cores (see the README's performance
+    /// section).
     #[arg(long, env = "CLUSTERWAY_PROXY_ON_WORKERS", value_parser = clap::builder::BoolishValueParser::new())]
     pub proxy_on_workers: bool,
 
@@ -439,6 +439,30 @@ mod tests {
         assert_eq!(l.pipes, (20_000 - 8600 * 2 - l.udp_flows - 256) / 2);
         let a = args(&["--max-tcp-flows", "10000"]).unwrap();
         assert!(a.limits(20_000).unwrap_err().contains("RLIMIT_NOFILE"));
+    }
+
+    #[test]
+    fn queues_and_runtime_threads_follow_where_the_proxy_runs() {
+        let n = cores();
+        let a = args(&[]).unwrap();
+        assert_eq!(a.proxy_threads(), "runtime");
+        assert_eq!(a.queue_count(), (n / 2).max(1));
+        assert_eq!(
+            a.runtime_threads(),
+            n.saturating_sub(a.queue_count()).max(1)
+        );
+        let a = args(&["--proxy-on-workers"]).unwrap();
+        assert_eq!(a.proxy_threads(), "workers");
+        assert_eq!(a.queue_count(), n.saturating_sub(1).max(1));
+        assert_eq!(
+            a.runtime_threads(),
+            1,
+            "the shared runtime only serves the control plane"
+        );
+        let a = args(&["--proxy-on-workers", "--queues", "3"]).unwrap();
+        assert_eq!((a.queue_count(), a.runtime_threads()), (3, 1));
+        assert!(args(&["--proxy-on-workers=maybe"]).is_err());
+        assert!(args(&["--queues", "0"]).unwrap_err().contains("1..=16"));
     }
 
     #[test]
