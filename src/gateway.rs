@@ -30,7 +30,7 @@ use crate::dataplane::shared::SharedFlows;
 use crate::dataplane::splice::{PipePool, PIPE_SIZE};
 use crate::dataplane::stats::Stats;
 use crate::dataplane::tcp::{bind_listener, Acceptor, PendingFlows};
-use crate::dataplane::tun::TunDevice;
+use crate::dataplane::tun::{TunDevice, TunQueue};
 use crate::dataplane::worker::Worker;
 use crate::host::netlink::Host;
 use crate::host::sysctl;
@@ -263,6 +263,7 @@ async fn serve(
         stats.splice.clone(),
     ));
     let mut listener_sets = listener_sets.into_iter();
+    let all_queues: Arc<[Arc<TunQueue>]> = device.queues.iter().cloned().collect();
     for (index, queue) in device.queues.iter().enumerate() {
         let engine = Engine::with_shared(
             config.clone(),
@@ -274,6 +275,7 @@ async fn serve(
         );
         let worker = Worker {
             queue: queue.clone(),
+            queues: all_queues.clone(),
             table: table.clone(),
             engine,
             pending: pending.clone(),

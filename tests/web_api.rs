@@ -492,3 +492,83 @@ fn a_non_loopback_status_address_without_a_token_is_served_with_a_warning() {
         gw.logs()
     );
 }
+
+/// Read one HTTP/1.1 response with a `Content-Length` body from a kept-alive connection.
+fn read_one_response(s: &mut TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "connection closed mid-head");
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    String::from_utf8_lossy(&body).to_string()
+}
+
+#[test]
+fn with_the_proxy_on_two_workers_each_flow_is_steered_to_the_worker_running_its_proxy() {
+    let topo = topology(2);
+    let _backends = start_backends(&topo);
+    let mut extra: Vec<&str> = CIDRS.to_vec();
+    extra.extend(["--proxy-on-workers", "--queues", "2"]);
+    let gw = Gateway::start(&topo, &demo_snapshot(&topo.pod_addrs()), &extra);
+    wait_ready(&topo, &gw);
+    assert!(gw.logged("queues=2 "), "log:\n{}", gw.logs());
+    assert!(gw.logged("proxy=\"workers\""), "log:\n{}", gw.logs());
+
+    // Connections whose first packets may meet the other worker (the kernel learns a
+    // flow's queue only after delivering its SYN), then many requests on each.
+    const FLOWS: usize = 16;
+    const REQUESTS: usize = 25;
+    let addr = SocketAddr::new(WEB_V4.into(), 80);
+    let answered = topo.client().run(move || {
+        let mut streams: Vec<TcpStream> = (0..FLOWS)
+            .map(|_| {
+                let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+                s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                s
+            })
+            .collect();
+        let mut answered = 0;
+        for _ in 0..REQUESTS {
+            for s in streams.iter_mut() {
+                // One write: a request split over segments would wait on delayed ACKs.
+                let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+                s.write_all(request.as_bytes()).unwrap();
+                let body = read_one_response(s);
+                assert!(body.starts_with("pod-"), "{body:?}");
+                answered += 1;
+            }
+        }
+        answered
+    });
+    assert_eq!(answered, FLOWS * REQUESTS);
+
+    // Each request and its answer are at least two packets read from the device (the
+    // request, and the answer on its way back). A flow left on the wrong worker would put
+    // all of them off their owner; steered back, a flow has at most its SYN-ACK and a
+    // packet or two racing it there.
+    let metrics = get(&topo, "/metrics", None).text();
+    let off = sample(&metrics, "clusterway_tun_packets_off_owner_total", &[]);
+    let total = sample(
+        &metrics,
+        "clusterway_tun_packets_total",
+        &[("direction", "in")],
+    );
+    assert!(total >= (FLOWS * REQUESTS * 2) as f64, "{total} packets in");
+    assert!(
+        off <= (2 * FLOWS) as f64,
+        "{off} of {total} packets read off their owner's queue; log:\n{}",
+        gw.logs()
+    );
+}

@@ -67,8 +67,9 @@ pub struct PendingFlow {
 /// What the worker must do with the packet it passed in.
 #[derive(Debug)]
 pub enum Verdict<'e, T> {
-    /// Write `buf[..len]` (rewritten in place) back into the TUN device.
-    Forward { len: usize },
+    /// Write `buf[..len]` (rewritten in place) back into the TUN device: through the queue
+    /// of worker `owner` when given (see [`Engine::owner_queue`]), else through this one's.
+    Forward { len: usize, owner: Option<usize> },
     /// Write `scratch[..len]` (a packet the gateway built) into the TUN device.
     Reply { len: usize },
     /// A new TCP flow: give `flow` to the acceptor, then write `buf[..len]`.
@@ -203,6 +204,24 @@ impl<T> Engine<T> {
         }
     }
 
+    /// With the proxy on several workers, the worker whose queue must carry the rewritten
+    /// packets of the flow mapped to `virt`: its owner (None otherwise: any queue will do).
+    ///
+    /// The kernel sends a flow's packets to the queue that last wrote one of its packets
+    /// (`tun_flow_update`), and learns a written packet's flow only after delivering it. So
+    /// the SYN-ACK, sent while the SYN is being delivered, goes to the queue the flow's hash
+    /// picks, and the worker reading it would, by writing the client's SYN-ACK, steer the
+    /// whole flow to itself, away from the worker running its proxy (a quarter of the
+    /// keep-alive flows with two workers). Writing every rewritten packet through the
+    /// owner's queue makes the kernel steer both directions of the flow to the owner.
+    pub fn owner_queue(&self, virt: &SocketAddr) -> Option<usize> {
+        if self.listener_ports.len() > 1 {
+            self.nat.owner_of(virt)
+        } else {
+            None
+        }
+    }
+
     /// The listener `L:lp` the connection of the flow mapped to `virt` goes to: that of
     /// the worker that mapped it.
     fn listener(&self, virt: &SocketAddr) -> SocketAddr {
@@ -287,7 +306,10 @@ impl<T> Engine<T> {
             Transport::EchoRequest { .. } => {
                 if table.service_of(pkt.dst).is_some() {
                     let n = packet::echo_reply_in_place(buf, &pkt);
-                    Verdict::Forward { len: n }
+                    Verdict::Forward {
+                        len: n,
+                        owner: None,
+                    }
                 } else {
                     Verdict::Drop(Reason::NotService)
                 }
@@ -320,7 +342,10 @@ impl<T> Engine<T> {
         match self.nat.reverse(&virt) {
             Some((key, _)) => {
                 packet::rewrite(buf, pkt, key.service, key.client, csum);
-                Verdict::Forward { len: pkt.len }
+                Verdict::Forward {
+                    len: pkt.len,
+                    owner: self.owner_queue(&virt),
+                }
             }
             None => Verdict::Drop(Reason::NoReverseFlow),
         }
@@ -343,7 +368,10 @@ impl<T> Engine<T> {
             let reopened = syn && matches!(state, FlowState::Closed { .. });
             if !reopened {
                 packet::rewrite(buf, pkt, virt, self.listener(&virt), csum);
-                return Verdict::Forward { len: pkt.len };
+                return Verdict::Forward {
+                    len: pkt.len,
+                    owner: self.owner_queue(&virt),
+                };
             }
         }
         let port = match table.lookup(pkt.dst, key.service.port(), Protocol::Tcp) {
@@ -447,7 +475,10 @@ impl<T> Engine<T> {
         };
         let listener = self.listener(&virt);
         if packet::rewrite_icmp_error(buf, pkt, listener.ip(), listener, virt) {
-            Verdict::Forward { len: pkt.len }
+            Verdict::Forward {
+                len: pkt.len,
+                owner: self.owner_queue(&virt),
+            }
         } else {
             Verdict::Drop(Reason::IcmpIgnored)
         }

@@ -90,6 +90,8 @@ const OTHER_REASONS: usize = 8;
 pub struct Stats {
     pub packets_in: AtomicU64,
     pub packets_out: AtomicU64,
+    /// Packets of a flow read by a worker other than its owner (proxy on the workers).
+    pub packets_off_owner: AtomicU64,
     pub replies_built: AtomicU64,
     malformed: [AtomicU64; 32],
     other: [AtomicU64; OTHER_REASONS],

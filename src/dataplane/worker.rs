@@ -62,6 +62,9 @@ impl Drop for UdpHandle {
 
 pub struct Worker {
     pub queue: Arc<TunQueue>,
+    /// Every queue of the device, by worker: with the proxy on several workers, a flow's
+    /// packets are written through its owner's queue (see `Engine::owner_queue`).
+    pub queues: Arc<[Arc<TunQueue>]>,
     pub table: Arc<ArcSwap<ServiceTable>>,
     pub engine: Engine<UdpHandle>,
     /// New TCP flows, for the acceptor. Bounded (see where it is made): when the listener
@@ -274,11 +277,12 @@ impl Worker {
         let table = self.table.load();
         let csum = hdr.checksum_mode();
         let write = match self.engine.handle(&table, buf, len, csum, now, scratch) {
-            Verdict::Forward { len } => Some((false, len)),
-            Verdict::Reply { len } => Some((true, len)),
+            Verdict::Forward { len, owner } => Some((false, len, owner)),
+            Verdict::Reply { len } => Some((true, len, None)),
             Verdict::NewTcp { len, flow } => {
+                let owner = self.engine.owner_queue(&flow.virt);
                 if self.pending.insert(flow, now) {
-                    Some((false, len))
+                    Some((false, len, owner))
                 } else {
                     // The listener is behind: drop the SYN; the client retransmits it.
                     self.stats.count_drop(Reason::RateLimited);
@@ -314,7 +318,7 @@ impl Worker {
                     self.stats
                         .udp_flow(&port, key.client, ConnResult::DialFailed);
                     let n = self.engine.reject(buf, len, now, scratch);
-                    (n > 0).then_some((true, n))
+                    (n > 0).then_some((true, n, None))
                 }
             },
             Verdict::Drop(reason) => {
@@ -322,7 +326,7 @@ impl Worker {
                 None
             }
         };
-        if let Some((from_scratch, n)) = write {
+        if let Some((from_scratch, n, owner)) = write {
             let pkt = if from_scratch {
                 &scratch[..n]
             } else {
@@ -335,7 +339,15 @@ impl Worker {
             } else {
                 &hdr
             };
-            match self.queue.send(pkt, hdr) {
+            // Through the flow owner's queue where it has one (see Engine::owner_queue).
+            let queue = match owner.and_then(|o| self.queues.get(o)) {
+                Some(queue) if owner != Some(self.part.index) => {
+                    self.stats.packets_off_owner.fetch_add(1, Ordering::Relaxed);
+                    queue
+                }
+                _ => &self.queue,
+            };
+            match queue.send(pkt, hdr) {
                 Ok(()) => {
                     self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
                 }

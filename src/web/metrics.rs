@@ -359,6 +359,17 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
     out.push(drops.0);
     out.push(
         Family::new(
+            "tun_packets_off_owner_total",
+            "Packets of a flow read by a dataplane worker other than the one running its proxy \
+             (--proxy-on-workers with several queues); each is written back through the \
+             owner's queue, which steers the flow to it again.",
+            MetricType::COUNTER,
+        )
+        .counter(&[], stats.packets_off_owner.load(Ordering::Relaxed) as f64)
+        .0,
+    );
+    out.push(
+        Family::new(
             "replies_built_total",
             "Packets the gateway built itself (RST, ICMP unreachable).",
             MetricType::COUNTER,

@@ -179,11 +179,11 @@ fn syn_to_a_service_is_redirected_to_the_listener_and_replies_come_back() {
     };
     assert_eq!(th.destination_port(), 4000);
     assert_eq!(th.source_port(), flow.virt.port());
-    // A retransmitted SYN keeps the same mapping.
+    // A retransmitted SYN keeps the same mapping (and, with one worker, any queue will do).
     let mut r2 = Run::new(&syn);
     assert!(matches!(
         r2.handle(&mut e, &table, syn.len(), t0),
-        Verdict::Forward { .. }
+        Verdict::Forward { owner: None, .. }
     ));
     assert_eq!(r2.buf[..syn.len()], r.buf[..syn.len()]);
 
@@ -340,7 +340,7 @@ fn echo_requests_to_cluster_ips_are_answered() {
         .write(&mut ping, b"abcdefgh")
         .unwrap();
     let mut r = Run::new(&ping);
-    let Verdict::Forward { len } = r.handle(&mut e, &table, ping.len(), t0) else {
+    let Verdict::Forward { len, .. } = r.handle(&mut e, &table, ping.len(), t0) else {
         panic!()
     };
     let p = parsed(&r.buf[..len]);
@@ -550,13 +550,15 @@ fn with_the_proxy_on_workers_a_flow_goes_to_the_listener_of_the_worker_that_mapp
         assert_eq!(port, ports[mapper], "the SYN goes to the mapper's listener");
         assert_eq!(virt, flow.virt);
         // Whichever worker reads the flow's next packets sends them to that listener too.
+        // and through the mapper's queue, so the kernel steers the flow back to it.
         for reader in workers.iter_mut() {
             let ack = tcp(CLIENT, sport, WEB, 80, false, true);
             let mut r = Run::new(&ack);
-            assert!(matches!(
-                r.handle(reader, &table, ack.len(), t0),
-                Verdict::Forward { .. }
-            ));
+            let v = r.handle(reader, &table, ack.len(), t0);
+            assert!(
+                matches!(v, Verdict::Forward { owner: Some(o), .. } if o == mapper),
+                "{v:?}"
+            );
             assert_eq!(to_listener(&r.buf[..ack.len()]), (port, virt));
         }
         // Replies are taken from that listener only, by either worker.
@@ -574,7 +576,10 @@ fn with_the_proxy_on_workers_a_flow_goes_to_the_listener_of_the_worker_that_mapp
                 let mut r = Run::new(&reply);
                 let v = r.handle(reader, &table, reply.len(), t0);
                 if taken {
-                    assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+                    assert!(
+                        matches!(v, Verdict::Forward { owner: Some(o), .. } if o == mapper),
+                        "{v:?}"
+                    );
                 } else {
                     assert!(
                         matches!(v, Verdict::Drop(Reason::NoReverseFlow)),
