@@ -17,7 +17,8 @@
 //! connection ([`SharedFlows::owner_of`]). A key is looked for in the `owners` shards its
 //! hash allows, the reader's own first: the kernel keeps both directions of a flow on the
 //! queue that last wrote them, which is the owner's, so that first look is almost always
-//! the one that finds it.
+//! the one that finds it. (With a worker count that does not divide [`SHARDS`], the last
+//! `SHARDS % owners` shards take no new flows; their share of the tuple space goes unused.)
 //!
 //! The active-flow bound is global (an atomic count next to the shards). The balancer
 //! (round-robin position, ClientIP affinity) is shared too, behind one mutex, but it is
