@@ -7,7 +7,7 @@
 //! way out.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
+use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
@@ -145,6 +146,25 @@ pub async fn run(args: RunArgs) -> Result<()> {
     result
 }
 
+/// Bind the listeners of one port on L: IPv4 on a port the kernel picks, IPv6 (when enabled)
+/// on the same port.
+fn bind_listeners(
+    listener_v4: Ipv4Addr,
+    listener_v6: Ipv6Addr,
+    ipv6: bool,
+) -> Result<(Vec<TcpListener>, u16)> {
+    let l4 = bind_listener(SocketAddr::new(listener_v4.into(), 0))
+        .context("cannot bind the IPv4 listener")?;
+    let port = l4.local_addr()?.port();
+    let mut listeners = vec![l4];
+    if ipv6 {
+        let l6 = bind_listener(SocketAddr::new(listener_v6.into(), port))
+            .with_context(|| format!("cannot bind the IPv6 listener on port {port}"))?;
+        listeners.push(l6);
+    }
+    Ok((listeners, port))
+}
+
 async fn serve(
     args: &RunArgs,
     limits: crate::config::Limits,
@@ -203,15 +223,7 @@ async fn serve(
     let mut listener_sets = Vec::new();
     let mut ports = Vec::new();
     for _ in 0..owners {
-        let l4 = bind_listener(SocketAddr::new(listener_v4.into(), 0))
-            .context("cannot bind the IPv4 listener")?;
-        let port = l4.local_addr()?.port();
-        let mut listeners = vec![l4];
-        if ipv6 {
-            let l6 = bind_listener(SocketAddr::new(listener_v6.into(), port))
-                .with_context(|| format!("cannot bind the IPv6 listener on port {port}"))?;
-            listeners.push(l6);
-        }
+        let (listeners, port) = bind_listeners(listener_v4, listener_v6, ipv6)?;
         listener_sets.push(listeners);
         ports.push(port);
     }
@@ -311,6 +323,8 @@ async fn serve(
         worker_threads.push(thread);
     }
     drop(worker_done_tx);
+    // The shared runtime's acceptor: with the proxy on the workers no listener is left for
+    // it, and it returns at once.
     let acceptor = Acceptor {
         listeners: listener_sets.next().unwrap_or_default(),
         pending,
