@@ -3,7 +3,10 @@
 //! flow sockets, hands new TCP flows to the acceptor) and runs the UDP reply tasks of the
 //! flows it opened, which write to its own queue. It owns the engine; nothing else touches
 //! it. There is one worker per TUN queue, each on its own thread; they share only the NAT
-//! and balancer (see `shared`), the table snapshot and the counters.
+//! and balancer (see `shared`), the table snapshot and the counters. With the proxy on the
+//! workers (`--proxy-on-workers`), each also runs the proxy of the flows it maps, on a
+//! runtime of its own, and writes a flow's packets through the queue of the worker that owns
+//! it, which is what keeps the kernel steering the flow there.
 
 use std::io;
 use std::net::SocketAddr;
