@@ -225,8 +225,10 @@ impl<T> Engine<T> {
     /// The listener `L:lp` the connection of the flow mapped to `virt` goes to: that of
     /// the worker that mapped it.
     fn listener(&self, virt: &SocketAddr) -> SocketAddr {
-        let owner = self.nat.owner_of(virt).unwrap_or(0);
-        let port = self.listener_ports[owner % self.listener_ports.len()];
+        let port = match *self.listener_ports {
+            [port] => port,
+            ref ports => ports[self.nat.owner_of(virt).unwrap_or(0) % ports.len()],
+        };
         let ip = if virt.is_ipv6() {
             self.listener_v6
         } else {
