@@ -276,7 +276,7 @@ async fn serve(
     ));
     let mut listener_sets = listener_sets.into_iter();
     let all_queues: Arc<[Arc<TunQueue>]> = device.queues.iter().cloned().collect();
-    for (index, queue) in device.queues.iter().enumerate() {
+    for index in 0..device.queues.len() {
         let engine = Engine::with_shared(
             config.clone(),
             shared.clone(),
@@ -286,7 +286,6 @@ async fn serve(
             Instant::now(),
         );
         let worker = Worker {
-            queue: queue.clone(),
             queues: all_queues.clone(),
             table: table.clone(),
             engine,

@@ -64,9 +64,9 @@ impl Drop for UdpHandle {
 }
 
 pub struct Worker {
-    pub queue: Arc<TunQueue>,
-    /// Every queue of the device, by worker: with the proxy on several workers, a flow's
-    /// packets are written through its owner's queue (see `Engine::owner_queue`).
+    /// Every queue of the device, by worker: this worker reads `queues[part.index]`; with
+    /// the proxy on several workers, a flow's packets are written through its owner's queue
+    /// (see `Engine::owner_queue`).
     pub queues: Arc<[Arc<TunQueue>]>,
     pub table: Arc<ArcSwap<ServiceTable>>,
     pub engine: Engine<UdpHandle>,
@@ -130,7 +130,7 @@ impl Worker {
                 std::thread::yield_now();
             } else {
                 // Idle: sleep in poll(2) until a packet arrives (or the idle tick passes).
-                self.queue.wait_readable(IDLE_POLL_MS)?;
+                self.queue().wait_readable(IDLE_POLL_MS)?;
             }
         }
         Ok(())
@@ -157,7 +157,7 @@ impl Worker {
     async fn run_local(mut self) -> io::Result<()> {
         // SAFETY: the Arc keeps the queue, and so its descriptor, open while this lives.
         let queue =
-            unsafe { AsyncFd::register_with_interest(self.queue.clone(), Interest::READABLE) }
+            unsafe { AsyncFd::register_with_interest(self.queue().clone(), Interest::READABLE) }
                 .map_err(io::Error::from)?;
         let idle = Duration::from_millis(IDLE_POLL_MS as u64);
         let mut state = Loop::new();
@@ -196,6 +196,11 @@ impl Worker {
         true
     }
 
+    /// The queue this worker reads.
+    fn queue(&self) -> &Arc<TunQueue> {
+        &self.queues[self.part.index]
+    }
+
     /// Within the busy-poll time after the last packet.
     fn busy(&self, state: &Loop) -> bool {
         state.last_packet.elapsed() < self.busy_poll
@@ -205,7 +210,7 @@ impl Worker {
     fn read_batch(&mut self, state: &mut Loop) -> io::Result<Batch> {
         let mut handled = 0;
         while handled < BATCH {
-            match self.queue.try_recv(&mut state.buf) {
+            match self.queue().try_recv(&mut state.buf) {
                 Ok(rx) => {
                     handled += 1;
                     match rx.hdr {
@@ -343,14 +348,12 @@ impl Worker {
                 &hdr
             };
             // Through the flow owner's queue where it has one (see Engine::owner_queue).
-            let queue = match owner.and_then(|o| self.queues.get(o)) {
-                Some(queue) if owner != Some(self.part.index) => {
-                    self.stats.packets_off_owner.fetch_add(1, Ordering::Relaxed);
-                    queue
-                }
-                _ => &self.queue,
-            };
-            match queue.send(pkt, hdr) {
+            let own = self.part.index;
+            let other = owner.filter(|&o| o != own && o < self.queues.len());
+            if other.is_some() {
+                self.stats.packets_off_owner.fetch_add(1, Ordering::Relaxed);
+            }
+            match self.queues[other.unwrap_or(own)].send(pkt, hdr) {
                 Ok(()) => {
                     self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
                 }
@@ -385,7 +388,7 @@ impl Worker {
             flow.info().clone(),
             socket.clone(),
             key,
-            self.queue.clone(),
+            self.queue().clone(),
             last_reply_ms.clone(),
             epoch,
             self.stats.clone(),
