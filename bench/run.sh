@@ -1,30 +1,33 @@
 #!/usr/bin/env bash
-# clusterway benchmark: client -- gateway -- pod in network namespaces, five paths compared
+# clusterway benchmark: client -- gateway -- pod in network namespaces, six paths compared
 # in one interleaved run. See bench/README.md. Never touches the host namespace: everything
 # (links, addresses, routes, sysctls, nftables, servers) lives in namespaces this script
 # creates, and a trap removes them on exit, also after a failure or Ctrl-C.
 #
 # Environment: REPS (5) repetitions, DUR (5) seconds per measurement, PATHS ("route dnat
-# haproxy clusterway workers"; workers is clusterway run --proxy-on-workers), CLUSTERWAY
-# (target/release/clusterway), OUT (bench/results/<date>), IDLE_FLOWS (8000; 0 skips the
+# haproxy tunnat clusterway workers"; tunnat is the TUN leg alone, examples/tun_nat.rs;
+# workers is clusterway run --proxy-on-workers), CLUSTERWAY (target/release/clusterway),
+# TUN_NAT (target/release/examples/tun_nat), OUT (bench/results/<date>), IDLE_FLOWS (8000; 0 skips the
 # idle-flow memory runs), IDLE_PATHS ("haproxy clusterway"; workers may be added), FIGURES
 # ("tcp1 tcp4 rtt http_ka http_close"; a subset for quick A/B runs).
 set -euo pipefail
 
 REPS=${REPS:-5}
 DUR=${DUR:-5}
-PATHS=${PATHS:-"route dnat haproxy clusterway workers"}
+PATHS=${PATHS:-"route dnat haproxy tunnat clusterway workers"}
 IDLE_FLOWS=${IDLE_FLOWS:-8000}
 IDLE_PATHS=${IDLE_PATHS:-"haproxy clusterway"}
 FIGURES=${FIGURES:-"tcp1 tcp4 rtt http_ka http_close"}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 CLUSTERWAY=${CLUSTERWAY:-$REPO/target/release/clusterway}
+TUN_NAT=${TUN_NAT:-$REPO/target/release/examples/tun_nat}
 OUT=${OUT:-$HERE/results/$(date +%Y%m%d-%H%M%S)}
 P="cwb$$"                       # namespace prefix, unique per run
 CL="$P-cl" GW="$P-gw" POD="$P-p1"
 VIP=10.96.0.10
 POD_IP=10.244.1.10
+CL_IP=192.168.77.2
 SAMPLES="$OUT/samples.tsv"
 
 log() { printf '%s bench: %s\n' "$(date +%T)" "$*" >&2; }
@@ -98,7 +101,7 @@ ns_up() {
     # veths are created from inside the namespaces: nothing appears in the host namespace.
     ip -n "$CL" link add eth0 type veth peer name veth-cl netns "$GW"
     ip -n "$POD" link add eth0 type veth peer name veth-p1 netns "$GW"
-    ip -n "$CL" addr add 192.168.77.2/24 dev eth0
+    ip -n "$CL" addr add "$CL_IP/24" dev eth0
     ip -n "$CL" link set eth0 up
     ip -n "$CL" route add default via 192.168.77.1
     ip -n "$GW" addr add 192.168.77.1/24 dev veth-cl
@@ -204,6 +207,28 @@ EOF
     GW_PID=$(cat "$dir/haproxy.pid")
     log "haproxy pid $GW_PID, open files limit $(gw_nofile)"
     TARGET=$VIP
+}
+
+# The TUN leg alone (examples/tun_nat.rs): a stateless 1:1 NAT through clusterway's own TUN
+# layer and rewrite code, offloads on, one queue; the kernel forwards both ways and nothing
+# terminates TCP. The pod answers the virtual address 198.18.0.2, which routes back into the
+# device. What it costs plus what HAProxy costs is what a TUN path in front of a terminating
+# proxy -- clusterway's packet path -- can reach here (summarize.py estimates it).
+setup_tunnat() {
+    local dir=$1 i
+    ip netns exec "$GW" "$TUN_NAT" tn0 "$CL_IP" "$VIP" "$POD_IP" 198.18.0.2 \
+        >"$dir/tun_nat.log" 2>&1 &
+    GW_PID=$!
+    for i in $(seq 100); do
+        ip -n "$GW" link show tn0 >/dev/null 2>&1 && break
+        kill -0 "$GW_PID" 2>/dev/null || die "tun_nat exited: $(cat "$dir/tun_nat.log")"
+        sleep 0.1
+    done
+    ip -n "$GW" addr add 198.18.0.1/16 dev tn0
+    ip -n "$GW" link set tn0 up
+    ip -n "$GW" route add "$VIP/32" dev tn0
+    TARGET=$VIP
+    log "tun_nat pid $GW_PID"
 }
 
 # HAProxy's counters of splice pipes: in use, and released to its shared pool. Either above
@@ -462,6 +487,14 @@ run_paths=()
 for path in $PATHS; do
     case $path in
     route | dnat | haproxy) run_paths+=("$path") ;;
+    tunnat)
+        if [ -x "$TUN_NAT" ]; then
+            run_paths+=("$path")
+        else
+            log "SKIPPING tunnat: $TUN_NAT missing (build it with:" \
+                "cargo build --release --example tun_nat)"
+        fi
+        ;;
     clusterway | workers)
         if clusterway_available; then
             run_paths+=("$path")
@@ -470,7 +503,7 @@ for path in $PATHS; do
                 "(build it with: cargo build --release)"
         fi
         ;;
-    *) die "unknown path '$path' (route dnat haproxy clusterway workers)" ;;
+    *) die "unknown path '$path' (route dnat haproxy tunnat clusterway workers)" ;;
     esac
 done
 # Idle-flow runs: only gateways that are a process (RSS), and only paths selected above.

@@ -2,6 +2,8 @@
 """Prints the bench table from samples.tsv (path, metric, rep, value), medians per cell.
 Throughput, req/s, RTT and machine CPU per Gbit/s are also given as a ratio to the
 kernel-DNAT path; metrics only a gateway process has (its CPU, its memory) are not.
+With the route, tunnat and haproxy paths in the run, a second table brackets what a TUN
+leg in front of a terminating proxy can reach (see REACH).
 Usage: summarize.py SAMPLES.tsv"""
 import statistics
 import sys
@@ -10,6 +12,7 @@ PATHS = [
     ("route", "routing to pod IP"),
     ("dnat", "kernel DNAT (nft)"),
     ("haproxy", "HAProxy TCP, splice"),
+    ("tunnat", "TUN 1:1 NAT alone"),
     ("clusterway", "clusterway"),
     ("workers", "clusterway --proxy-on-workers"),
 ]
@@ -31,6 +34,21 @@ METRICS = [
     ("rss_per_flow", "RSS per idle flow, KiB", "lower", False, "{:.1f}"),
 ]
 BASE = "dnat"
+# What clusterway's packet path can reach: it is a terminating proxy (the kernel terminates
+# the client's TCP, a second connection to the pod, splice -- what HAProxy does) behind a TUN
+# leg (every packet routed into the device, read, rewritten, written back -- what tunnat
+# does), on the cores the load runs on. Two brackets from the references of the same run:
+# - costs add (nothing overlaps): the cost of a unit is 1/rate and each reference pays plain
+#   routing's once, so 1/rate = 1/tunnat + 1/haproxy - 1/route;
+# - the slower leg (the two legs overlap perfectly): min(tunnat, haproxy). The whole path
+#   does all the work of either leg and more, on the same cores.
+# (metric, label, target as a ratio to DNAT)
+REACH = [
+    ("tcp1", "iperf3 1 stream", 0.65),
+    ("tcp4", "iperf3 4 streams", 0.50),
+    ("http_ka", "HTTP keep-alive", 0.65),
+    ("http_close", "HTTP new conn/request", 0.80),
+]
 
 
 def fmt(value, spec):
@@ -120,6 +138,43 @@ def main():
     if d is not None:
         print(f"clusterway with {n_label} idle flows: RSS {d:.1f} MiB, of which the flows added"
               f" {d - b:.1f} MiB (target: <= 80 MB for 8,000 flows).")
+    reach(medians, [p for p, _ in paths])
+
+
+def reach(medians, paths):
+    """The second table: ratios to DNAT of the TUN leg alone, HAProxy, the two brackets
+    (REACH), clusterway's paths, and the target."""
+    gateways = [(p, l) for p, l in PATHS if p in ("clusterway", "workers") and p in paths]
+    header = ["figure (ratio to DNAT)", "TUN leg alone", "HAProxy alone", "costs add",
+              "slower leg"]
+    header += [label for _, label in gateways] + ["target"]
+    rows = []
+    for metric, label, target in REACH:
+        m = {p: medians.get((p, metric)) for p in ("route", "dnat", "tunnat", "haproxy")}
+        if any(v is None or v <= 0 for v in m.values()):
+            continue
+        inverse = 1 / m["tunnat"] + 1 / m["haproxy"] - 1 / m["route"]
+        if inverse <= 0:
+            continue
+        row = [label] + [f"{v / m['dnat']:.2f}" for v in
+                         (m["tunnat"], m["haproxy"], 1 / inverse, min(m["tunnat"], m["haproxy"]))]
+        for p, _ in gateways:
+            v = medians.get((p, metric))
+            row.append("-" if v is None else f"{v / m['dnat']:.2f}")
+        rows.append(row + [f">= {target:.2f}"])
+    if not rows:
+        return
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    print()
+    print("What a TUN leg in front of a terminating proxy (clusterway's packet path) can reach"
+          " here, bracketed by the references of this run: 'costs add' if nothing overlaps"
+          " (1/rate = 1/tunnat + 1/haproxy - 1/route), 'slower leg' if the legs overlap"
+          " perfectly (min(tunnat, haproxy)):")
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print(line(r))
 
 
 if __name__ == "__main__":
