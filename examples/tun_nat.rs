@@ -13,7 +13,9 @@
 //!
 //! It reads the queue as a gateway worker does: until it is empty, then on, yielding the
 //! core between reads, for `--busy-poll` µs after the last packet (50, the gateway's default;
-//! 0 sleeps in poll(2) at once), then asleep in poll(2). The device is created here; the caller gives it an address in VIRTUAL's prefix, brings
+//! 0 sleeps in poll(2) at once), then asleep in poll(2).
+//!
+//! The device is created here; the caller gives it an address in VIRTUAL's prefix, brings
 //! it up and routes SERVICE into it. Counts go to stderr when the process is stopped
 //! (SIGTERM or SIGINT).
 
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use clusterway::dataplane::packet::{self, Transport, VirtioNetHdr, MAX_PACKET};
 use clusterway::dataplane::tun::TunDevice;
 
-/// The five addresses of the command line.
+/// The four addresses of the command line.
 struct Mapping {
     client: IpAddr,
     service: IpAddr,
