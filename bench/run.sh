@@ -224,6 +224,8 @@ setup_tunnat() {
         kill -0 "$GW_PID" 2>/dev/null || die "tun_nat exited: $(cat "$dir/tun_nat.log")"
         sleep 0.1
     done
+    ip -n "$GW" link show tn0 >/dev/null 2>&1 \
+        || die "tun_nat did not create tn0 in 10 s: $(cat "$dir/tun_nat.log")"
     ip -n "$GW" addr add 198.18.0.1/16 dev tn0
     ip -n "$GW" link set tn0 up
     ip -n "$GW" route add "$VIP/32" dev tn0

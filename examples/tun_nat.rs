@@ -262,45 +262,19 @@ mod tests {
         );
     }
 
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn both_directions_are_mapped_with_ports_kept_and_nothing_else() {
         let m = mapping();
-        let out = m.map(
-            "192.168.77.2:40000".parse().unwrap(),
-            "10.96.0.10:80".parse().unwrap(),
-        );
-        assert_eq!(
-            out,
-            Some((
-                "198.18.0.2:40000".parse().unwrap(),
-                "10.244.1.10:80".parse().unwrap()
-            ))
-        );
-        let back = m.map(
-            "10.244.1.10:80".parse().unwrap(),
-            "198.18.0.2:40000".parse().unwrap(),
-        );
-        assert_eq!(
-            back,
-            Some((
-                "10.96.0.10:80".parse().unwrap(),
-                "192.168.77.2:40000".parse().unwrap()
-            ))
-        );
+        let out = m.map(sa("192.168.77.2:40000"), sa("10.96.0.10:80"));
+        assert_eq!(out, Some((sa("198.18.0.2:40000"), sa("10.244.1.10:80"))));
+        let back = m.map(sa("10.244.1.10:80"), sa("198.18.0.2:40000"));
+        assert_eq!(back, Some((sa("10.96.0.10:80"), sa("192.168.77.2:40000"))));
         // The pod answering the client directly, or a stranger: not ours.
-        assert_eq!(
-            m.map(
-                "10.244.1.10:80".parse().unwrap(),
-                "192.168.77.2:40000".parse().unwrap()
-            ),
-            None
-        );
-        assert_eq!(
-            m.map(
-                "192.168.77.9:40000".parse().unwrap(),
-                "10.96.0.10:80".parse().unwrap()
-            ),
-            None
-        );
+        assert_eq!(m.map(sa("10.244.1.10:80"), sa("192.168.77.2:40000")), None);
+        assert_eq!(m.map(sa("192.168.77.9:40000"), sa("10.96.0.10:80")), None);
     }
 }
