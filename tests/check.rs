@@ -21,7 +21,7 @@ mod apiserver;
 const BIN: &str = env!("CARGO_BIN_EXE_clusterway");
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/cluster-snapshot.yaml"
+    "/tests/fixtures/cluster-snapshot.yaml"
 );
 
 /// A fresh namespace and a scratch directory (which is also `$HOME` for the check, so no

@@ -1,4 +1,4 @@
-//! The service table built from real API-server output (`/work/shared/fixtures`), checked
+//! The service table built from real API-server output (`tests/fixtures`), checked
 //! row by row against the fixtures README, for both the YAML and the JSON snapshot; then
 //! the recorded watch streams are applied to the snapshot objects and the result checked
 //! against the README's "after the watch streams" paragraph.
@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 use Protocol::{Tcp, Udp};
 

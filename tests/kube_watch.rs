@@ -88,7 +88,13 @@ fn kube_source_follows_services_and_endpointslices() {
     let api = ApiServer::start_in(topo.gateway());
     // Real list output first: the fixtures' Services and slices (none of them routes to
     // this topology's pods, which checks that the real objects are accepted as they are).
-    api.load_list(&std::fs::read_to_string("../shared/fixtures/cluster-snapshot.json").unwrap());
+    api.load_list(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/cluster-snapshot.json"
+        ))
+        .unwrap(),
+    );
     api.apply(service("t", "web", "10.96.200.10", 80, "TCP"));
     api.apply(slice("t", "web-a", "web", 8080, "TCP", &[pod(&topo, 1)]));
 

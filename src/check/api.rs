@@ -422,7 +422,7 @@ mod tests {
 
     #[test]
     fn targets_from_the_fixture() {
-        let text = include_str!("../../../shared/fixtures/cluster-snapshot.json");
+        let text = include_str!("../../tests/fixtures/cluster-snapshot.json");
         let list: serde_json::Value = serde_json::from_str(text).unwrap();
         let slices: Vec<EndpointSlice> = list["items"]
             .as_array()
