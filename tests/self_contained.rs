@@ -87,17 +87,15 @@ fn findings(root: &Path, file: &Path, line: &str) -> Vec<String> {
     let dir = file.parent().unwrap_or(root);
     for (at, _) in line.match_indices("../") {
         let token = token_around(line, at);
-        if token.starts_with("../") || token.starts_with("./../") {
-            if escapes(root, dir, token) {
-                found.push(format!(
-                    "`{token}` leaves the repository from {}",
-                    dir.display()
-                ));
-            }
-        } else if token.starts_with("/../") && line.contains("CARGO_MANIFEST_DIR") {
-            if escapes(root, root, &token[1..]) {
-                found.push(format!("`{token}` climbs out of CARGO_MANIFEST_DIR"));
-            }
+        let relative = token.starts_with("../") || token.starts_with("./../");
+        let from_manifest = token.starts_with("/../") && line.contains("CARGO_MANIFEST_DIR");
+        if relative && escapes(root, dir, token) {
+            found.push(format!(
+                "`{token}` leaves the repository from {}",
+                dir.display()
+            ));
+        } else if from_manifest && escapes(root, root, &token[1..]) {
+            found.push(format!("`{token}` climbs out of CARGO_MANIFEST_DIR"));
         }
     }
     for marker in ["/work/", "../shared"] {
