@@ -15,7 +15,7 @@ use std::path::{Component, Path, PathBuf};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// Folders that are not source: build output, installed packages, generated corpora.
+/// What is not source: git's own data, build output, installed packages, generated corpora.
 const SKIP_DIRS: &[&str] = &[
     ".git",
     "target",
@@ -35,10 +35,12 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(kind) = entry.file_type() else {
             continue;
         };
+        // `.git` is a folder in a clone and a file pointing elsewhere in a worktree.
+        if SKIP_DIRS.iter().any(|s| name == *s) {
+            continue;
+        }
         if kind.is_dir() {
-            if !SKIP_DIRS.iter().any(|s| name == *s) {
-                files(&path, out);
-            }
+            files(&path, out);
         } else if kind.is_file() {
             out.push(path);
         }
