@@ -377,6 +377,16 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
         .counter(&[], stats.replies_built.load(Ordering::Relaxed) as f64)
         .0,
     );
+    let mut refusals = Family::new(
+        "refusals_total",
+        "Packets the gateway answered with a RST or an ICMP error of its own, by reason \
+         (no_service: an address of a routed range that is no ClusterIP).",
+        MetricType::COUNTER,
+    );
+    for (reason, n) in stats.refusals() {
+        refusals.push_counter(&[("reason", reason)], n as f64);
+    }
+    out.push(refusals.0);
     out.push(
         Family::new(
             "uptime_seconds",

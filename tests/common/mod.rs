@@ -252,6 +252,15 @@ impl Gateway {
         false
     }
 
+    /// The gateway's resident memory (VmRSS) in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// The gateway's pid.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -648,4 +657,20 @@ pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
         .into_iter()
         .filter(|n| n.strip_prefix(prefix).is_some_and(|r| r.starts_with('-')))
         .collect()
+}
+
+/// The value of the sample `series` in a Prometheus text exposition, 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series))
+        .filter_map(|rest| rest.strip_prefix(' '))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// The gateway's `/metrics` text, read from its default status address (127.0.0.1:9310 in
+/// the topology's gateway namespace); empty when it cannot be read.
+pub fn gateway_metrics(topo: &Topology) -> String {
+    let addr: SocketAddr = "127.0.0.1:9310".parse().expect("a socket address");
+    http_get(topo.gateway(), addr, "/metrics").map_or_else(|_| String::new(), |r| r.text())
 }
