@@ -458,6 +458,17 @@ impl<T> Engine<T> {
             );
         };
         if self.udp.is_full() || self.nat.udp_active() >= self.udp_capacity {
+            // Full: this worker's flow whose client has been quiet longest makes room (its
+            // socket closes with its handle); refused only when this worker holds none.
+            if let Some(handle) = self.udp.evict_quietest() {
+                drop(handle);
+                self.report_udp();
+                self.stats
+                    .udp_evictions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if self.udp.is_full() || self.nat.udp_active() >= self.udp_capacity {
             self.stats
                 .udp_flow(&port, key.client, ConnResult::TableFull);
             return self.unreachable(

@@ -141,6 +141,13 @@ pub struct Stats {
     pub replies_built: AtomicU64,
     /// Replies built, by [`Refusal`] (index in `Refusal::ALL`).
     refusals: [AtomicU64; 7],
+    /// UDP flows closed to make room for a new one (the table was full).
+    pub udp_evictions: AtomicU64,
+    /// TCP flows whose handshake never completed, dropped to make room for a new one
+    /// (copied from the shared NAT by worker 0).
+    pub tcp_early_drops: AtomicU64,
+    /// TCP flows waiting for their handshake now (copied like `tcp_early_drops`).
+    pub tcp_pending: AtomicU64,
     malformed: [AtomicU64; 32],
     other: [AtomicU64; OTHER_REASONS],
     tcp: [AtomicU64; 5],

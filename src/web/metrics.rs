@@ -389,6 +389,33 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
     out.push(refusals.0);
     out.push(
         Family::new(
+            "flow_evictions_total",
+            "Flows dropped to make room for a new one when their table was full: UDP flows \
+             whose client was quiet longest, TCP flows whose handshake never completed \
+             (spoofed SYNs).",
+            MetricType::COUNTER,
+        )
+        .counter(
+            &[("table", "udp")],
+            stats.udp_evictions.load(Ordering::Relaxed) as f64,
+        )
+        .counter(
+            &[("table", "tcp_unanswered")],
+            stats.tcp_early_drops.load(Ordering::Relaxed) as f64,
+        )
+        .0,
+    );
+    out.push(
+        Family::new(
+            "tcp_pending_flows",
+            "TCP flows whose SYN went to the listener and whose handshake has not completed.",
+            MetricType::GAUGE,
+        )
+        .gauge(&[], stats.tcp_pending.load(Ordering::Relaxed) as f64)
+        .0,
+    );
+    out.push(
+        Family::new(
             "uptime_seconds",
             "Seconds since the gateway started.",
             MetricType::GAUGE,

@@ -272,8 +272,9 @@ fn non_syn_of_no_flow_gets_a_rst_and_outside_the_routed_ranges_is_dropped() {
 }
 
 #[test]
-fn udp_new_flow_then_send_then_full_table_rejects() {
+fn udp_new_flow_then_send_then_a_full_table_drops_its_quietest_flow() {
     let t0 = Instant::now();
+    let t1 = t0 + Duration::from_secs(1);
     let table = table();
     let mut e = engine(t0);
     let dns = [10, 96, 0, 53];
@@ -292,35 +293,38 @@ fn udp_new_flow_then_send_then_full_table_rejects() {
     assert_eq!(endpoint, "10.244.1.10:5353".parse().unwrap());
     e.udp_insert(key, port, endpoint, 7, t0);
     let mut r = Run::new(&d);
-    match r.handle(&mut e, &table, d.len(), t0) {
+    match r.handle(&mut e, &table, d.len(), t1) {
         Verdict::UdpSend { flow, payload } => {
             assert_eq!(*flow, 7);
             assert_eq!(&r.buf[payload], b"hello");
         }
         v => panic!("expected UdpSend, got {v:?}"),
     }
-    // Capacity 2: a second flow fits, a third is refused with ICMP port unreachable.
-    for (i, sport) in [5001u16, 5002].into_iter().enumerate() {
+    // Capacity 2: a second flow fits; for a third, the flow whose client was quiet
+    // longest (the second: the first spoke at t1) is closed to make room.
+    for (sport, handle) in [(5001u16, 8), (5002, 9)] {
         let d = udp(CLIENT, sport, dns, 53, b"x");
         let mut r = Run::new(&d);
-        match r.handle(&mut e, &table, d.len(), t0) {
+        match r.handle(&mut e, &table, d.len(), t1) {
             Verdict::UdpNew {
                 key,
                 port,
                 endpoint,
                 ..
-            } if i == 0 => e.udp_insert(key, port, endpoint, 8, t0),
-            Verdict::Reply { len } if i == 1 => {
-                let p = parsed(&r.scratch[..len]);
-                let Some(etherparse::TransportSlice::Icmpv4(icmp)) = p.transport else {
-                    panic!()
-                };
-                assert_eq!((icmp.type_u8(), icmp.code_u8()), (3, 3));
-            }
-            v => panic!("unexpected {v:?} for flow {i}"),
+            } => e.udp_insert(key, port, endpoint, handle, t1),
+            v => panic!("unexpected {v:?} for flow {sport}"),
         }
     }
-    assert_eq!(e.stats.udp_count(ConnResult::TableFull), 1);
+    let mut left: Vec<u32> = e.udp().iter().map(|(_, f)| f.handle).collect();
+    left.sort();
+    assert_eq!(left, [7, 9]);
+    assert_eq!(
+        e.stats
+            .udp_evictions
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(e.stats.udp_count(ConnResult::TableFull), 0);
     // Unknown UDP port: port unreachable.
     let d = udp(CLIENT, 5003, dns, 54, b"x");
     let mut r = Run::new(&d);
@@ -409,13 +413,14 @@ fn full_nat_table_refuses_with_rst_and_keeps_existing_flows() {
     let t0 = Instant::now();
     let table = table();
     let mut e = engine(t0);
+    // Four flows whose handshake completed (the proxy accepted them) fill the table.
     for p in 0..4u16 {
         let syn = tcp(CLIENT, 30000 + p, WEB, 80, true, false);
         let mut r = Run::new(&syn);
-        assert!(matches!(
-            r.handle(&mut e, &table, syn.len(), t0),
-            Verdict::NewTcp { .. }
-        ));
+        let Verdict::NewTcp { flow, .. } = r.handle(&mut e, &table, syn.len(), t0) else {
+            panic!()
+        };
+        assert!(e.nat().accepted(flow.virt));
     }
     let syn = tcp(CLIENT, 30009, WEB, 80, true, false);
     let mut r = Run::new(&syn);
@@ -753,4 +758,31 @@ fn refusals_are_rate_limited_by_one_budget_for_all_workers() {
     // A burst of 10 for the process, not 10 per worker.
     assert_eq!(replies, 10);
     assert!(stats.refusals().contains(&("no_service", 10)));
+}
+
+#[test]
+fn a_full_table_of_unanswered_syns_makes_room_for_a_new_one() {
+    let t0 = Instant::now();
+    let table = table();
+    let mut e = engine(t0);
+    let mut virts = Vec::new();
+    // Spoofed SYNs: nobody completes their handshake.
+    for p in 0..4u8 {
+        let syn = tcp([172, 16, 0, p], 40000, WEB, 80, true, false);
+        let mut r = Run::new(&syn);
+        let Verdict::NewTcp { flow, .. } = r.handle(&mut e, &table, syn.len(), t0) else {
+            panic!()
+        };
+        virts.push(flow.virt);
+    }
+    // A legitimate client's SYN still gets in; the oldest unanswered flow made room.
+    let syn = tcp(CLIENT, 30000, WEB, 80, true, false);
+    let mut r = Run::new(&syn);
+    let Verdict::NewTcp { flow, .. } = r.handle(&mut e, &table, syn.len(), t0) else {
+        panic!()
+    };
+    assert!(e.nat().accepted(flow.virt));
+    assert_eq!(e.nat().early_drops(), 1);
+    assert_eq!(e.nat().active(), 4);
+    assert_eq!(e.stats.tcp_count(ConnResult::TableFull), 0);
 }
