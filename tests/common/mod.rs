@@ -258,15 +258,6 @@ impl Gateway {
         false
     }
 
-    /// The gateway's resident memory (VmRSS) in KiB, from /proc.
-    pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-    }
-
     /// The gateway's pid.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
