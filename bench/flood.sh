@@ -29,9 +29,9 @@ run() {
     shift
     echo "== $label (scale $SCALE)"
     # The scenarios print their FLOOD line before asserting; keep those lines and the
-    # verdicts.
+    # verdict (the backends' log lines interleave with the per-test ones).
     env CW_FLOOD_SCALE="$SCALE" "$@" cargo test --release --test adversarial -- \
-        --test-threads=1 --nocapture 2>&1 | grep -E '^(FLOOD|test |test result)' || true
+        --test-threads=1 --nocapture 2>&1 | grep -E '^(FLOOD|test result)|panicked' || true
 }
 
 exec 9>"$LOCK"
