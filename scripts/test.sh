@@ -49,6 +49,9 @@ echo "==> cargo test --test dataplane, offloads on, 4 queues"
 CLUSTERWAY_QUEUES=4 cargo test --test dataplane 2>&1
 echo "==> cargo test --test dataplane, proxy on the workers, 2 queues"
 CLUSTERWAY_PROXY_ON_WORKERS=1 CLUSTERWAY_QUEUES=2 cargo test --test dataplane 2>&1
+# The floods again with two workers sharing the NAT (each evicts from its own shards).
+echo "==> cargo test --test adversarial, proxy on the workers, 2 queues"
+CLUSTERWAY_PROXY_ON_WORKERS=1 CLUSTERWAY_QUEUES=2 cargo test --test adversarial 2>&1
 left=$(ip netns list | grep -c '^cw' || true)
 if [ "$left" != 0 ]; then
   echo "scripts/test.sh: $left test network namespace(s) left behind:" >&2

@@ -264,6 +264,7 @@ async fn serve(
     ));
     let mut config = EngineConfig::new(nat, limits.udp_flows as usize);
     config.udp_idle = args.udp_idle_timeout;
+    config.service_cidrs = args.service_cidrs.clone();
     // One worker per queue, each on a thread of its own reading its queue directly (see
     // dataplane::tun); the first that stops ends the gateway.
     let (worker_done_tx, mut worker_done) = mpsc::channel(device.queues.len());

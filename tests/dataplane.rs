@@ -448,20 +448,23 @@ fn full_tables_refuse_new_flows_and_keep_existing_ones() {
         gw.logs()
     );
 
-    // Two kept-alive connections fill the table; a third is reset.
+    // Two kept-alive connections (answered: the proxy took them) fill the table; a third
+    // is reset.
     let mut held: Vec<TcpStream> = (0..2)
         .map(|_| connect(&topo, "10.96.0.10:80").unwrap())
         .collect();
-    let e = connect(&topo, "10.96.0.10:80").unwrap_err();
-    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
-    // The existing connections still work.
-    for s in &mut held {
+    let exchange = |s: &mut TcpStream| {
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let mut buf = [0u8; 512];
         let n = s.read(&mut buf).unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    }
+    };
+    held.iter_mut().for_each(exchange);
+    let e = connect(&topo, "10.96.0.10:80").unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    // The existing connections still work.
+    held.iter_mut().for_each(exchange);
     // Closing one makes room.
     held.pop();
     assert!(wait_for(
@@ -469,7 +472,8 @@ fn full_tables_refuse_new_flows_and_keep_existing_ones() {
         Duration::from_secs(3)
     ));
 
-    // UDP: one flow fits; a second client flow is refused with port unreachable.
+    // UDP: one flow fits; a second client flow takes the place of the one whose client was
+    // quiet longest (the first), which is closed, and counted.
     let (a, b) = topo
         .client()
         .run(|| -> std::io::Result<(String, std::io::Result<usize>)> {
@@ -479,16 +483,28 @@ fn full_tables_refuse_new_flows_and_keep_existing_ones() {
             s1.send(b"one")?;
             let mut buf = [0u8; 256];
             let n = s1.recv(&mut buf)?;
+            let first = String::from_utf8_lossy(&buf[..n]).into_owned();
             let s2 = std::net::UdpSocket::bind("0.0.0.0:0")?;
             s2.connect("10.96.0.53:53")?;
             s2.set_read_timeout(Some(Duration::from_secs(2)))?;
             s2.send(b"two")?;
             let r2 = s2.recv(&mut buf);
-            Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), r2))
+            Ok((first, r2))
         })
         .unwrap();
     assert!(a.ends_with("one"), "{a}");
-    assert_eq!(b.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(b.is_ok(), "the second flow was refused: {b:?}");
+    assert!(
+        wait_for(
+            || metric_value(
+                &gateway_metrics(&topo),
+                "clusterway_flow_evictions_total{table=\"udp\"}"
+            ) >= 1.0,
+            Duration::from_secs(3)
+        ),
+        "{}",
+        gateway_metrics(&topo)
+    );
 }
 
 #[test]
@@ -622,4 +638,105 @@ fn client_ip_affinity_keeps_a_client_on_one_pod() {
         plain.iter().any(|a| *a != plain[0]),
         "no round-robin without affinity: {plain:?}"
     );
+}
+
+#[test]
+fn a_deleted_services_cluster_ip_is_refused_at_once_for_ping_tcp_and_udp() {
+    let topo = topology(2);
+    let _b = start_backends(&topo);
+    let gw = Gateway::start(&topo, &basic(&topo), &BOTH_CIDRS);
+    assert!(gw.wait_routed("10.96.0.10".parse().unwrap(), Duration::from_secs(5)));
+    assert!(wait_for(
+        || ping(topo.client(), topo.gateway_ip(true)).is_ok(),
+        Duration::from_secs(5)
+    ));
+    get(&topo, "10.96.0.10:80");
+    // The Service "web" is deleted (only dns and empty remain); its ClusterIPs stay inside
+    // the routed ranges.
+    let (p1, p1v6) = (pod(&topo, 1, false), pod(&topo, 1, true));
+    let eps = [
+        (p1.as_str(), true, true, false),
+        (p1v6.as_str(), true, true, false),
+    ];
+    gw.update_snapshot(&list(&[
+        service_yaml(
+            "dns",
+            &["10.96.0.53", "fd00:10:96::53"],
+            "UDP",
+            53,
+            5353,
+            &eps,
+            "",
+        ),
+        service_yaml("empty", &["10.96.0.99"], "TCP", 80, 8080, &[], ""),
+    ]));
+    let refused = |e: &std::io::Error| e.kind() == std::io::ErrorKind::HostUnreachable;
+    assert!(
+        wait_for(
+            || connect(&topo, "10.96.0.10:80").is_err_and(|e| refused(&e)),
+            Duration::from_secs(5)
+        ),
+        "the deleted Service is not refused: {}",
+        gw.logs()
+    );
+    for addr in [
+        "10.96.0.10:80",
+        "[fd00:10:96::10]:80",
+        "10.96.0.77:80",
+        "[fd00:10:96::77]:443",
+    ] {
+        // TCP: the connect fails at once ("No route to host"), not after its time-out.
+        let t = Instant::now();
+        let e = connect(&topo, addr).unwrap_err();
+        assert!(
+            e.kind() == std::io::ErrorKind::HostUnreachable
+                || (addr.starts_with('[') && e.kind() == std::io::ErrorKind::PermissionDenied),
+            "{addr}: {e}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{addr}: took {:?}",
+            t.elapsed()
+        );
+        // UDP: the error reaches a connected socket at once.
+        let t = Instant::now();
+        let err = udp_roundtrip(topo.client(), sa(addr), b"x").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("No route to host") || text.contains("Permission denied"),
+            "{addr}: {text}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{addr}: took {:?}",
+            t.elapsed()
+        );
+        // ping: answered by the gateway with the same refusal.
+        let ip = sa(addr).ip();
+        let out = topo
+            .client()
+            .exec("ping", ["-n", "-c1", "-W2", &ip.to_string()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        assert!(!out.status.success(), "{addr}: {text}");
+        assert!(
+            text.contains("filtered") || text.contains("prohibited"),
+            "{addr}: {text}"
+        );
+    }
+    // Counted by reason.
+    let metrics = gateway_metrics(&topo);
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("clusterway_refusals_total{reason=\"no_service\"}")
+                && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    // The other Services go on.
+    assert!(udp_roundtrip(topo.client(), sa("10.96.0.53:53"), b"hi")
+        .unwrap()
+        .ends_with("hi"));
 }

@@ -268,6 +268,7 @@ fn metrics_and_api_count_exactly_the_connections_made() {
                         "source",
                         "reason",
                         "method",
+                        "table",
                         "le"
                     ]
                     .contains(&k),

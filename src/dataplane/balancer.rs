@@ -2,13 +2,20 @@
 //! timeout, and the ordered list of endpoints a TCP dial tries (the chosen one first, then
 //! the next ones in rotation, as kube-proxy's userspace mode retried).
 //!
-//! Pure state owned by one dataplane worker; survives table swaps (keyed by frontend, and
-//! an affinity only holds while its endpoint is still usable).
+//! Pure state, shared by the workers behind one mutex (`shared`), taken once per new flow;
+//! survives table swaps (keyed by frontend, and an affinity only holds while its endpoint
+//! is still usable).
+//!
+//! Affinities are keyed by what a client controls (its address), so they are bounded: one
+//! is recorded only when a flow was served (a TCP dial that succeeded, a UDP flow opened),
+//! never for a flow that was refused or whose handshake never completed (a spoofed SYN);
+//! each expires after its own Service's `timeoutSeconds`; at most [`AFFINITY_CAPACITY`]
+//! are kept, and past that a new client is balanced without one (counted). The maps use
+//! std's randomly seeded SipHash: a client cannot aim its addresses at one bucket.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
-
-use rustc_hash::FxHashMap;
 
 use crate::cluster::table::{Protocol, ServicePort};
 
@@ -41,15 +48,54 @@ impl Candidates {
 
 type Frontend = (SocketAddr, Protocol);
 
-#[derive(Debug, Default)]
+/// ClientIP affinities kept at most (a few MiB).
+pub const AFFINITY_CAPACITY: usize = 65_536;
+
+/// A client's endpoint, when it last served, and its Service's timeout then.
+#[derive(Debug, Clone, Copy)]
+struct Affinity {
+    endpoint: SocketAddr,
+    last: Instant,
+    timeout: Duration,
+}
+
+impl Affinity {
+    fn live(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last) < self.timeout
+    }
+}
+
+#[derive(Debug)]
 pub struct Balancer {
-    next: FxHashMap<Frontend, usize>,
-    affinity: FxHashMap<(Frontend, IpAddr), (SocketAddr, Instant)>,
+    next: HashMap<Frontend, usize>,
+    affinity: HashMap<(Frontend, IpAddr), Affinity>,
+    capacity: usize,
+    /// Affinities not recorded because the table was full of live ones.
+    refused: u64,
+    /// When a full table was last swept for expired entries (at most once a second).
+    last_sweep: Option<Instant>,
+}
+
+impl Default for Balancer {
+    fn default() -> Self {
+        Self::with_capacity(AFFINITY_CAPACITY)
+    }
 }
 
 impl Balancer {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A balancer keeping at most `capacity` affinities.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Balancer {
+            next: HashMap::new(),
+            affinity: HashMap::new(),
+            capacity,
+            refused: 0,
+            last_sweep: None,
+        }
     }
 
     /// Choose endpoints for a new flow from `client` to `port`. `None` when the port has no
@@ -62,8 +108,8 @@ impl Balancer {
         let frontend = (port.frontend(), port.protocol);
         let start = match port.affinity {
             Some(timeout) => match self.affinity.get(&(frontend, client)) {
-                Some(&(ep, last)) if now.saturating_duration_since(last) < timeout => {
-                    usable.iter().position(|u| *u == ep)
+                Some(a) if a.live(now) && now.saturating_duration_since(a.last) < timeout => {
+                    usable.iter().position(|u| *u == a.endpoint)
                 }
                 _ => None,
             },
@@ -83,9 +129,6 @@ impl Balancer {
         for (k, slot) in list.iter_mut().enumerate().take(len) {
             *slot = usable[(start + k) % usable.len()];
         }
-        if port.affinity.is_some() {
-            self.affinity.insert((frontend, client), (list[0], now));
-        }
         Some(Candidates {
             list,
             len: len as u8,
@@ -101,21 +144,47 @@ impl Balancer {
         endpoint: SocketAddr,
         now: Instant,
     ) {
-        if port.affinity.is_some() {
-            self.affinity
-                .insert(((port.frontend(), port.protocol), client), (endpoint, now));
+        let Some(timeout) = port.affinity else {
+            return;
+        };
+        let key = ((port.frontend(), port.protocol), client);
+        let entry = Affinity {
+            endpoint,
+            last: now,
+            timeout,
+        };
+        if let Some(a) = self.affinity.get_mut(&key) {
+            *a = entry;
+            return;
         }
+        if self.affinity.len() >= self.capacity {
+            let swept_lately = self
+                .last_sweep
+                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
+            if !swept_lately {
+                self.last_sweep = Some(now);
+                self.expire(now);
+            }
+            if self.affinity.len() >= self.capacity {
+                self.refused += 1;
+                return;
+            }
+        }
+        self.affinity.insert(key, entry);
     }
 
-    /// Forget affinities older than `max_timeout` (the largest timeout any Service uses is
-    /// fine; an affinity is also checked against its own Service's timeout on use).
-    pub fn expire(&mut self, now: Instant, max_timeout: Duration) {
-        self.affinity
-            .retain(|_, (_, last)| now.saturating_duration_since(*last) < max_timeout);
+    /// Forget affinities past their own Service's timeout.
+    pub fn expire(&mut self, now: Instant) {
+        self.affinity.retain(|_, a| a.live(now));
     }
 
     pub fn affinities(&self) -> usize {
         self.affinity.len()
+    }
+
+    /// Affinities not recorded because the table was full.
+    pub fn affinities_refused(&self) -> u64 {
+        self.refused
     }
 }
 
@@ -181,6 +250,9 @@ mod tests {
         let a: IpAddr = "1.1.1.1".parse().unwrap();
         let other: IpAddr = "2.2.2.2".parse().unwrap();
         let first = b.pick(&p, a, t0).unwrap().first();
+        // Nothing is recorded until the flow is served.
+        assert_eq!(b.affinities(), 0);
+        b.served(&p, a, first, t0);
         for _ in 0..5 {
             b.pick(&p, other, t0);
             assert_eq!(
@@ -196,7 +268,7 @@ mod tests {
             second
         );
         // After the timeout, round-robin decides again and the affinity is renewed.
-        b.expire(t0 + Duration::from_secs(700), Duration::from_secs(600));
+        b.expire(t0 + Duration::from_secs(700));
         assert_eq!(b.affinities(), 0);
     }
 
@@ -206,11 +278,84 @@ mod tests {
         let t0 = Instant::now();
         let a: IpAddr = "1.1.1.1".parse().unwrap();
         let p = port(&["10.0.0.1:80"], Some(600));
-        b.pick(&p, a, t0);
+        let first = b.pick(&p, a, t0).unwrap().first();
+        b.served(&p, a, first, t0);
         let p2 = port(&["10.0.0.2:80"], Some(600));
         assert_eq!(
             b.pick(&p2, a, t0).unwrap().first(),
             "10.0.0.2:80".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn each_affinity_expires_with_its_own_services_timeout() {
+        let mut b = Balancer::new();
+        let t0 = Instant::now();
+        let a: IpAddr = "1.1.1.1".parse().unwrap();
+        let short = port(&["10.0.0.1:80", "10.0.0.2:80"], Some(10));
+        let mut long = port(&["10.0.0.1:80", "10.0.0.2:80"], Some(3600));
+        long.cluster_ip = "10.96.0.11".parse().unwrap();
+        b.served(&short, a, "10.0.0.2:80".parse().unwrap(), t0);
+        b.served(&long, a, "10.0.0.2:80".parse().unwrap(), t0);
+        b.expire(t0 + Duration::from_secs(11));
+        assert_eq!(b.affinities(), 1);
+        b.expire(t0 + Duration::from_secs(3601));
+        assert_eq!(b.affinities(), 0);
+    }
+
+    #[test]
+    fn a_full_affinity_table_makes_room_from_expired_entries_or_refuses() {
+        let mut b = Balancer::with_capacity(2);
+        let t0 = Instant::now();
+        let p = port(&["10.0.0.1:80"], Some(10));
+        let ep = "10.0.0.1:80".parse().unwrap();
+        let c = |n: u8| IpAddr::from([10, 0, 9, n]);
+        b.served(&p, c(1), ep, t0);
+        b.served(&p, c(2), ep, t0);
+        b.served(&p, c(3), ep, t0 + Duration::from_secs(1));
+        assert_eq!(b.affinities(), 2);
+        assert_eq!(b.affinities_refused(), 1);
+        // Refreshing a known client is always possible.
+        b.served(&p, c(1), ep, t0 + Duration::from_secs(5));
+        // Once the others expired, a full table makes room for a new client.
+        b.served(&p, c(4), ep, t0 + Duration::from_secs(12));
+        assert_eq!(b.affinities(), 2);
+        assert_eq!(b.affinities_refused(), 1);
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever clients do (picks that are never served, as a spoofed SYN's; served
+        /// flows; time passing), the affinities stay within the bound, only served clients
+        /// hold one, and none outlives its timeout.
+        #[test]
+        fn affinities_stay_bounded_and_only_served_clients_hold_one(
+            ops in prop::collection::vec((0u8..3, 0u16..64, 0u64..20), 1..400),
+        ) {
+            let cap = 16;
+            let mut b = Balancer::with_capacity(cap);
+            let p = port(&["10.0.0.1:80", "10.0.0.2:80"], Some(30));
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut served: HashMap<IpAddr, Instant> = HashMap::new();
+            for (kind, n, secs) in ops {
+                let client = IpAddr::from([10, 1, (n >> 8) as u8, n as u8]);
+                match kind {
+                    0 => { b.pick(&p, client, now); }
+                    1 => {
+                        let ep = b.pick(&p, client, now).unwrap().first();
+                        b.served(&p, client, ep, now);
+                        served.insert(client, now);
+                    }
+                    _ => { now += Duration::from_secs(secs); b.expire(now); }
+                }
+                prop_assert!(b.affinities() <= cap);
+                for ((_, ip), a) in &b.affinity {
+                    prop_assert!(served.contains_key(ip), "{ip} holds an affinity it was never served");
+                    prop_assert!(now.saturating_duration_since(a.last) < Duration::from_secs(30) || kind != 2);
+                }
+            }
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! The per-packet decision core: one packet from the TUN device in, one [`Verdict`] out.
 //!
-//! It owns the UDP flow table, the fragment reassembler and the error rate limit of one
-//! worker, and uses the NAT and balancer all workers share ([`SharedFlows`]). It takes `now` and the current `ServiceTable`, does
-//! no I/O and spawns nothing: the worker (the shell) writes packets, opens sockets and
-//! talks to the proxy tasks according to the verdict.
+//! It owns the UDP flow table and the fragment reassembler of one worker, and uses the
+//! NAT, balancer and error budget all workers share ([`SharedFlows`], [`ErrorBudget`]). It
+//! takes `now` and the current `ServiceTable`, does no I/O and spawns nothing: the worker
+//! (the shell) writes packets, opens sockets and talks to the proxy tasks according to the
+//! verdict. Every address of a routed range gets an answer: a Service's, or a refusal.
 //!
 //! Two directions reach it:
 //! - client → ClusterIP (`C:cp → S:sp`): looked up in the table; TCP is rewritten to
@@ -15,26 +16,35 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::balancer::Candidates;
+use super::limits::ErrorBudget;
 use super::nat::{FlowKey, FlowState, NatConfig, Partition};
 use super::packet::{self, Checksum, Packet, Reassembler, TcpFlags, Transport, Unreachable};
 use super::shared::SharedFlows;
-use super::stats::{ConnResult, Reason, Stats};
+use super::stats::{ConnResult, Reason, Refusal, Stats};
 use super::udp::UdpFlows;
 use crate::cluster::table::{Lookup, Protocol, ServicePort, ServiceTable};
 
 const IPPROTO_TCP: u8 = 6;
+/// Errors (ICMP unreachable, RST) the gateway builds per second, and burst, over all workers.
+const ERROR_RATE: u32 = 1000;
+const ERROR_BURST: u32 = 200;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub nat: NatConfig,
     pub udp_capacity: usize,
     pub udp_idle: Duration,
-    /// Errors (ICMP unreachable, RST) the gateway builds, per second, and burst.
-    pub error_rate: u32,
-    pub error_burst: u32,
+    /// Errors (ICMP unreachable, RST) the gateway builds: one budget for the process,
+    /// shared by every engine made from clones of this config.
+    pub errors: Arc<ErrorBudget>,
+    /// The `--service-cidr` ranges routed into the device. An address in a routed range
+    /// (these, or the table's ServiceCIDRs when the API serves them) that is no ClusterIP
+    /// is refused at once; with no range known (one host route per ClusterIP), any
+    /// unicast address that arrives is one whose route is on its way out.
+    pub service_cidrs: Vec<IpNet>,
     pub reassembly_bytes: usize,
     pub reassembly_datagrams: usize,
     pub reassembly_timeout: Duration,
@@ -46,8 +56,8 @@ impl EngineConfig {
             nat,
             udp_capacity,
             udp_idle: Duration::from_secs(30),
-            error_rate: 1000,
-            error_burst: 200,
+            errors: Arc::new(ErrorBudget::new(ERROR_RATE, ERROR_BURST, Instant::now())),
+            service_cidrs: Vec::new(),
             reassembly_bytes: 4 << 20,
             reassembly_datagrams: 256,
             reassembly_timeout: Duration::from_secs(5),
@@ -88,38 +98,6 @@ pub enum Verdict<'e, T> {
     Drop(Reason),
 }
 
-/// Token bucket for the errors the gateway generates.
-#[derive(Debug)]
-struct RateLimit {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimit {
-    fn new(rate: u32, burst: u32, now: Instant) -> Self {
-        RateLimit {
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-            tokens: f64::from(burst),
-            last: now,
-        }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 pub struct Engine<T> {
     nat: Arc<SharedFlows>,
     /// UDP flows at most, over all workers.
@@ -129,7 +107,8 @@ pub struct Engine<T> {
     udp: UdpFlows<T>,
     frag: Reassembler,
     frag_out: Box<[u8]>,
-    errors: RateLimit,
+    errors: Arc<ErrorBudget>,
+    service_cidrs: Vec<IpNet>,
     inner_v4: Ipv4Net,
     inner_v6: Ipv6Net,
     listener_v4: IpAddr,
@@ -152,14 +131,15 @@ impl<T> Engine<T> {
 
     /// The engine of worker `worker` among several, all using `shared` (made from the same
     /// `config.nat`, dealt out to as many owners as there are `listener_ports`: one port
-    /// per worker, bound on L in both families).
+    /// per worker, bound on L in both families). `_now` is unused since the error budget
+    /// moved into the config (one for all workers); the callers keep their signature.
     pub fn with_shared(
         config: EngineConfig,
         shared: Arc<SharedFlows>,
         listener_ports: Arc<[u16]>,
         worker: usize,
         stats: Arc<Stats>,
-        now: Instant,
+        _now: Instant,
     ) -> Self {
         assert_eq!(
             listener_ports.len(),
@@ -179,7 +159,8 @@ impl<T> Engine<T> {
                 config.reassembly_timeout,
             ),
             frag_out: vec![0u8; packet::MAX_PACKET].into_boxed_slice(),
-            errors: RateLimit::new(config.error_rate, config.error_burst, now),
+            errors: config.errors.clone(),
+            service_cidrs: config.service_cidrs.clone(),
             listener_v4: config.nat.listener_v4().into(),
             listener_v6: config.nat.listener_v6().into(),
             listener_ports,
@@ -313,7 +294,7 @@ impl<T> Engine<T> {
                         owner: None,
                     }
                 } else {
-                    Verdict::Drop(Reason::NotService)
+                    self.no_service(table, buf, &pkt, now, scratch)
                 }
             }
             Transport::IcmpError { inner, .. } => self.icmp_error(buf, &pkt, inner),
@@ -378,21 +359,28 @@ impl<T> Engine<T> {
         }
         let port = match table.lookup(pkt.dst, key.service.port(), Protocol::Tcp) {
             Lookup::Port(p) => p.clone(),
-            Lookup::UnknownPort => return self.rst(pkt, flags, now, scratch, Reason::NoFlow),
-            Lookup::NotService => return Verdict::Drop(Reason::NotService),
+            Lookup::UnknownPort => return self.rst(pkt, flags, now, scratch, Refusal::UnknownPort),
+            Lookup::NotService => return self.no_service(table, buf, pkt, now, scratch),
         };
         if !syn {
-            return self.rst(pkt, flags, now, scratch, Reason::NoFlow);
+            return self.rst(pkt, flags, now, scratch, Refusal::NoFlow);
         }
         if !port.allows(key.client.ip()) {
             self.stats
                 .tcp_conn(&port, key.client, ConnResult::RejectedPolicy);
-            return self.rst(pkt, flags, now, scratch, Reason::NoFlow);
+            return self.rst(pkt, flags, now, scratch, Refusal::Policy);
         }
         let Some(candidates) = self.nat.pick(&port, key.client.ip(), now) else {
             self.stats
                 .tcp_conn(&port, key.client, ConnResult::NoEndpoints);
-            return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
+            return self.unreachable(
+                buf,
+                pkt,
+                Unreachable::Port,
+                Refusal::NoEndpoints,
+                now,
+                scratch,
+            );
         };
         match self.nat.insert(key, self.worker, now) {
             Ok(virt) => {
@@ -411,7 +399,7 @@ impl<T> Engine<T> {
                 self.stats
                     .tcp_conn(&port, key.client, ConnResult::TableFull);
                 tracing::trace!(error = %e, reason = e.label(), client = %key.client, "new TCP flow refused");
-                self.rst(pkt, flags, now, scratch, Reason::NoFlow)
+                self.rst(pkt, flags, now, scratch, Refusal::TableFull)
             }
         }
     }
@@ -434,24 +422,63 @@ impl<T> Engine<T> {
         let port = match table.lookup(pkt.dst, key.service.port(), Protocol::Udp) {
             Lookup::Port(p) => p.clone(),
             Lookup::UnknownPort => {
-                return self.unreachable(buf, pkt, Unreachable::Port, now, scratch)
+                return self.unreachable(
+                    buf,
+                    pkt,
+                    Unreachable::Port,
+                    Refusal::UnknownPort,
+                    now,
+                    scratch,
+                )
             }
-            Lookup::NotService => return Verdict::Drop(Reason::NotService),
+            Lookup::NotService => return self.no_service(table, buf, pkt, now, scratch),
         };
         if !port.allows(key.client.ip()) {
             self.stats
                 .udp_flow(&port, key.client, ConnResult::RejectedPolicy);
-            return self.unreachable(buf, pkt, Unreachable::AdminProhibited, now, scratch);
+            return self.unreachable(
+                buf,
+                pkt,
+                Unreachable::AdminProhibited,
+                Refusal::Policy,
+                now,
+                scratch,
+            );
         }
         let Some(candidates) = self.nat.pick(&port, key.client.ip(), now) else {
             self.stats
                 .udp_flow(&port, key.client, ConnResult::NoEndpoints);
-            return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
+            return self.unreachable(
+                buf,
+                pkt,
+                Unreachable::Port,
+                Refusal::NoEndpoints,
+                now,
+                scratch,
+            );
         };
+        if self.udp.is_full() || self.nat.udp_active() >= self.udp_capacity {
+            // Full: this worker's flow whose client has been quiet longest makes room (its
+            // socket closes with its handle); refused only when this worker holds none.
+            if let Some(handle) = self.udp.evict_quietest() {
+                drop(handle);
+                self.report_udp();
+                self.stats
+                    .udp_evictions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         if self.udp.is_full() || self.nat.udp_active() >= self.udp_capacity {
             self.stats
                 .udp_flow(&port, key.client, ConnResult::TableFull);
-            return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
+            return self.unreachable(
+                buf,
+                pkt,
+                Unreachable::Port,
+                Refusal::TableFull,
+                now,
+                scratch,
+            );
         }
         Verdict::UdpNew {
             key,
@@ -486,23 +513,85 @@ impl<T> Engine<T> {
         }
     }
 
+    /// Whether `dst` lies in a range routed into the device: the table's ServiceCIDRs when
+    /// the API serves them, else the `--service-cidr` ranges, else (one host route per
+    /// ClusterIP) any unicast address, since only a ClusterIP's route brings one here.
+    /// Multicast and link-local packets the kernel itself sends into the device (IPv6
+    /// neighbour and router discovery) are never in a routed range.
+    fn routed(&self, table: &ServiceTable, dst: IpAddr) -> bool {
+        let ranges = match table.service_cidrs.as_deref() {
+            Some(served) if !served.is_empty() => served,
+            _ => &self.service_cidrs,
+        };
+        if !ranges.is_empty() {
+            return ranges.iter().any(|n| n.contains(&dst));
+        }
+        match dst {
+            IpAddr::V4(a) => {
+                !(a.is_multicast()
+                    || a.is_broadcast()
+                    || a.is_unspecified()
+                    || a.is_loopback()
+                    || a.is_link_local())
+            }
+            IpAddr::V6(a) => {
+                !(a.is_multicast()
+                    || a.is_unspecified()
+                    || a.is_loopback()
+                    || a.is_unicast_link_local())
+            }
+        }
+    }
+
+    /// A packet to an address that is no exposed ClusterIP. Inside a routed range (a
+    /// deleted Service, a typo) it is refused at once with ICMP administratively
+    /// prohibited, whatever its protocol: of the unreachable codes, it is the one Linux
+    /// reports to a connected UDP socket as well as to a TCP connect (host unreachable is a
+    /// soft error that UDP clients never hear of, so they would wait for their time-out),
+    /// and it is what a `prohibit` route answers. kube-proxy's nftables mode drops such
+    /// packets, but its clients are pods that can look the Service up; ours are outside
+    /// hosts for which a refusal is the only news. RSTs are never answered.
+    fn no_service(
+        &mut self,
+        table: &ServiceTable,
+        buf: &[u8],
+        pkt: &Packet,
+        now: Instant,
+        scratch: &mut [u8],
+    ) -> Verdict<'_, T> {
+        if !self.routed(table, pkt.dst) {
+            return Verdict::Drop(Reason::NotService);
+        }
+        if let Transport::Tcp { flags, .. } = pkt.transport {
+            if flags.has(TcpFlags::RST) {
+                return Verdict::Drop(Reason::NotService);
+            }
+        }
+        self.unreachable(
+            buf,
+            pkt,
+            Unreachable::AdminProhibited,
+            Refusal::NoService,
+            now,
+            scratch,
+        )
+    }
+
     fn rst(
         &mut self,
         pkt: &Packet,
         flags: TcpFlags,
         now: Instant,
         scratch: &mut [u8],
-        reason: Reason,
+        refusal: Refusal,
     ) -> Verdict<'_, T> {
         if flags.has(TcpFlags::RST) {
-            return Verdict::Drop(reason);
+            return Verdict::Drop(Reason::NoFlow);
         }
         if !self.errors.take(now) {
             return Verdict::Drop(Reason::RateLimited);
         }
-        self.stats
-            .replies_built
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.count_refusal(refusal);
         Verdict::Reply {
             len: packet::build_tcp_rst(scratch, pkt),
         }
@@ -513,6 +602,7 @@ impl<T> Engine<T> {
         buf: &[u8],
         pkt: &Packet,
         kind: Unreachable,
+        refusal: Refusal,
         now: Instant,
         scratch: &mut [u8],
     ) -> Verdict<'_, T> {
@@ -524,9 +614,7 @@ impl<T> Engine<T> {
         if n == 0 {
             return Verdict::Drop(Reason::IcmpIgnored);
         }
-        self.stats
-            .replies_built
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.count_refusal(refusal);
         Verdict::Reply { len: n }
     }
 
@@ -537,7 +625,14 @@ impl<T> Engine<T> {
         let Ok(pkt) = packet::parse(&buf[..len.min(buf.len())]) else {
             return 0;
         };
-        match self.unreachable(buf, &pkt, Unreachable::Port, now, scratch) {
+        match self.unreachable(
+            buf,
+            &pkt,
+            Unreachable::Port,
+            Refusal::DialFailed,
+            now,
+            scratch,
+        ) {
             Verdict::Reply { len } => len,
             _ => 0,
         }

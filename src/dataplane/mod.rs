@@ -3,6 +3,7 @@
 pub mod balancer;
 pub mod engine;
 pub mod flows;
+pub mod limits;
 pub mod memory;
 pub mod nat;
 pub mod packet;

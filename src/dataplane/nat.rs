@@ -9,14 +9,25 @@
 //!   gateway's accepted socket for the old flow can sit in TIME_WAIT without a new SYN
 //!   landing on it;
 //! - active flows never exceed `capacity`; closed flows linger briefly (so the last
-//!   FIN/ACK exchange still translates) in a separately bounded set.
+//!   FIN/ACK exchange still translates) in a separately bounded set;
+//! - a SYN nobody answers (a spoofed source) cannot hold a place for long: unanswered
+//!   (pending) flows expire after `pending_timeout`, and when the table is full the oldest
+//!   unanswered flow makes room for the new one ("early drop", as conntrack does), so a
+//!   SYN flood cannot lock legitimate clients out; flows whose handshake completed are
+//!   never dropped for a new one.
+//!
+//! Its maps are keyed by packet fields and use std's randomly seeded SipHash.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use rustc_hash::FxHashMap;
+
+/// How long a flow whose SYN went to the listener may wait for the handshake to complete
+/// (the proxy to accept it): the listener's SYN-ACK retransmissions at 1, 3 and 7 s fit in;
+/// a spoofed SYN's place is free again after it.
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// First port handed out on a virtual address (below it: well-known ports, left alone).
 pub const FIRST_PORT: u16 = 1024;
@@ -72,7 +83,7 @@ impl NatConfig {
             capacity,
             linger: Duration::from_secs(65),
             close_grace: Duration::from_secs(10),
-            pending_timeout: Duration::from_secs(30),
+            pending_timeout: PENDING_TIMEOUT,
         }
     }
 
@@ -216,13 +227,18 @@ pub struct NatTable {
     epoch: Instant,
     slots: Vec<Option<Entry>>,
     free_slots: Vec<u32>,
-    forward: FxHashMap<FlowKey, u32>,
-    reverse: FxHashMap<SocketAddr, u32>,
+    forward: HashMap<FlowKey, u32>,
+    reverse: HashMap<SocketAddr, u32>,
     v4: PortSpace,
     v6: PortSpace,
     active: usize,
     /// Closed flows in the order they closed (slot, generation check by virt).
     closing: VecDeque<(Instant, u32, SocketAddr)>,
+    /// Flows in the order they were mapped, while they may still be pending (entries of
+    /// flows accepted or gone since are skipped when met; see [`NatTable::compact`]).
+    pending: VecDeque<(Instant, u32, SocketAddr)>,
+    /// Unanswered flows dropped to make room for a new one.
+    early_drops: u64,
 }
 
 impl NatTable {
@@ -244,12 +260,14 @@ impl NatTable {
             epoch: now,
             slots: Vec::new(),
             free_slots: Vec::new(),
-            forward: FxHashMap::default(),
-            reverse: FxHashMap::default(),
+            forward: HashMap::new(),
+            reverse: HashMap::new(),
             v4: PortSpace::new(v4, part),
             v6: PortSpace::new(v6, part),
             active: 0,
             closing: VecDeque::new(),
+            pending: VecDeque::new(),
+            early_drops: 0,
         }
     }
 
@@ -293,7 +311,7 @@ impl NatTable {
         if let Some(&slot) = self.forward.get(&key) {
             self.remove_slot(slot, now);
         }
-        if self.active >= self.config.capacity {
+        if self.active >= self.config.capacity && !self.early_drop(now) {
             return Err(NatError::TableFull);
         }
         let now_s = self.stamp(now);
@@ -338,17 +356,71 @@ impl NatTable {
         self.forward.insert(key, slot);
         self.reverse.insert(virt, slot);
         self.active += 1;
+        self.pending.push_back((now, slot, virt));
+        self.compact();
         Ok(virt)
     }
 
-    /// The proxy accepted the connection from `virt`.
-    pub fn accepted(&mut self, virt: SocketAddr) {
-        if let Some(&slot) = self.reverse.get(&virt) {
-            if let Some(e) = self.slots[slot as usize].as_mut() {
+    /// Whether `slot` still holds the pending flow mapped to `virt`.
+    fn is_pending(&self, slot: u32, virt: SocketAddr) -> bool {
+        self.entry(slot)
+            .is_some_and(|e| e.virt == virt && matches!(e.state, FlowState::Pending { .. }))
+    }
+
+    /// Drop the oldest flow still waiting for its handshake, to make room for a new one.
+    /// False when every active flow was answered.
+    pub fn early_drop(&mut self, now: Instant) -> bool {
+        while let Some((_, slot, virt)) = self.pending.pop_front() {
+            if self.is_pending(slot, virt) {
+                self.remove_slot(slot, now);
+                self.early_drops += 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Keep the pending queue within a small multiple of the mapped flows: entries of flows
+    /// accepted or removed since are dropped once they outnumber the live ones.
+    fn compact(&mut self) {
+        if self.pending.len() > 2 * self.forward.len() + 64 {
+            let slots = &self.slots;
+            self.pending.retain(|&(_, slot, virt)| {
+                slots
+                    .get(slot as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|e| e.virt == virt && matches!(e.state, FlowState::Pending { .. }))
+            });
+        }
+    }
+
+    /// Unanswered flows dropped so far to make room for new ones.
+    pub fn early_drops(&self) -> u64 {
+        self.early_drops
+    }
+
+    /// Flows waiting for their handshake to complete.
+    pub fn pending_count(&self) -> usize {
+        self.pending
+            .iter()
+            .filter(|&&(_, slot, virt)| self.is_pending(slot, virt))
+            .count()
+    }
+
+    /// The proxy accepted the connection from `virt`. False when no flow is mapped to it
+    /// (its SYN went unanswered so long that it expired or was dropped for a new flow).
+    pub fn accepted(&mut self, virt: SocketAddr) -> bool {
+        let Some(&slot) = self.reverse.get(&virt) else {
+            return false;
+        };
+        match self.slots[slot as usize].as_mut() {
+            Some(e) => {
                 if matches!(e.state, FlowState::Pending { .. }) {
                     e.state = FlowState::Established;
                 }
+                true
             }
+            None => false,
         }
     }
 
@@ -383,19 +455,17 @@ impl NatTable {
             self.closing.pop_front();
             removed += usize::from(self.remove_if(slot, virt, now));
         }
+        // The pending queue is in mapping order: the expired ones are at its front.
         let timeout = self.config.pending_timeout;
-        let stale: Vec<u32> = self
-            .forward
-            .values()
-            .copied()
-            .filter(|&s| {
-                matches!(self.entry(s).map(|e| e.state),
-                    Some(FlowState::Pending { since }) if now.saturating_duration_since(since) >= timeout)
-            })
-            .collect();
-        for slot in stale {
-            self.remove_slot(slot, now);
-            removed += 1;
+        while let Some(&(since, slot, virt)) = self.pending.front() {
+            if now.saturating_duration_since(since) < timeout {
+                break;
+            }
+            self.pending.pop_front();
+            if self.is_pending(slot, virt) {
+                self.remove_slot(slot, now);
+                removed += 1;
+            }
         }
         removed
     }
@@ -549,7 +619,9 @@ mod tests {
         let t0 = Instant::now();
         let mut t = NatTable::new(cfg(2, 1), t0);
         let a = t.insert(key(1, false), t0).unwrap();
-        t.insert(key(2, false), t0).unwrap();
+        let b = t.insert(key(2, false), t0).unwrap();
+        t.accepted(a);
+        t.accepted(b);
         assert_eq!(t.insert(key(3, false), t0), Err(NatError::TableFull));
         assert_eq!(t.get(&key(1, false)).unwrap().0, a);
         // Closing one frees a place for a new flow at once.
@@ -578,8 +650,8 @@ mod tests {
         let t0 = Instant::now();
         let mut t = NatTable::new(cfg(8, 1), t0);
         let v = t.insert(key(1, false), t0).unwrap();
-        assert_eq!(t.expire(t0 + Duration::from_secs(29)), 0);
-        assert_eq!(t.expire(t0 + Duration::from_secs(31)), 1);
+        assert_eq!(t.expire(t0 + Duration::from_secs(9)), 0);
+        assert_eq!(t.expire(t0 + Duration::from_secs(11)), 1);
         assert!(t.reverse(&v).is_none());
         assert_eq!(t.active(), 0);
     }
@@ -653,7 +725,7 @@ mod tests {
                         }
                         if let Some(o) = old { released.push((o, now)); }
                     }
-                    Op::Accept(i) => if let Some(v) = handed.get(i) { t.accepted(*v) },
+                    Op::Accept(i) => if let Some(v) = handed.get(i) { t.accepted(*v); },
                     Op::Close(i) => if let Some(v) = handed.get(i) {
                         if let Some((_, st)) = t.reverse(v) {
                             if !matches!(st, FlowState::Closed { .. }) { released.push((*v, now)); }
@@ -676,6 +748,67 @@ mod tests {
                     prop_assert_eq!(t.reverse(&v).map(|(k2, _)| k2), Some(k));
                     prop_assert_eq!(k.client.is_ipv4(), v.is_ipv4());
                 }
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Flood {
+        /// A SYN nobody answers (spoofed source).
+        Spoofed(u32),
+        /// A legitimate client: SYN, then the proxy accepts it.
+        Legit(u32),
+        Close(usize),
+        Advance(u64),
+    }
+
+    fn flood_op() -> impl Strategy<Value = Flood> {
+        prop_oneof![
+            8 => (0u32..100_000).prop_map(Flood::Spoofed),
+            2 => (100_000u32..100_050).prop_map(Flood::Legit),
+            1 => (0usize..50).prop_map(Flood::Close),
+            1 => (0u64..12).prop_map(Flood::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Under any mix of spoofed SYNs, legitimate flows, closes and time: the table stays
+        /// within its bounds (active ≤ capacity, lingering closed flows ≤ 4 × capacity, the
+        /// pending queue within a small multiple of the mapped flows); a legitimate SYN is
+        /// refused only when every active flow completed its handshake; no unanswered flow
+        /// outlives the pending timeout by more than the sweep.
+        #[test]
+        fn a_syn_flood_never_locks_legitimate_clients_out(ops in prop::collection::vec(flood_op(), 1..600)) {
+            let cap = 16;
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut t = NatTable::new(cfg(cap, 1), t0);
+            let mut legit: Vec<SocketAddr> = Vec::new();
+            for op in ops {
+                match op {
+                    Flood::Spoofed(n) => { let _ = t.insert(key(n, n % 3 == 0), now); }
+                    Flood::Legit(n) => {
+                        let answered = t.iter().filter(|(_, _, s)| matches!(s, FlowState::Established)).count();
+                        match t.insert(key(n, false), now) {
+                            Ok(v) => { prop_assert!(t.accepted(v)); legit.push(v); }
+                            Err(e) => prop_assert!(answered >= cap, "{e} with {answered} answered flows"),
+                        }
+                    }
+                    Flood::Close(i) => if let Some(v) = legit.get(i) { t.closed(*v, now) },
+                    Flood::Advance(s) => {
+                        now += Duration::from_secs(s);
+                        t.expire(now);
+                        for (_, _, st) in t.iter() {
+                            if let FlowState::Pending { since } = st {
+                                prop_assert!(now.duration_since(since) < PENDING_TIMEOUT);
+                            }
+                        }
+                    }
+                }
+                prop_assert!(t.active() <= cap);
+                prop_assert!(t.closing.len() <= (cap * 4).max(64));
+                prop_assert!(t.pending.len() <= 2 * t.forward.len() + 65);
+                prop_assert_eq!(t.forward.len(), t.reverse.len());
             }
         }
     }

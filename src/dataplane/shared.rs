@@ -30,7 +30,7 @@ use std::hash::{BuildHasher, Hash};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::balancer::{Balancer, Candidates};
 use super::nat::{virtual_index, FlowKey, FlowState, NatConfig, NatError, NatTable, Partition};
@@ -39,15 +39,13 @@ use crate::cluster::table::ServicePort;
 /// NAT shards: a power of two well above the worker count, so that workers rarely meet.
 pub const SHARDS: usize = 16;
 
-/// How long a ClientIP affinity is kept at most (Kubernetes caps the timeout at a day).
-const AFFINITY_MAX: Duration = Duration::from_secs(86_400);
-
 pub struct SharedFlows {
     config: NatConfig,
     shards: Box<[Mutex<NatTable>]>,
     /// Active flows over all shards (each shard's own bound is the whole capacity).
     active: AtomicUsize,
-    hasher: rustc_hash::FxBuildHasher,
+    /// Picks a key's shard: seeded at random, so clients cannot aim at one shard.
+    hasher: std::hash::RandomState,
     balancer: Mutex<Balancer>,
     /// UDP flows over all workers (each worker holds its own and reports changes).
     udp_active: AtomicUsize,
@@ -92,7 +90,7 @@ impl SharedFlows {
             config,
             shards,
             active: AtomicUsize::new(0),
-            hasher: rustc_hash::FxBuildHasher,
+            hasher: std::hash::RandomState::new(),
             balancer: Mutex::new(Balancer::new()),
             udp_active: AtomicUsize::new(0),
             owners: owners.clamp(1, SHARDS),
@@ -108,7 +106,7 @@ impl SharedFlows {
         let mut h = self.hasher.build_hasher();
         key.hash(&mut h);
         let h = std::hash::Hasher::finish(&h);
-        // Fx leaves the low bits weak: fold the high ones in.
+        // Fold the high bits in (all of the hash counts).
         let owners = self.owners;
         let base = ((h >> 32) ^ h) as usize % (SHARDS / owners) * owners;
         (0..owners).map(move |i| base + (from + i) % owners)
@@ -151,8 +149,10 @@ impl SharedFlows {
     }
 
     /// Map a new flow for worker `owner` (see [`NatTable::insert`]): in the shard that
-    /// already maps its key, else in one of `owner`'s. Refused when all shards together
-    /// hold the configured capacity of active flows.
+    /// already maps its key, else in one of `owner`'s. When all shards together hold the
+    /// configured capacity of active flows, the oldest unanswered flow of that shard (or,
+    /// when it has none, of the next one that has) makes room ([`NatTable::early_drop`]);
+    /// refused when every active flow completed its handshake.
     pub fn insert(&self, key: FlowKey, owner: usize, now: Instant) -> Result<SocketAddr, NatError> {
         let mut shards = self.shards_of_key(&key, owner);
         let own = shards.next().unwrap_or(0);
@@ -160,12 +160,22 @@ impl SharedFlows {
             .find(|&s| lock(&self.shards[s]).get(&key).is_some())
             .unwrap_or(own);
         let shard = &self.shards[index];
+        // A still-mapped flow of the same key is replaced and frees its place.
+        let live = |t: &NatTable| {
+            t.get(&key)
+                .is_some_and(|(_, s)| !matches!(s, FlowState::Closed { .. }))
+        };
+        // Full: the oldest unanswered flow of this shard makes room, or when it has none,
+        // that of the next shard that has one (one shard locked at a time).
+        if self.active.load(Ordering::Relaxed) >= self.config.capacity && !live(&lock(shard)) {
+            for i in (0..SHARDS).map(|k| (index + k) % SHARDS) {
+                if self.counted(&self.shards[i], |t| t.early_drop(now)) {
+                    break;
+                }
+            }
+        }
         self.counted(shard, |t| {
-            // A still-mapped flow of the same key is replaced and frees its place.
-            let replaced = t
-                .get(&key)
-                .is_some_and(|(_, s)| !matches!(s, FlowState::Closed { .. }));
-            let limit = self.config.capacity + usize::from(replaced);
+            let limit = self.config.capacity + usize::from(live(t));
             if self.active.load(Ordering::Relaxed) >= limit {
                 return Err(NatError::TableFull);
             }
@@ -173,11 +183,21 @@ impl SharedFlows {
         })
     }
 
-    /// The proxy accepted the connection from `virt`.
-    pub fn accepted(&self, virt: SocketAddr) {
-        if let Some(shard) = self.shard_of_virt(&virt) {
-            lock(shard).accepted(virt);
-        }
+    /// The proxy accepted the connection from `virt`. False when no flow is mapped to it
+    /// any more (unanswered too long: expired, or dropped to make room).
+    pub fn accepted(&self, virt: SocketAddr) -> bool {
+        self.shard_of_virt(&virt)
+            .is_some_and(|shard| lock(shard).accepted(virt))
+    }
+
+    /// Unanswered flows dropped so far to make room for new ones, over all shards.
+    pub fn early_drops(&self) -> u64 {
+        self.shards.iter().map(|s| lock(s).early_drops()).sum()
+    }
+
+    /// Flows waiting for their handshake to complete, over all shards.
+    pub fn pending(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).pending_count()).sum()
     }
 
     /// The proxy is done with the connection from `virt`.
@@ -199,7 +219,7 @@ impl SharedFlows {
             self.counted(shard, |t| t.expire(now));
         }
         if part.index == 0 {
-            lock(&self.balancer).expire(now, AFFINITY_MAX);
+            lock(&self.balancer).expire(now);
         }
     }
 
@@ -242,6 +262,7 @@ impl SharedFlows {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::time::Duration;
 
     fn config(capacity: usize) -> NatConfig {
         NatConfig::new(
@@ -281,14 +302,21 @@ mod tests {
     fn the_capacity_is_global_and_closing_makes_room() {
         let now = Instant::now();
         let s = SharedFlows::new(config(3), now);
-        let v: Vec<_> = (1..=3).map(|n| s.insert(key(n), 0, now).unwrap()).collect();
+        // Three answered flows fill it: a fourth is refused.
+        let v: Vec<_> = (1..=3)
+            .map(|n| {
+                let v = s.insert(key(n), 0, now).unwrap();
+                assert!(s.accepted(v));
+                v
+            })
+            .collect();
         assert_eq!(s.insert(key(4), 0, now), Err(NatError::TableFull));
         // A SYN reusing a live key replaces its flow instead of being refused.
         let again = s.insert(key(2), 0, now).unwrap();
         assert_eq!(s.active(), 3);
-        s.accepted(v[0]);
         s.closed(v[0], now);
-        assert_eq!(s.active(), 2);
+        s.closed(v[2], now);
+        assert_eq!(s.active(), 1);
         assert!(s.insert(key(4), 0, now).is_ok());
         // Closed flows go after their grace; unaccepted ones after the pending timeout.
         let later = now + Duration::from_secs(31);
@@ -357,5 +385,52 @@ mod tests {
             SHARDS
         );
         assert_eq!(SharedFlows::with_owners(config(10), 0, now).owners(), 1);
+    }
+
+    #[test]
+    fn a_full_table_drops_the_oldest_unanswered_flow_never_an_answered_one() {
+        let t0 = Instant::now();
+        let s = SharedFlows::new(config(32), t0);
+        // 16 legitimate flows, answered (accepted by the proxy).
+        for n in 1..=16 {
+            let v = s.insert(key(n), 0, t0).unwrap();
+            assert!(s.accepted(v));
+        }
+        // A flood of SYNs nobody answers, far more than the table holds.
+        let spoofed = |n: u16| FlowKey {
+            client: SocketAddr::new(IpAddr::from([172, 16, (n >> 8) as u8, n as u8]), 1000 + n),
+            service: "10.96.0.10:80".parse().unwrap(),
+        };
+        let mut refused = 0;
+        for n in 0..2000 {
+            if s.insert(spoofed(n), 0, t0 + Duration::from_millis(u64::from(n)))
+                .is_err()
+            {
+                refused += 1;
+            }
+        }
+        assert_eq!(s.active(), 32);
+        // The answered flows are all still there.
+        for n in 1..=16 {
+            assert!(matches!(
+                s.get(&key(n), 0),
+                Some((_, FlowState::Established))
+            ));
+        }
+        // The flood got in by dropping older unanswered SYNs, and a new legitimate SYN
+        // still finds room.
+        assert_eq!(refused, 0);
+        assert_eq!(s.early_drops(), 2000 - 16);
+        let v = s.insert(key(100), 0, t0 + Duration::from_secs(3)).unwrap();
+        assert!(s.accepted(v));
+        // Unanswered flows expire after the pending timeout; answered ones stay.
+        let later = t0 + Duration::from_secs(3) + crate::dataplane::nat::PENDING_TIMEOUT;
+        s.expire(later, Partition::WHOLE);
+        assert_eq!(s.pending(), 0);
+        assert_eq!(s.active(), 17);
+        // A proxy accepting a flow that was dropped learns so.
+        let gone = s.insert(spoofed(9999), 0, later).unwrap();
+        s.expire(later + Duration::from_secs(11), Partition::WHOLE);
+        assert!(!s.accepted(gone));
     }
 }

@@ -84,6 +84,52 @@ impl ConnResult {
     }
 }
 
+/// Why the gateway answered a packet with a RST or an ICMP error of its own instead of
+/// forwarding it (the `reason` label of `clusterway_refusals_total`). Each counts a reply
+/// actually built; one the error budget suppressed is a `rate_limited` drop instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// An address of a routed range that is no exposed ClusterIP (a deleted Service, a
+    /// typo): ICMP administratively prohibited.
+    NoService,
+    /// A ClusterIP, but no Service port with this number and protocol.
+    UnknownPort,
+    /// A TCP segment of no known flow (RST).
+    NoFlow,
+    /// The Service has no usable endpoint (ICMP port unreachable).
+    NoEndpoints,
+    /// The client's address is not allowed by policy.
+    Policy,
+    /// The flow table is full.
+    TableFull,
+    /// The flow's socket could not be opened.
+    DialFailed,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 7] = [
+        Refusal::NoService,
+        Refusal::UnknownPort,
+        Refusal::NoFlow,
+        Refusal::NoEndpoints,
+        Refusal::Policy,
+        Refusal::TableFull,
+        Refusal::DialFailed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::NoService => "no_service",
+            Refusal::UnknownPort => "unknown_port",
+            Refusal::NoFlow => "no_flow",
+            Refusal::NoEndpoints => "no_endpoints",
+            Refusal::Policy => "policy",
+            Refusal::TableFull => "table_full",
+            Refusal::DialFailed => "dial_failed",
+        }
+    }
+}
+
 const OTHER_REASONS: usize = 8;
 
 #[derive(Debug, Default)]
@@ -93,6 +139,15 @@ pub struct Stats {
     /// Packets of a flow read by a worker other than its owner (proxy on the workers).
     pub packets_off_owner: AtomicU64,
     pub replies_built: AtomicU64,
+    /// Replies built, by [`Refusal`] (index in `Refusal::ALL`).
+    refusals: [AtomicU64; 7],
+    /// UDP flows closed to make room for a new one (the table was full).
+    pub udp_evictions: AtomicU64,
+    /// TCP flows whose handshake never completed, dropped to make room for a new one
+    /// (copied from the shared NAT by worker 0).
+    pub tcp_early_drops: AtomicU64,
+    /// TCP flows waiting for their handshake now (copied like `tcp_early_drops`).
+    pub tcp_pending: AtomicU64,
     malformed: [AtomicU64; 32],
     other: [AtomicU64; OTHER_REASONS],
     tcp: [AtomicU64; 5],
@@ -201,6 +256,22 @@ impl Stats {
             self.notices.push(port, client, NoticeKind::Refused(r));
         }
         svc
+    }
+
+    /// A reply (RST, ICMP error) was built for `r`.
+    pub fn count_refusal(&self, r: Refusal) {
+        self.replies_built.fetch_add(1, Ordering::Relaxed);
+        let i = Refusal::ALL.iter().position(|x| *x == r).unwrap_or(0);
+        self.refusals[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Replies built, by refusal reason (every reason, zero included).
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        Refusal::ALL
+            .iter()
+            .zip(&self.refusals)
+            .map(|(r, c)| (r.label(), c.load(Ordering::Relaxed)))
+            .collect()
     }
 
     pub fn tcp_count(&self, r: ConnResult) -> u64 {

@@ -8,7 +8,7 @@
 //! balancer the workers share, once per connection set-up and once at its end. It never
 //! reads the ServiceTable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::io;
 use std::net::SocketAddr;
@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::balancer::MAX_ATTEMPTS;
 use super::engine::PendingFlow;
+use super::limits::LogLimit;
 use super::shared::{lock, SharedFlows};
 use super::splice::{self, PipePool};
 use super::stats::{ConnResult, NoticeKind, Stats};
@@ -33,23 +34,55 @@ pub const DIAL_TIMEOUTS: [Duration; MAX_ATTEMPTS] = [
     Duration::from_secs(2),
 ];
 
-/// A pending flow the listener never accepted is forgotten after this long.
-const PENDING_TIMEOUT: Duration = Duration::from_secs(30);
+/// A pending flow the listener never accepted is forgotten after this long: as long as
+/// its NAT entry may wait for the handshake.
+const PENDING_TIMEOUT: Duration = super::nat::PENDING_TIMEOUT;
 
 /// Shards of [`PendingFlows`]: workers and the acceptor rarely meet on one lock.
 const PENDING_SHARDS: usize = 16;
 
-/// Flows by virtual client, with the time they were put there.
-type PendingShard = HashMap<SocketAddr, (PendingFlow, Instant)>;
+/// Flows by virtual client, with the time they were put there, and the order they came in
+/// (entries of flows taken since are skipped when met, and compacted away).
+#[derive(Default)]
+struct PendingShard {
+    map: HashMap<SocketAddr, (PendingFlow, Instant)>,
+    order: VecDeque<(SocketAddr, Instant)>,
+}
+
+impl PendingShard {
+    /// Remove the oldest flow still waiting; whether there was one.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((virt, at)) = self.order.pop_front() {
+            if self.map.get(&virt).is_some_and(|(_, t)| *t == at) {
+                self.map.remove(&virt);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.order
+                .retain(|(virt, at)| map.get(virt).is_some_and(|(_, t)| t == at));
+        }
+    }
+}
 
 /// New TCP flows a worker mapped and the listener has not accepted yet, by virtual client
 /// `V:vp` (the peer address the accepted connection will have). A worker puts the flow here
 /// before it writes the SYN into the device, so the flow is always found by the time its
 /// handshake completes; the acceptor takes it on accept. A shared map rather than a channel:
 /// the accept itself is the acceptor's only wake-up per connection (a channel woke it twice).
+///
+/// Bounded: a flow waits at most [`PENDING_TIMEOUT`], and when `capacity` flows wait, the
+/// oldest waiting in the new one's shard makes room (a SYN flood's flows never complete
+/// their handshake; the NAT drops them the same way, see `nat`).
 pub struct PendingFlows {
     shards: Box<[Mutex<PendingShard>]>,
-    hasher: rustc_hash::FxBuildHasher,
+    /// Seeded at random: the keys are virtual tuples, but chosen by the order of clients' SYNs.
+    hasher: std::hash::RandomState,
     len: AtomicUsize,
     capacity: usize,
 }
@@ -59,9 +92,9 @@ impl PendingFlows {
     pub fn new(capacity: usize) -> PendingFlows {
         PendingFlows {
             shards: (0..PENDING_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(PendingShard::default()))
                 .collect(),
-            hasher: rustc_hash::FxBuildHasher,
+            hasher: std::hash::RandomState::new(),
             len: AtomicUsize::new(0),
             capacity,
         }
@@ -72,28 +105,33 @@ impl PendingFlows {
         lock(&self.shards[i])
     }
 
-    /// Add a flow; `false` when `capacity` flows are already waiting (the listener is that
-    /// far behind: the caller drops the SYN and the client retransmits it).
+    /// Add a flow. When `capacity` flows are already waiting, the oldest of its shard makes
+    /// room; `false` when that shard holds none (the caller drops the SYN and the client
+    /// retransmits it).
     #[must_use]
     pub fn insert(&self, flow: PendingFlow, now: Instant) -> bool {
+        let mut shard = self.shard(&flow.virt);
         if self.len.fetch_add(1, Ordering::Relaxed) >= self.capacity {
-            self.len.fetch_sub(1, Ordering::Relaxed);
-            return false;
+            if shard.evict_oldest() {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+                return false;
+            }
         }
-        if self
-            .shard(&flow.virt)
-            .insert(flow.virt, (flow, now))
-            .is_some()
-        {
+        let virt = flow.virt;
+        if shard.map.insert(virt, (flow, now)).is_some() {
             // A retransmitted SYN mapped again to the same tuple replaces its first copy.
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
+        shard.order.push_back((virt, now));
+        shard.compact();
         true
     }
 
     /// Take the flow of an accepted connection whose peer is `virt`.
     pub fn take(&self, virt: &SocketAddr) -> Option<PendingFlow> {
-        let (flow, _) = self.shard(virt).remove(virt)?;
+        let (flow, _) = self.shard(virt).map.remove(virt)?;
         self.len.fetch_sub(1, Ordering::Relaxed);
         Some(flow)
     }
@@ -103,9 +141,15 @@ impl PendingFlows {
     pub fn sweep(&self, now: Instant) {
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
-            let before = shard.len();
-            shard.retain(|_, (_, at)| now.duration_since(*at) < PENDING_TIMEOUT);
-            self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
+            let before = shard.map.len();
+            shard
+                .map
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < PENDING_TIMEOUT);
+            self.len
+                .fetch_sub(before - shard.map.len(), Ordering::Relaxed);
+            shard
+                .order
+                .retain(|(_, at)| now.saturating_duration_since(*at) < PENDING_TIMEOUT);
         }
     }
 
@@ -178,7 +222,12 @@ impl Acceptor {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // SYNs can cause it (descriptors run out): at most one line per 10 s.
+                    static WARN: std::sync::LazyLock<LogLimit> =
+                        std::sync::LazyLock::new(|| LogLimit::new(Duration::from_secs(10)));
+                    if let Some(suppressed) = WARN.allow(Instant::now()) {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -255,18 +304,30 @@ async fn proxy(
     pipes: Arc<PipePool>,
 ) {
     let virt = flow.virt;
+    // The handshake completed: the client is real, and its NAT entry stops being
+    // "pending" (no longer one a SYN flood may push out). An entry that is gone (its SYN
+    // waited past the pending timeout, or was dropped to make room) has no way back to
+    // the client: reset.
+    if !shared.accepted(virt) {
+        tracing::trace!(peer = %virt, "accepted a connection whose flow is gone; resetting it");
+        reset(client);
+        return;
+    }
     let dial_start = Instant::now();
     let dialed = dial(&flow, &stats).await;
-    // The NAT entry stops being "pending" (the dials take at most 3.75 s, well inside its
-    // pending timeout); ClientIP affinity follows the endpoint that answered.
-    shared.accepted(virt);
+    // ClientIP affinity follows the endpoint that answered.
     if let Some((_, endpoint)) = &dialed {
         shared.served(&flow.port, flow.key.client.ip(), *endpoint, Instant::now());
     }
     match dialed {
         None => {
             stats.tcp_conn(&flow.port, flow.key.client, ConnResult::DialFailed);
-            tracing::info!(service = %flow.port.service, client = %flow.key.client, "no endpoint answered; resetting the client");
+            // Once per failed connection, which clients can repeat at will: rate limited.
+            static NOTE: std::sync::LazyLock<LogLimit> =
+                std::sync::LazyLock::new(|| LogLimit::new(Duration::from_secs(10)));
+            if let Some(suppressed) = NOTE.allow(Instant::now()) {
+                tracing::info!(service = %flow.port.service, client = %flow.key.client, suppressed, "no endpoint answered; resetting the client");
+            }
             reset(client);
         }
         Some((mut upstream, endpoint)) => {
@@ -345,22 +406,41 @@ mod tests {
     }
 
     #[test]
-    fn a_full_pending_map_refuses_and_a_sweep_makes_room() {
+    fn a_full_pending_map_makes_room_from_its_oldest_and_a_sweep_empties_it() {
         let pending = PendingFlows::new(2);
         let t0 = Instant::now();
-        assert!(pending.insert(flow("198.18.0.2:1024"), t0));
-        assert!(pending.insert(flow("198.18.0.2:1025"), t0));
-        assert!(
-            !pending.insert(flow("198.18.0.2:1026"), t0),
-            "over capacity"
-        );
+        // Sixteen shards: put the flows in one (the shard of each tuple is random, so pick
+        // tuples that share one).
+        let shard_of = |v: &str| {
+            pending.hasher.hash_one(v.parse::<SocketAddr>().unwrap()) as usize % PENDING_SHARDS
+        };
+        let tuples: Vec<String> = (1024..4000)
+            .map(|p| format!("198.18.0.2:{p}"))
+            .filter(|v| shard_of(v) == shard_of("198.18.0.2:1024"))
+            .take(4)
+            .collect();
+        assert!(pending.insert(flow(&tuples[0]), t0));
+        assert!(pending.insert(flow(&tuples[1]), t0));
+        // Full: the oldest waiting makes room.
+        assert!(pending.insert(flow(&tuples[2]), t0));
+        assert_eq!(pending.len(), 2);
+        assert!(pending.take(&tuples[0].parse().unwrap()).is_none());
+        assert!(pending.take(&tuples[1].parse().unwrap()).is_some());
+        assert!(pending.insert(flow(&tuples[3]), t0));
+        assert_eq!(pending.len(), 2);
+        // A full map whose flows all sit in other shards refuses.
+        let other = (1024..9000)
+            .map(|p| format!("198.18.0.3:{p}"))
+            .find(|v| shard_of(v) != shard_of(&tuples[0]))
+            .unwrap();
+        assert!(!pending.insert(flow(&other), t0), "over capacity");
         assert_eq!(pending.len(), 2);
         // Not yet old enough to be forgotten.
         pending.sweep(t0 + PENDING_TIMEOUT / 2);
         assert_eq!(pending.len(), 2);
         pending.sweep(t0 + PENDING_TIMEOUT);
         assert!(pending.is_empty());
-        assert!(pending.insert(flow("198.18.0.2:1026"), t0));
+        assert!(pending.insert(flow(&other), t0));
         assert_eq!(pending.len(), 1);
     }
 

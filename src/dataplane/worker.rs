@@ -22,6 +22,7 @@ use tokio::task::AbortHandle;
 
 use super::engine::{Engine, Verdict};
 use super::flows::{FlowGuard, FlowInfo};
+use super::limits::LogLimit;
 use super::nat::FlowKey;
 use super::nat::Partition;
 use super::packet::{self, VirtioNetHdr};
@@ -34,6 +35,8 @@ use crate::cluster::table::{ServicePort, ServiceTable};
 const BATCH: usize = 64;
 /// How long an idle worker sleeps in poll(2) before it looks at events, expiry and shutdown.
 const IDLE_POLL_MS: i32 = 50;
+/// Replies one UDP flow's task forwards before it lets the other tasks run.
+const REPLY_BATCH: usize = 64;
 /// How often idle flows, unaccepted SYNs and old fragments are swept.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -258,6 +261,10 @@ impl Worker {
             // The gauge of UDP flows over all workers.
             let udp = self.engine.nat().udp_active() as u64;
             self.stats.udp_active.store(udp, Ordering::Relaxed);
+            let nat = self.engine.nat();
+            let (early, pending) = (nat.early_drops(), nat.pending() as u64);
+            self.stats.tcp_early_drops.store(early, Ordering::Relaxed);
+            self.stats.tcp_pending.store(pending, Ordering::Relaxed);
         }
     }
 
@@ -322,7 +329,13 @@ impl Worker {
                     None
                 }
                 Err(e) => {
-                    tracing::warn!(service = %port.service, endpoint = %endpoint, error = %e, "cannot open a UDP flow socket");
+                    // A datagram can trigger it (descriptors run out under a flood): at most
+                    // one line per 10 s, saying how many were left out.
+                    static WARN: std::sync::LazyLock<LogLimit> =
+                        std::sync::LazyLock::new(|| LogLimit::new(Duration::from_secs(10)));
+                    if let Some(suppressed) = WARN.allow(now) {
+                        tracing::warn!(service = %port.service, endpoint = %endpoint, error = %e, suppressed, "cannot open a UDP flow socket");
+                    }
                     self.stats
                         .udp_flow(&port, key.client, ConnResult::DialFailed);
                     let n = self.engine.reject(buf, len, now, scratch);
@@ -416,6 +429,84 @@ fn datagrams<'a>(payload: &'a [u8], hdr: &VirtioNetHdr) -> impl Iterator<Item = 
     (0..count).map(move |i| &payload[(i * size).min(len)..((i + 1) * size).min(len)])
 }
 
+/// Where a reply task builds its packets: one per thread (each 64 KiB and a bit), not one
+/// per flow. A flow's reply task reads and writes a whole datagram without awaiting in
+/// between, so the buffer is never held across a wake-up; memory for replies is then
+/// bounded by the threads, not by the flows a client can open (64 KiB each before).
+struct ReplyBuffers {
+    packet: Box<[u8]>,
+    fragment: [u8; packet::IPV6_MIN_MTU],
+}
+
+thread_local! {
+    static REPLY_BUFFERS: std::cell::RefCell<ReplyBuffers> = std::cell::RefCell::new(ReplyBuffers {
+        packet: vec![0u8; packet::MAX_PACKET].into_boxed_slice(),
+        fragment: [0u8; packet::IPV6_MIN_MTU],
+    });
+}
+
+/// A flow's reply path: its socket, the client it answers, and what it counts.
+struct ReplyPath {
+    flow: Arc<FlowInfo>,
+    socket: Arc<UdpSocket>,
+    key: FlowKey,
+    queue: Arc<TunQueue>,
+    last_reply_ms: Arc<AtomicU64>,
+    epoch: Instant,
+    stats: Arc<Stats>,
+    /// Fragment identification: distinct per flow and per reply.
+    frag_id: u32,
+}
+
+impl ReplyPath {
+    /// Read one datagram if one is queued and write it to the client. `Ok(false)` when the
+    /// socket has nothing more for now.
+    fn forward_one(&mut self, bufs: &mut ReplyBuffers) -> io::Result<bool> {
+        let v6 = self.key.client.is_ipv6();
+        let offset = packet::udp_payload_offset(v6);
+        let n = match self.socket.try_recv(&mut bufs.packet[offset..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            // ICMP errors from the endpoint (ECONNREFUSED) arrive as recv errors: go on.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        let stats = &self.stats;
+        self.last_reply_ms.store(
+            self.epoch.elapsed().as_millis().max(1) as u64,
+            Ordering::Relaxed,
+        );
+        let buf = &mut bufs.packet;
+        let Some(len) = packet::build_udp_headers(buf, self.key.service, self.key.client, n) else {
+            stats.count_drop(Reason::UdpSendFailed);
+            return Ok(true);
+        };
+        stats.bytes_to_client.fetch_add(n as u64, Ordering::Relaxed);
+        self.flow.received(n as u64);
+        if v6 && len > packet::IPV6_MIN_MTU {
+            // Routers do not fragment IPv6: send fragments every path carries.
+            self.frag_id = self.frag_id.wrapping_add(1);
+            let Some(mut frags) =
+                packet::V6Fragments::new(&buf[..len], packet::IPV6_MIN_MTU, self.frag_id)
+            else {
+                return Ok(true);
+            };
+            while let Some(f) = frags.next_into(&mut bufs.fragment) {
+                if self
+                    .queue
+                    .send(&bufs.fragment[..f], &VirtioNetHdr::NONE)
+                    .is_ok()
+                {
+                    stats.packets_out.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        } else if self.queue.send(&buf[..len], &VirtioNetHdr::NONE).is_ok() {
+            stats.packets_out.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
+}
+
 /// Read the endpoint's replies and write them to the client as `S:sp → C:cp` packets.
 async fn udp_replies(
     flow: Arc<FlowInfo>,
@@ -426,44 +517,39 @@ async fn udp_replies(
     epoch: Instant,
     stats: Arc<Stats>,
 ) {
-    let v6 = key.client.is_ipv6();
-    let offset = packet::udp_payload_offset(v6);
-    let mut buf = vec![0u8; packet::MAX_PACKET].into_boxed_slice();
-    let mut frag_buf = [0u8; packet::IPV6_MIN_MTU];
-    // Fragment identification: distinct per flow and per reply.
-    let mut frag_id = (epoch.elapsed().as_nanos() as u32) ^ u32::from(key.client.port()) << 16;
+    let frag_id = (epoch.elapsed().as_nanos() as u32) ^ u32::from(key.client.port()) << 16;
+    let mut path = ReplyPath {
+        flow,
+        socket,
+        key,
+        queue,
+        last_reply_ms,
+        epoch,
+        stats,
+        frag_id,
+    };
     loop {
-        let n = match socket.recv(&mut buf[offset..]).await {
-            Ok(n) => n,
-            // ICMP errors from the endpoint (ECONNREFUSED) arrive as recv errors: go on.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-            Err(e) => {
-                tracing::debug!(client = %key.client, error = %e, "UDP flow socket failed");
-                return;
-            }
-        };
-        last_reply_ms.store(epoch.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
-        let Some(len) = packet::build_udp_headers(&mut buf, key.service, key.client, n) else {
-            stats.count_drop(Reason::UdpSendFailed);
-            continue;
-        };
-        stats.bytes_to_client.fetch_add(n as u64, Ordering::Relaxed);
-        flow.received(n as u64);
-        if v6 && len > packet::IPV6_MIN_MTU {
-            // Routers do not fragment IPv6: send fragments every path carries.
-            frag_id = frag_id.wrapping_add(1);
-            let Some(mut frags) =
-                packet::V6Fragments::new(&buf[..len], packet::IPV6_MIN_MTU, frag_id)
-            else {
-                continue;
-            };
-            while let Some(f) = frags.next_into(&mut frag_buf) {
-                if queue.send(&frag_buf[..f], &VirtioNetHdr::NONE).is_ok() {
-                    stats.packets_out.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = path.socket.readable().await {
+            tracing::debug!(client = %path.key.client, error = %e, "UDP flow socket failed");
+            return;
+        }
+        // What is queued now, up to a batch, with this thread's buffers (no await while they
+        // are held); then the other tasks' turn.
+        let drained = REPLY_BUFFERS.with_borrow_mut(|bufs| {
+            for _ in 0..REPLY_BATCH {
+                if !path.forward_one(bufs)? {
+                    return Ok(true);
                 }
             }
-        } else if queue.send(&buf[..len], &VirtioNetHdr::NONE).is_ok() {
-            stats.packets_out.fetch_add(1, Ordering::Relaxed);
+            Ok::<bool, io::Error>(false)
+        });
+        match drained {
+            Ok(true) => {}
+            Ok(false) => tokio::task::yield_now().await,
+            Err(e) => {
+                tracing::debug!(client = %path.key.client, error = %e, "UDP flow socket failed");
+                return;
+            }
         }
     }
 }

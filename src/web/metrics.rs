@@ -377,6 +377,43 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
         .counter(&[], stats.replies_built.load(Ordering::Relaxed) as f64)
         .0,
     );
+    let mut refusals = Family::new(
+        "refusals_total",
+        "Packets the gateway answered with a RST or an ICMP error of its own, by reason \
+         (no_service: an address of a routed range that is no ClusterIP).",
+        MetricType::COUNTER,
+    );
+    for (reason, n) in stats.refusals() {
+        refusals.push_counter(&[("reason", reason)], n as f64);
+    }
+    out.push(refusals.0);
+    out.push(
+        Family::new(
+            "flow_evictions_total",
+            "Flows dropped to make room for a new one when their table was full: UDP flows \
+             whose client was quiet longest, TCP flows whose handshake never completed \
+             (spoofed SYNs).",
+            MetricType::COUNTER,
+        )
+        .counter(
+            &[("table", "udp")],
+            stats.udp_evictions.load(Ordering::Relaxed) as f64,
+        )
+        .counter(
+            &[("table", "tcp_unanswered")],
+            stats.tcp_early_drops.load(Ordering::Relaxed) as f64,
+        )
+        .0,
+    );
+    out.push(
+        Family::new(
+            "tcp_pending_flows",
+            "TCP flows whose SYN went to the listener and whose handshake has not completed.",
+            MetricType::GAUGE,
+        )
+        .gauge(&[], stats.tcp_pending.load(Ordering::Relaxed) as f64)
+        .0,
+    );
     out.push(
         Family::new(
             "uptime_seconds",

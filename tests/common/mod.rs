@@ -18,6 +18,12 @@ pub use clusterway::lab::topology::Topology;
 /// Path of the binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_clusterway");
 
+/// The gateway binary the tests start: [`BIN`], or `CW_TEST_GATEWAY_BIN` when set (for
+/// benchmarks that compare two builds on the same scenarios, e.g. `bench/flood.sh`).
+pub fn gateway_bin() -> String {
+    std::env::var("CW_TEST_GATEWAY_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 /// Default timeout of network helpers.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -130,7 +136,7 @@ impl Gateway {
         args.extend_from_slice(extra_args);
         let child = topo
             .gateway()
-            .exec(BIN, &args)
+            .exec(gateway_bin(), &args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -139,7 +145,7 @@ impl Gateway {
             .stdout(Stdio::from(log_out))
             .stderr(Stdio::from(log_file))
             .spawn()
-            .unwrap_or_else(|e| panic!("spawning {BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", gateway_bin()));
         let mut gw = Gateway {
             child: Some(child),
             dir,
@@ -648,4 +654,20 @@ pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
         .into_iter()
         .filter(|n| n.strip_prefix(prefix).is_some_and(|r| r.starts_with('-')))
         .collect()
+}
+
+/// The value of the sample `series` in a Prometheus text exposition, 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series))
+        .filter_map(|rest| rest.strip_prefix(' '))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// The gateway's `/metrics` text, read from its default status address (127.0.0.1:9310 in
+/// the topology's gateway namespace); empty when it cannot be read.
+pub fn gateway_metrics(topo: &Topology) -> String {
+    let addr: SocketAddr = "127.0.0.1:9310".parse().expect("a socket address");
+    http_get(topo.gateway(), addr, "/metrics").map_or_else(|_| String::new(), |r| r.text())
 }

@@ -73,7 +73,8 @@ fn engine(now: Instant) -> Engine<u32> {
         4,
     );
     let mut cfg = EngineConfig::new(nat, 2);
-    cfg.error_burst = 1000;
+    cfg.errors = Arc::new(ErrorBudget::new(1000, 1000, now));
+    cfg.service_cidrs = vec!["10.96.0.0/16".parse().unwrap()];
     Engine::new(cfg, 4000, Arc::new(Stats::default()), now)
 }
 
@@ -252,7 +253,7 @@ fn syn_to_an_unknown_port_gets_a_rst_and_no_endpoints_an_icmp_unreachable() {
 }
 
 #[test]
-fn non_syn_of_no_flow_gets_a_rst_and_not_a_service_is_dropped() {
+fn non_syn_of_no_flow_gets_a_rst_and_outside_the_routed_ranges_is_dropped() {
     let t0 = Instant::now();
     let table = table();
     let mut e = engine(t0);
@@ -262,7 +263,7 @@ fn non_syn_of_no_flow_gets_a_rst_and_not_a_service_is_dropped() {
         r.handle(&mut e, &table, ack.len(), t0),
         Verdict::Reply { .. }
     ));
-    let other = tcp(CLIENT, 40000, [10, 96, 5, 5], 80, true, false);
+    let other = tcp(CLIENT, 40000, [10, 97, 5, 5], 80, true, false);
     let mut r = Run::new(&other);
     assert!(matches!(
         r.handle(&mut e, &table, other.len(), t0),
@@ -271,8 +272,9 @@ fn non_syn_of_no_flow_gets_a_rst_and_not_a_service_is_dropped() {
 }
 
 #[test]
-fn udp_new_flow_then_send_then_full_table_rejects() {
+fn udp_new_flow_then_send_then_a_full_table_drops_its_quietest_flow() {
     let t0 = Instant::now();
+    let t1 = t0 + Duration::from_secs(1);
     let table = table();
     let mut e = engine(t0);
     let dns = [10, 96, 0, 53];
@@ -291,35 +293,38 @@ fn udp_new_flow_then_send_then_full_table_rejects() {
     assert_eq!(endpoint, "10.244.1.10:5353".parse().unwrap());
     e.udp_insert(key, port, endpoint, 7, t0);
     let mut r = Run::new(&d);
-    match r.handle(&mut e, &table, d.len(), t0) {
+    match r.handle(&mut e, &table, d.len(), t1) {
         Verdict::UdpSend { flow, payload } => {
             assert_eq!(*flow, 7);
             assert_eq!(&r.buf[payload], b"hello");
         }
         v => panic!("expected UdpSend, got {v:?}"),
     }
-    // Capacity 2: a second flow fits, a third is refused with ICMP port unreachable.
-    for (i, sport) in [5001u16, 5002].into_iter().enumerate() {
+    // Capacity 2: a second flow fits; for a third, the flow whose client was quiet
+    // longest (the second: the first spoke at t1) is closed to make room.
+    for (sport, handle) in [(5001u16, 8), (5002, 9)] {
         let d = udp(CLIENT, sport, dns, 53, b"x");
         let mut r = Run::new(&d);
-        match r.handle(&mut e, &table, d.len(), t0) {
+        match r.handle(&mut e, &table, d.len(), t1) {
             Verdict::UdpNew {
                 key,
                 port,
                 endpoint,
                 ..
-            } if i == 0 => e.udp_insert(key, port, endpoint, 8, t0),
-            Verdict::Reply { len } if i == 1 => {
-                let p = parsed(&r.scratch[..len]);
-                let Some(etherparse::TransportSlice::Icmpv4(icmp)) = p.transport else {
-                    panic!()
-                };
-                assert_eq!((icmp.type_u8(), icmp.code_u8()), (3, 3));
-            }
-            v => panic!("unexpected {v:?} for flow {i}"),
+            } => e.udp_insert(key, port, endpoint, handle, t1),
+            v => panic!("unexpected {v:?} for flow {sport}"),
         }
     }
-    assert_eq!(e.stats.udp_count(ConnResult::TableFull), 1);
+    let mut left: Vec<u32> = e.udp().iter().map(|(_, f)| f.handle).collect();
+    left.sort();
+    assert_eq!(left, [7, 9]);
+    assert_eq!(
+        e.stats
+            .udp_evictions
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(e.stats.udp_count(ConnResult::TableFull), 0);
     // Unknown UDP port: port unreachable.
     let d = udp(CLIENT, 5003, dns, 54, b"x");
     let mut r = Run::new(&d);
@@ -353,7 +358,7 @@ fn echo_requests_to_cluster_ips_are_answered() {
     };
     assert_eq!(icmp.type_u8(), 0);
     let mut ping = Vec::new();
-    v4(CLIENT, [10, 96, 7, 7])
+    v4(CLIENT, [10, 97, 7, 7])
         .icmpv4_echo_request(9, 1)
         .write(&mut ping, b"x")
         .unwrap();
@@ -408,13 +413,14 @@ fn full_nat_table_refuses_with_rst_and_keeps_existing_flows() {
     let t0 = Instant::now();
     let table = table();
     let mut e = engine(t0);
+    // Four flows whose handshake completed (the proxy accepted them) fill the table.
     for p in 0..4u16 {
         let syn = tcp(CLIENT, 30000 + p, WEB, 80, true, false);
         let mut r = Run::new(&syn);
-        assert!(matches!(
-            r.handle(&mut e, &table, syn.len(), t0),
-            Verdict::NewTcp { .. }
-        ));
+        let Verdict::NewTcp { flow, .. } = r.handle(&mut e, &table, syn.len(), t0) else {
+            panic!()
+        };
+        assert!(e.nat().accepted(flow.virt));
     }
     let syn = tcp(CLIENT, 30009, WEB, 80, true, false);
     let mut r = Run::new(&syn);
@@ -589,4 +595,194 @@ fn with_the_proxy_on_workers_a_flow_goes_to_the_listener_of_the_worker_that_mapp
             }
         }
     }
+}
+
+/// The ICMP type and code of a reply the engine built, and the destination it quotes.
+fn icmp_reply(r: &Run, v: &Verdict<'_, u32>) -> (u8, u8, IpAddr) {
+    let Verdict::Reply { len } = v else {
+        panic!("a reply expected, not {v:?}")
+    };
+    let p = parsed(&r.scratch[..*len]);
+    match (p.net, p.transport) {
+        (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Icmpv4(i))) => {
+            let quoted = etherparse::Ipv4HeaderSlice::from_slice(i.payload()).unwrap();
+            assert_eq!(ip.header().source_addr(), quoted.destination_addr());
+            (i.type_u8(), i.code_u8(), quoted.destination_addr().into())
+        }
+        (Some(etherparse::NetSlice::Ipv6(ip)), Some(etherparse::TransportSlice::Icmpv6(i))) => {
+            let quoted = etherparse::Ipv6HeaderSlice::from_slice(i.payload()).unwrap();
+            assert_eq!(ip.header().source_addr(), quoted.destination_addr());
+            (i.type_u8(), i.code_u8(), quoted.destination_addr().into())
+        }
+        other => panic!("not ICMP: {other:?}"),
+    }
+}
+
+#[test]
+fn an_address_of_a_routed_range_that_is_no_service_is_refused_for_every_protocol() {
+    let t0 = Instant::now();
+    let table = table();
+    let mut e = engine(t0);
+    let gone = [10, 96, 0, 77];
+    let mut ping = Vec::new();
+    v4(CLIENT, gone)
+        .icmpv4_echo_request(9, 1)
+        .write(&mut ping, b"x")
+        .unwrap();
+    let packets = [
+        tcp(CLIENT, 40000, gone, 80, true, false),
+        tcp(CLIENT, 40001, gone, 80, false, true),
+        udp(CLIENT, 40002, gone, 53, b"q"),
+        ping,
+    ];
+    for pkt in &packets {
+        let mut r = Run::new(pkt);
+        let v = r.handle(&mut e, &table, pkt.len(), t0);
+        // Destination unreachable, communication administratively prohibited, from the
+        // address asked for, quoting the packet.
+        assert_eq!(icmp_reply(&r, &v), (3, 13, IpAddr::from(gone)));
+    }
+    // It leaves no state: no flow mapped, none to open, and it is counted by reason.
+    assert_eq!(e.nat().len(), 0);
+    assert_eq!(e.udp().len(), 0);
+    assert!(e
+        .stats
+        .refusals()
+        .contains(&(Refusal::NoService.label(), 4)));
+    // A RST to it is not answered.
+    let mut rst = Vec::new();
+    v4(CLIENT, gone)
+        .tcp(40003, 80, 1, 0)
+        .rst()
+        .write(&mut rst, &[])
+        .unwrap();
+    let mut r = Run::new(&rst);
+    assert!(matches!(
+        r.handle(&mut e, &table, rst.len(), t0),
+        Verdict::Drop(Reason::NotService)
+    ));
+}
+
+#[test]
+fn ipv6_no_service_and_the_tables_service_cidrs_decide_what_is_routed() {
+    let t0 = Instant::now();
+    let mut table = table();
+    let mut e = engine(t0);
+    let gone6: std::net::Ipv6Addr = "fd00:10:96::77".parse().unwrap();
+    let syn6 = |dst: std::net::Ipv6Addr| {
+        let mut out = Vec::new();
+        PacketBuilder::ipv6(
+            "fd00:77::2".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            dst.octets(),
+            64,
+        )
+        .tcp(40000, 80, 1, 64240)
+        .syn()
+        .write(&mut out, &[])
+        .unwrap();
+        out
+    };
+    // The engine's --service-cidr is IPv4 only: an IPv6 address is not in a routed range.
+    let pkt = syn6(gone6);
+    let mut r = Run::new(&pkt);
+    assert!(matches!(
+        r.handle(&mut e, &table, pkt.len(), t0),
+        Verdict::Drop(Reason::NotService)
+    ));
+    // The cluster's ServiceCIDRs, when the API serves them, replace --service-cidr.
+    table.service_cidrs = Some(vec!["fd00:10:96::/112".parse().unwrap()]);
+    let mut r = Run::new(&pkt);
+    let v = r.handle(&mut e, &table, pkt.len(), t0);
+    // ICMPv6 destination unreachable, administratively prohibited.
+    assert_eq!(icmp_reply(&r, &v), (1, 1, IpAddr::V6(gone6)));
+    let v4pkt = tcp(CLIENT, 40000, [10, 96, 0, 77], 80, true, false);
+    let mut r = Run::new(&v4pkt);
+    assert!(matches!(
+        r.handle(&mut e, &table, v4pkt.len(), t0),
+        Verdict::Drop(Reason::NotService)
+    ));
+    // With no range at all (one host route per ClusterIP), unicast addresses are refused
+    // (a deleted Service's route on its way out) but the kernel's own multicast is not.
+    table.service_cidrs = None;
+    e.service_cidrs.clear();
+    let mut r = Run::new(&v4pkt);
+    let v = r.handle(&mut e, &table, v4pkt.len(), t0);
+    assert_eq!(icmp_reply(&r, &v).1, 13);
+    let mld = syn6("ff02::16".parse().unwrap());
+    let mut r = Run::new(&mld);
+    assert!(matches!(
+        r.handle(&mut e, &table, mld.len(), t0),
+        Verdict::Drop(Reason::NotService)
+    ));
+}
+
+#[test]
+fn refusals_are_rate_limited_by_one_budget_for_all_workers() {
+    let t0 = Instant::now();
+    let table = table();
+    let nat = NatConfig::new(
+        "198.18.0.0/16".parse().unwrap(),
+        "fdc7:7779::/64".parse().unwrap(),
+        4,
+    );
+    let mut cfg = EngineConfig::new(nat.clone(), 2);
+    cfg.errors = Arc::new(ErrorBudget::new(1, 10, t0));
+    cfg.service_cidrs = vec!["10.96.0.0/16".parse().unwrap()];
+    let shared = Arc::new(crate::dataplane::shared::SharedFlows::with_owners(
+        nat, 2, t0,
+    ));
+    let ports: Arc<[u16]> = Arc::new([4000, 4001]);
+    let stats = Arc::new(Stats::default());
+    let mut engines: Vec<Engine<u32>> = (0..2)
+        .map(|w| {
+            Engine::with_shared(
+                cfg.clone(),
+                shared.clone(),
+                ports.clone(),
+                w,
+                stats.clone(),
+                t0,
+            )
+        })
+        .collect();
+    let mut replies = 0;
+    for n in 0..40u16 {
+        let pkt = tcp(CLIENT, 1000 + n, [10, 96, 0, 77], 80, true, false);
+        let mut r = Run::new(&pkt);
+        match r.handle(&mut engines[usize::from(n % 2)], &table, pkt.len(), t0) {
+            Verdict::Reply { .. } => replies += 1,
+            Verdict::Drop(Reason::RateLimited) => {}
+            v => panic!("{v:?}"),
+        }
+    }
+    // A burst of 10 for the process, not 10 per worker.
+    assert_eq!(replies, 10);
+    assert!(stats.refusals().contains(&("no_service", 10)));
+}
+
+#[test]
+fn a_full_table_of_unanswered_syns_makes_room_for_a_new_one() {
+    let t0 = Instant::now();
+    let table = table();
+    let mut e = engine(t0);
+    let mut virts = Vec::new();
+    // Spoofed SYNs: nobody completes their handshake.
+    for p in 0..4u8 {
+        let syn = tcp([172, 16, 0, p], 40000, WEB, 80, true, false);
+        let mut r = Run::new(&syn);
+        let Verdict::NewTcp { flow, .. } = r.handle(&mut e, &table, syn.len(), t0) else {
+            panic!()
+        };
+        virts.push(flow.virt);
+    }
+    // A legitimate client's SYN still gets in; the oldest unanswered flow made room.
+    let syn = tcp(CLIENT, 30000, WEB, 80, true, false);
+    let mut r = Run::new(&syn);
+    let Verdict::NewTcp { flow, .. } = r.handle(&mut e, &table, syn.len(), t0) else {
+        panic!()
+    };
+    assert!(e.nat().accepted(flow.virt));
+    assert_eq!(e.nat().early_drops(), 1);
+    assert_eq!(e.nat().active(), 4);
+    assert_eq!(e.stats.tcp_count(ConnResult::TableFull), 0);
 }
