@@ -359,6 +359,16 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
     out.push(drops.0);
     out.push(
         Family::new(
+            "tun_fragments_queued_total",
+            "Fragments held for reassembly until the rest of their datagram arrives (not drops; \
+             a datagram that never completes is counted as the drop reason fragment_timeout).",
+            MetricType::COUNTER,
+        )
+        .counter(&[], stats.fragments_queued() as f64)
+        .0,
+    );
+    out.push(
+        Family::new(
             "tun_packets_off_owner_total",
             "Packets of a flow read by a dataplane worker other than the one running its proxy \
              (--proxy-on-workers with several queues); each is written back through the \
