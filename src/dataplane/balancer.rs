@@ -2,8 +2,9 @@
 //! timeout, and the ordered list of endpoints a TCP dial tries (the chosen one first, then
 //! the next ones in rotation, as kube-proxy's userspace mode retried).
 //!
-//! Pure state owned by one dataplane worker; survives table swaps (keyed by frontend, and
-//! an affinity only holds while its endpoint is still usable).
+//! Pure state (no locks, no I/O). One instance is shared by all dataplane workers, behind
+//! one mutex in [`super::shared::SharedFlows`], taken once per new flow; it survives table
+//! swaps (keyed by frontend, and an affinity only holds while its endpoint is still usable).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
