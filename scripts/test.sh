@@ -20,6 +20,8 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+# tests/container.rs verifies docker/clusterway.service with systemd-analyze.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The browser test (tests/browser.rs) drives Debian's Chromium with playwright-core.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
