@@ -959,3 +959,82 @@ fn json_output_has_every_field_for_every_check() {
         );
     }
 }
+
+/// A Service whose ClusterIP is outside every `--service-cidr` of its family cannot be
+/// reached through the gateway: with `--service-cidr`, the check warns and names it, from
+/// a file and from a cluster (paged list of Services); all inside is ✔.
+#[test]
+fn cluster_ips_outside_the_service_cidrs_are_a_warning() {
+    let env = Env::new();
+    let service = |name: &str, ip: &str| {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": "shop"},
+               "spec": {"clusterIP": ip, "clusterIPs": [ip],
+                        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+    };
+    let file = env.write(
+        "two.json",
+        &json!({"apiVersion": "v1", "kind": "List",
+                "items": [service("web", "10.96.0.20"), service("typo", "10.112.0.20")]})
+        .to_string(),
+    );
+    let name = "ClusterIPs routed";
+    let (_, report) = env.check_json(&[
+        "--from-file",
+        file.to_str().unwrap(),
+        "--service-cidr",
+        "10.96.0.0/12",
+        "--service-cidr",
+        "fd00:10:96::/112",
+    ]);
+    let dump = format!("{:#}", report.0);
+    assert_eq!(report.severity(name), "warning", "{dump}");
+    assert!(
+        report.detail(name).starts_with(
+            "1 ClusterIP not routed: 10.112.0.20 (shop/typo): outside every routed Service CIDR"
+        ),
+        "{dump}"
+    );
+    assert!(report.fix(name).contains("--service-cidr"), "{dump}");
+    let (_, report) = env.check_json(&[
+        "--from-file",
+        file.to_str().unwrap(),
+        "--service-cidr",
+        "10.96.0.0/11",
+    ]);
+    assert_eq!(report.severity(name), "ok", "{:#}", report.0);
+    // Without --service-cidr the gateway routes each ClusterIP itself: no such check.
+    let (_, report) = env.check_json(&["--from-file", file.to_str().unwrap()]);
+    assert!(
+        !report.0["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == name),
+        "{:#}",
+        report.0
+    );
+
+    // The same from a cluster: the check lists its Services.
+    let api = apiserver::ApiServer::start_in(&env.ns);
+    api.apply(service("web", "10.96.0.20"));
+    api.apply(service("typo", "10.112.0.20"));
+    let kc = api.kubeconfig();
+    let (_, report) = env.check_json(&[
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--service-cidr",
+        "10.96.0.0/12",
+    ]);
+    let dump = format!("{:#}", report.0);
+    assert_eq!(report.severity(name), "warning", "{dump}");
+    assert!(
+        report.detail(name).contains("10.112.0.20 (shop/typo)"),
+        "{dump}"
+    );
+    assert!(
+        api.requests().iter().any(|r| r.starts_with("/api/v1/services")),
+        "{:?}",
+        api.requests()
+    );
+}

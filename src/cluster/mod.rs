@@ -8,7 +8,8 @@
 //! - `file`: the file source (load at start-up, reload on change);
 //! - `kube`: the Kubernetes source (watches, resync, outages);
 //! - `sync`: the source's state (syncing / synced / stale) and counters;
-//! - `error`: `ObjectError` (one bad object + field) and `SourceError`.
+//! - `error`: `ObjectError` (one bad object + field) and `SourceError`;
+//! - `routed`: which exposed ClusterIPs the gateway's routes cannot carry.
 
 pub mod build;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod kube;
 pub mod kubeconfig;
 pub mod parse;
 pub mod policy;
+pub mod routed;
 pub mod sync;
 pub mod table;
 

@@ -367,6 +367,22 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
         .counter(&[], stats.fragments_queued() as f64)
         .0,
     );
+    let not_routed = status.health.not_routed();
+    let mut family = Family::new(
+        "cluster_ips_not_routed",
+        "Exposed ClusterIPs that no route of the gateway carries, by reason \
+         (outside_service_cidrs: outside every routed Service CIDR of their family; \
+         ipv6_disabled: the host has IPv6 off).",
+        MetricType::GAUGE,
+    );
+    for reason in [
+        crate::cluster::routed::NotRoutedReason::OutsideRanges,
+        crate::cluster::routed::NotRoutedReason::Ipv6Disabled,
+    ] {
+        let n = not_routed.iter().filter(|x| x.reason == reason).count();
+        family = family.gauge(&[("reason", reason.label())], n as f64);
+    }
+    out.push(family.0);
     out.push(
         Family::new(
             "tun_packets_off_owner_total",
