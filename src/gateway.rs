@@ -128,9 +128,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
             let config = load_config(&kube_opts).await?;
             tracing::info!(server = %config.cluster_url, "watching the cluster");
             let server = config.cluster_url.to_string();
-            let client =
-                ::kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
-            let (source, status) = KubeSource::new(client, opts, args.policy(), kube_opts);
+            let (source, status) = KubeSource::new(config, opts, args.policy(), kube_opts)
+                .context("cannot build the Kubernetes client")?;
             Source::Kube(Box::new(source), status, server)
         }
     };

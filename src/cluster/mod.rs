@@ -9,7 +9,9 @@
 //! - `kube`: the Kubernetes source (watches, resync, outages);
 //! - `sync`: the source's state (syncing / synced / stale) and counters;
 //! - `error`: `ObjectError` (one bad object + field) and `SourceError`;
-//! - `routed`: which exposed ClusterIPs the gateway's routes cannot carry.
+//! - `routed`: which exposed ClusterIPs the gateway's routes cannot carry;
+//! - `watch_error`: a failed list or watch, typed by failure mode (the metric's reason);
+//! - `watch_start`: the client layer that tells when a (resumed) watch was accepted.
 
 pub mod build;
 pub mod error;
@@ -22,6 +24,8 @@ pub mod policy;
 pub mod routed;
 pub mod sync;
 pub mod table;
+pub mod watch_error;
+pub mod watch_start;
 
 pub use build::{build_table, build_table_with, BuildOptions};
 pub use error::{ObjectError, SourceError};

@@ -320,13 +320,29 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
             .counter(&[], SourceCounters::get(&c.outages) as f64)
             .0,
         );
+        let mut errors = Family::new(
+            "api_watch_errors_total",
+            "Failed list or watch attempts, by reason (unreachable, stream_broken, \
+             unauthorized, forbidden, not_found, gone, throttled, server_error, http_error, \
+             protocol).",
+            MetricType::COUNTER,
+        );
+        for (i, reason) in crate::cluster::watch_error::WatchError::LABELS
+            .iter()
+            .enumerate()
+        {
+            let n = SourceCounters::get(&c.watch_errors_by_reason[i]);
+            errors = errors.counter(&[("reason", reason)], n as f64);
+        }
+        out.push(errors.0);
         out.push(
             Family::new(
-                "api_watch_errors_total",
-                "Failed list or watch attempts.",
+                "api_watch_resumed_total",
+                "Watches resumed from their last resourceVersion after an error, without a \
+                 re-list.",
                 MetricType::COUNTER,
             )
-            .counter(&[], SourceCounters::get(&c.watch_errors) as f64)
+            .counter(&[], SourceCounters::get(&c.watch_resumed) as f64)
             .0,
         );
     }
