@@ -15,6 +15,8 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
+# The fuzz targets (scripts/fuzz.sh): libfuzzer-sys builds libFuzzer with the C++ compiler.
+command -v c++ >/dev/null 2>&1 || need+=(g++)
 # The container test (tests/container.rs) builds and runs the image with podman on a
 # debootstrapped base; podman needs runc on these machines.
 command -v podman >/dev/null 2>&1 || need+=(podman)
@@ -51,6 +53,9 @@ echo "==> cargo test --test dataplane, offloads on, 4 queues"
 CLUSTERWAY_QUEUES=4 cargo test --test dataplane 2>&1
 echo "==> cargo test --test dataplane, proxy on the workers, 2 queues"
 CLUSTERWAY_PROXY_ON_WORKERS=1 CLUSTERWAY_QUEUES=2 cargo test --test dataplane 2>&1
+# The fuzz campaign's time-boxed run: a minute per target (fuzz/README.md).
+echo "==> fuzzing (scripts/fuzz.sh, ${FUZZ_SECONDS:-60}s per target)"
+bash scripts/fuzz.sh
 left=$(ip netns list | grep -c '^cw' || true)
 if [ "$left" != 0 ]; then
   echo "scripts/test.sh: $left test network namespace(s) left behind:" >&2

@@ -1033,7 +1033,9 @@ fn cluster_ips_outside_the_service_cidrs_are_a_warning() {
         "{dump}"
     );
     assert!(
-        api.requests().iter().any(|r| r.starts_with("/api/v1/services")),
+        api.requests()
+            .iter()
+            .any(|r| r.starts_with("/api/v1/services")),
         "{:?}",
         api.requests()
     );
@@ -1109,7 +1111,10 @@ fn a_pod_behind_only_the_default_route_is_not_dialled() {
     );
     let fix = report.fix(name);
     assert!(fix.contains("pod CIDR"), "{fix}");
-    assert!(fix.contains("run the gateway on a node of the cluster"), "{fix}");
+    assert!(
+        fix.contains("run the gateway on a node of the cluster"),
+        "{fix}"
+    );
     assert!(ok, "a warning does not block: {dump}");
     assert_eq!(tx(), before, "a probe left through the default route");
 
@@ -1124,6 +1129,10 @@ fn a_pod_behind_only_the_default_route_is_not_dialled() {
     );
     let (_, report) = env.check_json(&["--from-file", only.to_str().unwrap()]);
     assert_eq!(report.severity(name), "warning", "{:#}", report.0);
-    assert!(report.detail(name).starts_with("0/1 routed"), "{:#}", report.0);
+    assert!(
+        report.detail(name).starts_with("0/1 routed"),
+        "{:#}",
+        report.0
+    );
     assert_eq!(tx(), before, "a probe left through the default route");
 }

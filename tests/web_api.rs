@@ -588,7 +588,9 @@ fn a_cluster_ip_outside_the_service_cidrs_is_reported_not_routed() {
     let gw = Gateway::start(&topo, &with_stray, &CIDRS);
     wait_ready(&topo, &gw);
     assert!(
-        gw.logged("1 ClusterIP not routed: 10.97.0.7 (demo/stray): outside every routed Service CIDR"),
+        gw.logged(
+            "1 ClusterIP not routed: 10.97.0.7 (demo/stray): outside every routed Service CIDR"
+        ),
         "{}",
         gw.logs()
     );

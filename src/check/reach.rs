@@ -58,7 +58,9 @@ impl Probe {
             Probe::TimedOut => "timed out".into(),
             Probe::Failed(e) => e.to_string(),
             Probe::DefaultRoute(Some(gw)) => {
-                format!("no route to the pod network (only the default route, via {gw}; not dialled)")
+                format!(
+                    "no route to the pod network (only the default route, via {gw}; not dialled)"
+                )
             }
             Probe::DefaultRoute(None) => {
                 "no route to the pod network (only the default route; not dialled)".into()
@@ -103,8 +105,12 @@ pub fn pick(candidates: &[Target], n: usize) -> Vec<Target> {
 /// only (see the module doc).
 pub async fn probe_all(targets: &[Target], timeout: Duration) -> Vec<Probe> {
     let host = Host::connect().map_err(|e| e.to_string());
-    futures::future::join_all(targets.iter().map(|t| probe(host.as_ref(), t.addr, timeout)))
-        .await
+    futures::future::join_all(
+        targets
+            .iter()
+            .map(|t| probe(host.as_ref(), t.addr, timeout)),
+    )
+    .await
 }
 
 async fn probe(host: Result<&Host, &String>, addr: SocketAddr, timeout: Duration) -> Probe {

@@ -80,7 +80,12 @@ mod tests {
                     spec:\n  clusterIP: 10.96.0.20\n  ports: [{port: 80}]\n---\n\
                     apiVersion: v1\nkind: Service\nmetadata: {name: typo, namespace: shop}\n\
                     spec:\n  clusterIP: 10.112.0.20\n  ports: [{port: 80}]\n";
-        build_table(1, &parse_objects("t.yaml", text).unwrap(), &BuildOptions::default()).0
+        build_table(
+            1,
+            &parse_objects("t.yaml", text).unwrap(),
+            &BuildOptions::default(),
+        )
+        .0
     }
 
     #[test]
@@ -100,6 +105,9 @@ mod tests {
             ),
             "{c:?}"
         );
-        assert!(c.fix.unwrap().contains("--service-cidr (now: 10.96.0.0/12)"));
+        assert!(c
+            .fix
+            .unwrap()
+            .contains("--service-cidr (now: 10.96.0.0/12)"));
     }
 }

@@ -40,8 +40,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ::kube::api::Api;
 use ::kube::config::KubeConfigOptions;
-use ::kube::runtime::watcher::{self, Event};
 use ::kube::runtime::utils::StreamBackoff;
+use ::kube::runtime::watcher::{self, Event};
 use ::kube::runtime::WatchStreamExt;
 use ::kube::{Client, Config};
 use futures::StreamExt;

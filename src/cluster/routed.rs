@@ -171,7 +171,10 @@ items:
             ips(&got),
             vec![
                 ("10.112.0.7 shop/typo".into(), "outside_service_cidrs"),
-                ("fd00:20::7 shop/other-range".into(), "outside_service_cidrs"),
+                (
+                    "fd00:20::7 shop/other-range".into(),
+                    "outside_service_cidrs"
+                ),
             ]
         );
         assert_eq!(

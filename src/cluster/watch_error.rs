@@ -155,9 +155,9 @@ mod tests {
                 "stream_broken",
             ),
             (
-                watcher::Error::WatchStartFailed(::kube::Error::ReadEvents(
-                    std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
-                )),
+                watcher::Error::WatchStartFailed(::kube::Error::ReadEvents(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionRefused,
+                ))),
                 "unreachable",
             ),
             (watcher::Error::NoResourceVersion, "protocol"),

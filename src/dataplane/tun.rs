@@ -62,20 +62,11 @@ pub enum TunError {
     #[error("cannot open /dev/net/tun: {0} (is the tun module loaded, and is /dev/net/tun passed to the container?)")]
     Open(io::Error),
     #[error("cannot create TUN device {name}: {error} (this needs CAP_NET_ADMIN)")]
-    Create {
-        name: String,
-        error: io::Error,
-    },
+    Create { name: String, error: io::Error },
     #[error("cannot set up offloads on TUN device {name}: {error} (run with --no-offload)")]
-    Offload {
-        name: String,
-        error: io::Error,
-    },
+    Offload { name: String, error: io::Error },
     #[error("TUN device {name} has no interface index: {error}")]
-    Index {
-        name: String,
-        error: io::Error,
-    },
+    Index { name: String, error: io::Error },
 }
 
 /// One queue of the device.
