@@ -27,7 +27,11 @@ fn replay(target: &str, harness: fn(&[u8])) -> usize {
     for file in seeds.iter().chain(&regressions) {
         let data = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let result = std::panic::catch_unwind(|| harness(&data));
-        assert!(result.is_ok(), "{} fails the {target} harness", file.display());
+        assert!(
+            result.is_ok(),
+            "{} fails the {target} harness",
+            file.display()
+        );
     }
     seeds.len()
 }
