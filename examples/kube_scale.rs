@@ -106,8 +106,8 @@ fn main() {
         };
         let started = Instant::now();
         let config = load_config(&opts).await.expect("kubeconfig");
-        let client = kube::Client::try_from(config).expect("client");
-        let (source, _status) = KubeSource::new(client, BuildOptions::default(), Policy::default(), opts);
+        let (source, _status) =
+            KubeSource::new(config, BuildOptions::default(), Policy::default(), opts).expect("client");
         let live = Arc::new(ArcSwap::from_pointee(ServiceTable::default()));
         let (tx, mut rx) = tokio::sync::watch::channel(0u64);
         let l2 = live.clone();

@@ -15,11 +15,15 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
+# The fuzz targets (scripts/fuzz.sh): libfuzzer-sys builds libFuzzer with the C++ compiler.
+command -v c++ >/dev/null 2>&1 || need+=(g++)
 # The container test (tests/container.rs) builds and runs the image with podman on a
 # debootstrapped base; podman needs runc on these machines.
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+# tests/container.rs verifies docker/clusterway.service with systemd-analyze.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The browser test (tests/browser.rs) drives Debian's Chromium with playwright-core.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
@@ -52,6 +56,9 @@ CLUSTERWAY_PROXY_ON_WORKERS=1 CLUSTERWAY_QUEUES=2 cargo test --test dataplane 2>
 # The floods again with two workers sharing the NAT (each evicts from its own shards).
 echo "==> cargo test --test adversarial, proxy on the workers, 2 queues"
 CLUSTERWAY_PROXY_ON_WORKERS=1 CLUSTERWAY_QUEUES=2 cargo test --test adversarial 2>&1
+# The fuzz campaign's time-boxed run: a minute per target (fuzz/README.md).
+echo "==> fuzzing (scripts/fuzz.sh, ${FUZZ_SECONDS:-60}s per target)"
+bash scripts/fuzz.sh
 left=$(ip netns list | grep -c '^cw' || true)
 if [ "$left" != 0 ]; then
   echo "scripts/test.sh: $left test network namespace(s) left behind:" >&2

@@ -9,6 +9,7 @@
 //! - `host`: TUN device creation, forwarding sysctls;
 //! - `reach`: TCP connections to a sample of ready endpoints (is the pod network routed?);
 //! - `file`: with `--from-file`, the snapshot file instead of the API;
+//! - `routed`: with `--service-cidr`, whether every exposed ClusterIP is inside the ranges;
 //! - `report`: the result types and their rendering.
 //!
 //! Must not change the host: the only thing created is a TUN device under a temporary name,
@@ -21,6 +22,7 @@ pub mod host;
 mod rbac;
 pub mod reach;
 pub mod report;
+pub mod routed;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -67,6 +69,43 @@ pub struct CheckArgs {
     /// Print the report as JSON (each check: name, ok, severity, detail, fix).
     #[arg(long)]
     pub json: bool,
+
+    /// A Service CIDR the gateway will route (repeatable, as `run --service-cidr`): every
+    /// exposed ClusterIP is checked to be inside one of its family.
+    #[arg(long = "service-cidr", value_name = "CIDR", value_parser = crate::config::parse_cidr)]
+    pub service_cidrs: Vec<ipnet::IpNet>,
+}
+
+/// Whether this host can install IPv6 routes (as the gateway decides at start).
+fn ipv6_enabled() -> bool {
+    matches!(
+        crate::host::sysctl::read("net.ipv6.conf.all.disable_ipv6")
+            .as_deref()
+            .map(str::trim),
+        Ok("0")
+    )
+}
+
+/// The not-routed check on the cluster's Services (only with `--service-cidr`).
+async fn routed_in_cluster(args: &CheckArgs, client: &kube::Client) -> Check {
+    match api::services(client, args.timeout).await {
+        Ok(services) => {
+            let objs = crate::cluster::Objects {
+                services,
+                ..Default::default()
+            };
+            let opts = BuildOptions {
+                proxy_name: args.proxy_name.clone(),
+            };
+            let (table, _) = crate::cluster::build_table(1, &objs, &opts);
+            routed::judge(&table, &args.service_cidrs, ipv6_enabled())
+        }
+        Err(f) => Check::warn(
+            routed::NAME,
+            format!("cannot list Services: {f}"),
+            "grant list on services (docker/rbac.yaml) and run the check again",
+        ),
+    }
 }
 
 /// Runs every check and returns the report (never fails: failures are checks).
@@ -82,6 +121,12 @@ pub async fn checks(args: &CheckArgs) -> Report {
         };
         let (check, table) = file::check_file(path, &opts);
         out.push(check);
+        if !args.service_cidrs.is_empty() {
+            out.push(match &table {
+                Some(t) => routed::judge(t, &args.service_cidrs, ipv6_enabled()),
+                None => Check::skip(routed::NAME, "the file did not load"),
+            });
+        }
         targets = match table {
             Some(table) => {
                 services = Some(file::ports(&table));
@@ -125,6 +170,9 @@ async fn cluster_checks(
         for needed in &api::NEEDED {
             out.push(Check::skip(needed.check_name(), "no kubeconfig"));
         }
+        if !args.service_cidrs.is_empty() {
+            out.push(Check::skip(routed::NAME, "no kubeconfig"));
+        }
         return Err(Check::skip(reach::NAME, "no kubeconfig"));
     };
 
@@ -134,6 +182,9 @@ async fn cluster_checks(
     if !reachable {
         for needed in &api::NEEDED {
             out.push(Check::skip(needed.check_name(), "API not reachable"));
+        }
+        if !args.service_cidrs.is_empty() {
+            out.push(Check::skip(routed::NAME, "API not reachable"));
         }
         return Err(Check::skip(reach::NAME, "API not reachable"));
     }
@@ -145,6 +196,9 @@ async fn cluster_checks(
     )
     .await;
     out.extend(permissions);
+    if !args.service_cidrs.is_empty() {
+        out.push(routed_in_cluster(args, &client).await);
+    }
 
     match api::endpoint_targets(&client, args.timeout).await {
         Ok(targets) => Ok(targets),

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use crate::cluster::build::BuildOptions;
 use crate::cluster::file::FileSource;
 use crate::cluster::kube::{load_config, KubeSource};
+use crate::cluster::routed;
 use crate::cluster::sync::SyncStatus;
 use crate::cluster::table::ServiceTable;
 use crate::config::{nofile_limit, RunArgs};
@@ -59,6 +60,39 @@ pub fn desired_routes(cidrs: &[IpNet], table: &ServiceTable) -> BTreeSet<IpNet> 
     table.cluster_ips().map(IpNet::from).collect()
 }
 
+/// Records which exposed ClusterIPs `routes` cannot carry ([`routed::not_routed`]) for the
+/// status page, the API and `/readyz`, and warns when the list changed (at start and on a
+/// reload or watch update that changes it), naming up to 20 of them.
+fn report_not_routed(health: &Health, routes: &BTreeSet<IpNet>, ipv6: bool, table: &ServiceTable) {
+    if table.generation == 0 {
+        return;
+    }
+    let list = routed::not_routed(routes, ipv6, table);
+    let count = list.len();
+    let text = routed::summary(&list, 20);
+    let outside = list
+        .iter()
+        .any(|n| n.reason == routed::NotRoutedReason::OutsideRanges);
+    if health.set_not_routed(list) {
+        if count == 0 {
+            tracing::info!("every exposed ClusterIP is inside the routed ranges again");
+        } else {
+            let ranges: Vec<String> = routes.iter().map(ToString::to_string).collect();
+            let fix = if outside {
+                "add the cluster's Service CIDR with --service-cidr (kubectl get \
+                 servicecidrs, or the API server's --service-cluster-ip-range)"
+            } else {
+                "enable IPv6 on this host (net.ipv6.conf.all.disable_ipv6 = 0)"
+            };
+            tracing::warn!(
+                count,
+                routes = %ranges.join(", "),
+                "{text}; no client reaches these addresses through this gateway: {fix}"
+            );
+        }
+    }
+}
+
 /// Whether the kernel lets this namespace use IPv6 (it may be compiled out, or disabled
 /// with `net.ipv6.conf.all.disable_ipv6`).
 fn ipv6_enabled() -> bool {
@@ -94,9 +128,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
             let config = load_config(&kube_opts).await?;
             tracing::info!(server = %config.cluster_url, "watching the cluster");
             let server = config.cluster_url.to_string();
-            let client =
-                ::kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
-            let (source, status) = KubeSource::new(client, opts, args.policy(), kube_opts);
+            let (source, status) = KubeSource::new(config, opts, args.policy(), kube_opts)
+                .context("cannot build the Kubernetes client")?;
             Source::Kube(Box::new(source), status, server)
         }
     };
@@ -353,6 +386,8 @@ async fn serve(
     let mut installed = BTreeSet::new();
     let result: Result<()> = loop {
         let mut want = desired_routes(&args.service_cidrs, &table.load());
+        // ClusterIPs these routes cannot carry: a warning at start and on each change.
+        report_not_routed(&health, &want, ipv6, &table.load());
         if !ipv6 {
             want.retain(|net| matches!(net, IpNet::V4(_)));
         }

@@ -43,6 +43,7 @@ pub struct RoutesArgs {
 
     /// The next hop routers use: this gateway's address (repeatable: one IPv4, one IPv6).
     /// Default: the host's primary address per family (the source of its default route).
+    /// When given, only the families given are routed; the others are listed as not routed.
     #[arg(long = "gateway-address", value_name = "IP")]
     pub gateway_addresses: Vec<IpAddr>,
 
@@ -145,14 +146,6 @@ impl NextHops {
                 Some(IpAddr::V6(a)) => Some(a),
                 _ => None,
             },
-        }
-    }
-
-    /// Fills the families not given explicitly from `detected`.
-    pub fn or(self, detected: NextHops) -> NextHops {
-        NextHops {
-            v4: self.v4.or(detected.v4),
-            v6: self.v6.or(detected.v6),
         }
     }
 }
@@ -321,7 +314,13 @@ pub fn run(args: RoutesArgs) -> Result<()> {
     // Flags first (STYLE 4): a bad address is an error before any file is read.
     let given = NextHops::from_addresses(&args.gateway_addresses).map_err(anyhow::Error::msg)?;
     let routes = routes_for(&args).context("cannot work out the routes")?;
-    let hops = given.or(NextHops::detect());
+    // Addresses given are the whole answer: a family without one is listed as not routed,
+    // never sent via an address detected on this host (perhaps not the one routers reach).
+    let hops = if args.gateway_addresses.is_empty() {
+        NextHops::detect()
+    } else {
+        given
+    };
     let needs_v4 = routes.iter().any(|n| matches!(n, IpNet::V4(_)));
     let needs_v6 = routes.iter().any(|n| matches!(n, IpNet::V6(_)));
     if (needs_v4 && hops.v4.is_none()) || (needs_v6 && hops.v6.is_none()) {
@@ -384,12 +383,6 @@ mod tests {
         assert!(NextHops::from_addresses(&[a("fe80::1")]).is_err());
         assert!(NextHops::from_addresses(&[a("127.0.0.1")]).is_err());
         assert!(NextHops::from_addresses(&[a("0.0.0.0")]).is_err());
-        let detected = NextHops {
-            v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
-            v6: Some(Ipv6Addr::LOCALHOST),
-        };
-        let merged = h.or(detected);
-        assert_eq!(merged.v4, Some(Ipv4Addr::new(192, 0, 2, 7)));
-        assert_eq!(merged.v6, h.v6);
+        assert_eq!(h.v6, Some("2001:db8::7".parse().unwrap()));
     }
 }

@@ -959,3 +959,180 @@ fn json_output_has_every_field_for_every_check() {
         );
     }
 }
+
+/// A Service whose ClusterIP is outside every `--service-cidr` of its family cannot be
+/// reached through the gateway: with `--service-cidr`, the check warns and names it, from
+/// a file and from a cluster (paged list of Services); all inside is ✔.
+#[test]
+fn cluster_ips_outside_the_service_cidrs_are_a_warning() {
+    let env = Env::new();
+    let service = |name: &str, ip: &str| {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": "shop"},
+               "spec": {"clusterIP": ip, "clusterIPs": [ip],
+                        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+    };
+    let file = env.write(
+        "two.json",
+        &json!({"apiVersion": "v1", "kind": "List",
+                "items": [service("web", "10.96.0.20"), service("typo", "10.112.0.20")]})
+        .to_string(),
+    );
+    let name = "ClusterIPs routed";
+    let (_, report) = env.check_json(&[
+        "--from-file",
+        file.to_str().unwrap(),
+        "--service-cidr",
+        "10.96.0.0/12",
+        "--service-cidr",
+        "fd00:10:96::/112",
+    ]);
+    let dump = format!("{:#}", report.0);
+    assert_eq!(report.severity(name), "warning", "{dump}");
+    assert!(
+        report.detail(name).starts_with(
+            "1 ClusterIP not routed: 10.112.0.20 (shop/typo): outside every routed Service CIDR"
+        ),
+        "{dump}"
+    );
+    assert!(report.fix(name).contains("--service-cidr"), "{dump}");
+    let (_, report) = env.check_json(&[
+        "--from-file",
+        file.to_str().unwrap(),
+        "--service-cidr",
+        "10.96.0.0/11",
+    ]);
+    assert_eq!(report.severity(name), "ok", "{:#}", report.0);
+    // Without --service-cidr the gateway routes each ClusterIP itself: no such check.
+    let (_, report) = env.check_json(&["--from-file", file.to_str().unwrap()]);
+    assert!(
+        !report.0["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == name),
+        "{:#}",
+        report.0
+    );
+
+    // The same from a cluster: the check lists its Services.
+    let api = apiserver::ApiServer::start_in(&env.ns);
+    api.apply(service("web", "10.96.0.20"));
+    api.apply(service("typo", "10.112.0.20"));
+    let kc = api.kubeconfig();
+    let (_, report) = env.check_json(&[
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--service-cidr",
+        "10.96.0.0/12",
+    ]);
+    let dump = format!("{:#}", report.0);
+    assert_eq!(report.severity(name), "warning", "{dump}");
+    assert!(
+        report.detail(name).contains("10.112.0.20 (shop/typo)"),
+        "{dump}"
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.starts_with("/api/v1/services")),
+        "{:?}",
+        api.requests()
+    );
+}
+
+/// A pod address that only the namespace's default route covers is not dialled: it is a
+/// warning, "no route to the pod network", with the fix (and the overlay-network advice);
+/// not one packet leaves through the default route's link. A pod on a specific route is
+/// still dialled and connects.
+#[test]
+fn a_pod_behind_only_the_default_route_is_not_dialled() {
+    let env = Env::new();
+    // A link with a default route; IPv6 off on it, so only a probe could make it send.
+    env.ns
+        .sh("ip link add cwd0 type veth peer name cwd1 && \
+             sysctl -qw net.ipv6.conf.cwd0.disable_ipv6=1 net.ipv6.conf.cwd1.disable_ipv6=1 && \
+             ip addr add 10.50.0.2/24 dev cwd0 && ip link set cwd0 up && ip link set cwd1 up && \
+             ip route add default via 10.50.0.1")
+        .expect("default route in the namespace");
+    env.add_local_address("10.77.0.2");
+    let pod = env.listen("10.77.0.2:0");
+    let port = pod.local_addr().unwrap().port();
+    let slice_yaml = |name: &str, service: &str, addr: &str, port: u16| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata:\n  name: {name}\n  namespace: shop\n  labels: {{kubernetes.io/service-name: {service}}}\n\
+             addressType: IPv4\nports:\n- {{name: http, port: {port}, protocol: TCP}}\n\
+             endpoints:\n- addresses: [{addr}]\n  conditions: {{ready: true}}\n"
+        )
+    };
+    let service_yaml = |name: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec:\n  clusterIP: {ip}\n  clusterIPs: [{ip}]\n  ports:\n  \
+             - {{name: http, port: 80, protocol: TCP, targetPort: http}}\n"
+        )
+    };
+    let file = env.write(
+        "two.yaml",
+        &[
+            service_yaml("web", "10.96.0.20"),
+            slice_yaml("web-a", "web", "10.77.0.2", port),
+            service_yaml("api", "10.96.0.21"),
+            slice_yaml("api-a", "api", "10.99.0.1", 8443),
+        ]
+        .join("---\n"),
+    );
+    let tx = || {
+        env.ns
+            .sh("cat /sys/class/net/cwd0/statistics/tx_packets")
+            .expect("tx counter")
+            .trim()
+            .parse::<u64>()
+            .expect("a number")
+    };
+    let before = tx();
+    let (ok, report) = env.check_json(&["--from-file", file.to_str().unwrap()]);
+    let dump = format!("{:#}", report.0);
+    let name = "endpoints reachable";
+    assert_eq!(report.severity(name), "warning", "{dump}");
+    let detail = report.detail(name);
+    assert!(detail.starts_with("1/2 routed"), "{dump}");
+    assert!(
+        detail.contains(&format!("10.77.0.2:{port} (shop/web) connected")),
+        "{dump}"
+    );
+    assert!(
+        detail.contains(
+            "10.99.0.1:8443 (shop/api) no route to the pod network (only the default route, \
+             via 10.50.0.1; not dialled)"
+        ),
+        "{dump}"
+    );
+    let fix = report.fix(name);
+    assert!(fix.contains("pod CIDR"), "{fix}");
+    assert!(
+        fix.contains("run the gateway on a node of the cluster"),
+        "{fix}"
+    );
+    assert!(ok, "a warning does not block: {dump}");
+    assert_eq!(tx(), before, "a probe left through the default route");
+
+    // Only the default-routed pod: still a warning (not seen), never a pass.
+    let only = env.write(
+        "one.yaml",
+        &[
+            service_yaml("api", "10.96.0.21"),
+            slice_yaml("api-a", "api", "10.99.0.1", 8443),
+        ]
+        .join("---\n"),
+    );
+    let (_, report) = env.check_json(&["--from-file", only.to_str().unwrap()]);
+    assert_eq!(report.severity(name), "warning", "{:#}", report.0);
+    assert!(
+        report.detail(name).starts_with("0/1 routed"),
+        "{:#}",
+        report.0
+    );
+    assert_eq!(tx(), before, "a probe left through the default route");
+}

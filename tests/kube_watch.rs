@@ -224,15 +224,17 @@ fn kube_outage_keeps_forwarding_then_resyncs_and_410_relists() {
         || gw.logged("watch expired (410 Gone); re-listing"),
         Duration::from_secs(3)
     ));
-    let lists_after = api
-        .requests()
-        .iter()
-        .filter(|r| {
-            r.starts_with("/apis/discovery.k8s.io/v1/endpointslices") && !r.contains("watch")
-        })
-        .count();
+    // (after kube's backoff: the 410 arrives as an error of the watch stream)
+    let lists_after = || {
+        api.requests()
+            .iter()
+            .filter(|r| {
+                r.starts_with("/apis/discovery.k8s.io/v1/endpointslices") && !r.contains("watch")
+            })
+            .count()
+    };
     assert!(
-        lists_after > lists_before,
+        wait_for(|| lists_after() > lists_before, Duration::from_secs(5)),
         "a 410 makes the watcher re-list"
     );
     assert!(!gw.logged("lost the API server"));
@@ -658,7 +660,15 @@ fn kube_stalled_watch_is_detected_and_restarted() {
     );
 
     // Every watch goes silent with its connection open (no event, no bookmark, no close);
-    // news comes through only once the gateway notices, drops the watch and lists again.
+    // news comes through only once the gateway notices, drops the watch and resumes it
+    // from its resourceVersion (no new list).
+    let lists = |api: &ApiServer| {
+        api.requests()
+            .iter()
+            .filter(|r| !r.contains("watch="))
+            .count()
+    };
+    let lists_before = lists(&api);
     api.freeze_watches();
     let t = Instant::now();
     api.apply(slice("t", "web-a", "web", 8080, "TCP", &[pod(&topo, 2)]));
@@ -680,6 +690,7 @@ fn kube_stalled_watch_is_detected_and_restarted() {
     );
     // Forwarding went on meanwhile (the last table), and the resync is complete.
     assert_eq!(get(&topo, "10.96.202.10:80").as_deref(), Ok("pod-2"));
+    assert_eq!(lists(&api), lists_before, "a stalled watch was re-listed");
 }
 
 /// More objects than kube-rs's watcher asks for in one page (500): it lists page by page
@@ -738,4 +749,88 @@ fn kube_lists_are_read_page_by_page() {
             "{pages:?}"
         );
     }
+}
+
+/// A watch that breaks resumes from the last resourceVersion the gateway saw, with no new
+/// list; only a 410 Gone makes it list again.
+#[test]
+fn kube_watch_resumes_from_its_resource_version_and_relists_only_on_410() {
+    let topo = topology(2);
+    let _b = start_backends_in_process(&topo);
+    let api = ApiServer::start_in(topo.gateway());
+    api.apply(service("t", "web", "10.96.203.10", 80, "TCP"));
+    api.apply(slice("t", "web-a", "web", 8080, "TCP", &[pod(&topo, 1)]));
+    let gw = start_gateway(&topo, &api, &["--service-cidr", "10.96.0.0/16"]);
+    assert!(
+        wait_get(&topo, "10.96.203.10:80", "pod-1", Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+    const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices?";
+    let lists = |api: &ApiServer| {
+        api.requests()
+            .iter()
+            .filter(|r| {
+                (r.starts_with(SLICES) || r.starts_with("/api/v1/services?"))
+                    && !r.contains("watch=")
+            })
+            .count()
+    };
+    let slice_watches = |api: &ApiServer| -> Vec<String> {
+        api.requests()
+            .into_iter()
+            .filter(|r| r.starts_with(SLICES) && r.contains("watch=true"))
+            .collect()
+    };
+
+    // A change the gateway sees on its watch, then the connections drop.
+    api.apply(slice("t", "web-a", "web", 8080, "TCP", &[pod(&topo, 2)]));
+    assert!(wait_get(
+        &topo,
+        "10.96.203.10:80",
+        "pod-2",
+        Duration::from_secs(10)
+    ));
+    let seen = api.resource_version();
+    let lists_before = lists(&api);
+    let watches_before = slice_watches(&api).len();
+    api.drop_connections();
+    // A change made while no watch is open arrives through the resumed watch.
+    api.apply(slice("t", "web-a", "web", 8080, "TCP", &[pod(&topo, 1)]));
+    assert!(
+        wait_get(&topo, "10.96.203.10:80", "pod-1", Duration::from_secs(15)),
+        "{}",
+        gw.logs()
+    );
+    let watches = slice_watches(&api);
+    let resumed = watches
+        .get(watches_before)
+        .unwrap_or_else(|| panic!("no watch after the drop: {watches:?}"));
+    // From what it had seen (the change made after the drop may still have reached the
+    // old watch), never from scratch.
+    let from: u64 = resumed
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("resourceVersion="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no resourceVersion in {resumed}"));
+    assert!(
+        from >= seen,
+        "the watch did not resume from the last resourceVersion ({seen}): {resumed}"
+    );
+    assert_eq!(lists(&api), lists_before, "a dropped watch was re-listed");
+    assert!(!gw.logged("lost the API server"), "{}", gw.logs());
+
+    // 410 Gone: now, and only now, the watcher lists again.
+    api.expire_watches();
+    api.apply(slice("t", "web-a", "web", 8080, "TCP", &[pod(&topo, 2)]));
+    assert!(
+        wait_get(&topo, "10.96.203.10:80", "pod-2", Duration::from_secs(15)),
+        "{}",
+        gw.logs()
+    );
+    assert!(
+        wait_for(|| lists(&api) > lists_before, Duration::from_secs(5)),
+        "a 410 did not make the watcher list again: {:?}",
+        api.requests()
+    );
 }

@@ -573,3 +573,78 @@ fn with_the_proxy_on_two_workers_each_flow_is_steered_to_the_worker_running_its_
         gw.logs()
     );
 }
+
+/// A ClusterIP outside every `--service-cidr` of its family cannot reach the gateway: it is
+/// a warning at start and on reload, "not routed" in the API, on `/readyz` (still ready:
+/// the other Services are served) and in `/metrics`; fixing the file clears it.
+#[test]
+fn a_cluster_ip_outside_the_service_cidrs_is_reported_not_routed() {
+    let topo = topology(1);
+    let good = demo_snapshot(&topo.pod_addrs());
+    let stray = "\n---\napiVersion: v1\nkind: Service\n\
+                 metadata: {name: stray, namespace: demo}\n\
+                 spec:\n  clusterIP: 10.97.0.7\n  clusterIPs: [10.97.0.7]\n  \
+                 ports: [{name: http, port: 80, protocol: TCP}]\n";
+    let with_stray = format!("{good}{stray}");
+    let gw = Gateway::start(&topo, &with_stray, &CIDRS);
+    wait_ready(&topo, &gw);
+    assert!(
+        gw.logged(
+            "1 ClusterIP not routed: 10.97.0.7 (demo/stray): outside every routed Service CIDR"
+        ),
+        "{}",
+        gw.logs()
+    );
+
+    let ready = get(&topo, "/readyz", None);
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert!(
+        ready
+            .text()
+            .contains("routes: ok (2 installed; 1 ClusterIP not routed: 10.97.0.7 (demo/stray)"),
+        "{}",
+        ready.text()
+    );
+    let status = json(&topo, "/api/v1/status");
+    let listed = &status["routes"]["not_routed"];
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{status}");
+    assert_eq!(listed[0]["ip"], "10.97.0.7");
+    assert_eq!(listed[0]["service"], "demo/stray");
+    assert_eq!(listed[0]["reason"], "outside_service_cidrs");
+    let rows = json(&topo, "/api/v1/services?state=not_routed");
+    assert_eq!(rows["matched"], 1, "{rows}");
+    assert_eq!(rows["items"][0]["name"], "stray");
+    assert_eq!(rows["items"][0]["not_routed"][0]["ip"], "10.97.0.7");
+    // Services inside the ranges carry no mark.
+    let web = json(&topo, "/api/v1/services/demo/web");
+    assert!(web["service"].get("not_routed").is_none(), "{web}");
+    let metrics = get(&topo, "/metrics", None).text();
+    let gauge = |m: &str, reason| {
+        sample(
+            m,
+            "clusterway_cluster_ips_not_routed",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(gauge(&metrics, "outside_service_cidrs"), 1.0, "{metrics}");
+    assert_eq!(gauge(&metrics, "ipv6_disabled"), 0.0);
+
+    // The file without the stray Service: the report clears, and says so.
+    gw.update_snapshot(&good);
+    assert!(
+        wait_for(
+            || json(&topo, "/api/v1/status")["routes"]["not_routed"]
+                .as_array()
+                .is_some_and(Vec::is_empty),
+            Duration::from_secs(10)
+        ),
+        "{}",
+        gw.logs()
+    );
+    assert!(
+        gw.logged("every exposed ClusterIP is inside the routed ranges again"),
+        "{}",
+        gw.logs()
+    );
+    assert!(!get(&topo, "/readyz", None).text().contains("not routed"));
+}

@@ -77,6 +77,9 @@ function renderStatus(s) {
   else $('h-api').hidden = true;
   pill('h-tun', s.tun.up ? 'ok' : 'bad', s.tun.name + (s.tun.up ? ' up' : ' down'));
   pill('h-routes', s.routes.ok ? 'ok' : 'bad', s.routes.ok ? s.routes.installed + ' routes installed' : 'routes: ' + (s.routes.error || 'not installed'));
+  // ClusterIPs that no route carries: the routes pill turns to a warning and names them.
+  const nr = s.routes.not_routed || [];
+  if (s.routes.ok && nr.length) pill('h-routes', 'warn', s.routes.installed + ' routes installed · ' + nr.length + ' ClusterIP' + (nr.length === 1 ? '' : 's') + ' not routed', nr.map((n) => n.detail).join('\n'));
   pill('h-uptime', 'muted', 'up ' + dur(s.uptime_s));
 
   $('k-services').textContent = num(s.table.services);
@@ -166,6 +169,13 @@ window.addEventListener('resize', drawCharts);
 
 // ---------- services ----------
 function stateBadge(r) {
+  return notRoutedBadge(r) + stateOnlyBadge(r);
+}
+function notRoutedBadge(r) {
+  if (!r.not_routed || !r.not_routed.length) return '';
+  return '<span class="badge warn" title="' + esc(r.not_routed.map((n) => n.detail).join('\n')) + '">not routed</span>';
+}
+function stateOnlyBadge(r) {
   if (r.state === 'no_endpoints') return '<span class="badge bad" title="' + esc(r.reason) + '">no endpoints</span>';
   if (r.state === 'not_exposed') return '<span class="badge" title="' + esc(r.reason) + '">not exposed</span>';
   return '';
@@ -291,6 +301,7 @@ function renderDetail(d) {
   $('d-sub').textContent = s.type + ' · ' + s.cluster_ips.join(', ') + ' · ' + s.ports.join(', ');
   let h = '';
   if (s.reason) h += '<div class="reason">' + esc(s.reason) + '</div>';
+  for (const n of s.not_routed || []) h += '<div class="reason">Not routed: ' + esc(n.detail) + '. No client reaches this address through the gateway; add its range with --service-cidr.</div>';
   h += '<section><div class="stats">' +
     '<span><b>' + s.endpoints.ready + '</b>ready</span><span><b>' + s.endpoints.serving + '</b>serving</span><span><b>' + s.endpoints.total + '</b>endpoints</span>' +
     '<span><b>' + num(s.active_flows) + '</b>active flows</span><span><b>' + rate(s.conn_rate) + '</b>conn/s</span><span><b>' + num(s.connections) + '</b>connections</span>' +

@@ -4,14 +4,10 @@
 //! reassembler, with the properties that must hold for any input checked on the way
 //! (`clusterway::dataplane::packet::fuzz::exercise`).
 //!
-//! How to run (nightly and cargo-fuzz: `cargo install cargo-fuzz`):
-//!
-//! ```text
-//! cd fuzz && cargo +nightly fuzz run parse -- -max_total_time=300
-//! ```
-//!
-//! On stable, `cd fuzz && cargo check` builds the target; the same harness also runs under
-//! `cargo test --lib dataplane::packet` as proptests.
+//! How to run, on the stable toolchain: `bash scripts/fuzz.sh` (all targets, 60 s each) or
+//! `FUZZ_TARGETS=parse FUZZ_SECONDS=3600 bash scripts/fuzz.sh` (fuzz/README.md). The same
+//! harness also runs under `cargo test --lib dataplane::packet` as proptests, and
+//! `tests/fuzz_corpus.rs` replays the committed seeds and regressions.
 
 #![no_main]
 

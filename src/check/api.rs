@@ -370,6 +370,24 @@ pub async fn endpoint_targets(client: &Client, timeout: Duration) -> Result<Vec<
     Ok(targets_from_slices(&list.items))
 }
 
+/// Every Service of the cluster, a page of 500 at a time (for the not-routed check).
+pub async fn services(
+    client: &Client,
+    timeout: Duration,
+) -> Result<Vec<k8s_openapi::api::core::v1::Service>, Failure> {
+    let api: Api<k8s_openapi::api::core::v1::Service> = Api::all(client.clone());
+    let mut out = Vec::new();
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let page = within(timeout, api.list(&params)).await?;
+        out.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(out),
+        }
+    }
+}
+
 /// Ready endpoint addresses × TCP ports of the slices. The `default/kubernetes` Service is
 /// left out: its endpoints are API server addresses, which say nothing about pod routing.
 pub fn targets_from_slices(slices: &[EndpointSlice]) -> Vec<Target> {

@@ -95,12 +95,12 @@ pub fn tun(prefix: &str) -> Check {
                 format!("created and removed {name} (offloads: {offloads})"),
             )
         }
-        Err(TunError::Offload { source, .. }) => match TunDevice::open(&name, 1, false) {
+        Err(TunError::Offload { error, .. }) => match TunDevice::open(&name, 1, false) {
             Ok(device) => {
                 drop(device);
                 Check::warn(
                     TUN,
-                    format!("created {name}, but the kernel refused its offloads: {source}"),
+                    format!("created {name}, but the kernel refused its offloads: {error}"),
                     "run the gateway with --no-offload; without offloads a TUN path moves \
                      far fewer bytes per second"
                         .to_string(),

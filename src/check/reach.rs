@@ -3,13 +3,20 @@
 //! The gateway forwards every flow to a pod address, so this host must reach pods the way a
 //! node does. A connection that is accepted, or refused with a RST, proves a route to the
 //! pod (a RST comes from the pod's host); a timeout or "no route" does not.
+//!
+//! A probe goes out only through a specific route: each address is first looked up in the
+//! routing tables ([`crate::host::lookup`]); one that only the default route covers is not
+//! dialled and is reported as "no route to the pod network" (a warning, with the fix), since
+//! a connection through the default route would claim what the check did not see.
 
 use std::collections::BTreeSet;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::report::Check;
+use crate::host::lookup::{self, LookupError};
+use crate::host::netlink::Host;
 
 pub const NAME: &str = "endpoints reachable";
 
@@ -33,6 +40,10 @@ pub enum Probe {
     TimedOut,
     /// No route, host unreachable, or another error.
     Failed(io::Error),
+    /// Not dialled: only the default route (via this next hop) covers the address.
+    DefaultRoute(Option<IpAddr>),
+    /// Not dialled: the route could not be looked up.
+    NoLookup(String),
 }
 
 impl Probe {
@@ -46,6 +57,15 @@ impl Probe {
             Probe::Refused => "refused (routed)".into(),
             Probe::TimedOut => "timed out".into(),
             Probe::Failed(e) => e.to_string(),
+            Probe::DefaultRoute(Some(gw)) => {
+                format!(
+                    "no route to the pod network (only the default route, via {gw}; not dialled)"
+                )
+            }
+            Probe::DefaultRoute(None) => {
+                "no route to the pod network (only the default route; not dialled)".into()
+            }
+            Probe::NoLookup(e) => format!("not dialled: {e}"),
         }
     }
 }
@@ -81,12 +101,29 @@ pub fn pick(candidates: &[Target], n: usize) -> Vec<Target> {
     chosen
 }
 
-/// Connects to every target concurrently, each with `timeout`.
+/// Connects to every target concurrently, each with `timeout`, through a specific route
+/// only (see the module doc).
 pub async fn probe_all(targets: &[Target], timeout: Duration) -> Vec<Probe> {
-    futures::future::join_all(targets.iter().map(|t| probe(t.addr, timeout))).await
+    let host = Host::connect().map_err(|e| e.to_string());
+    futures::future::join_all(
+        targets
+            .iter()
+            .map(|t| probe(host.as_ref(), t.addr, timeout)),
+    )
+    .await
 }
 
-async fn probe(addr: SocketAddr, timeout: Duration) -> Probe {
+async fn probe(host: Result<&Host, &String>, addr: SocketAddr, timeout: Duration) -> Probe {
+    let host = match host {
+        Ok(h) => h,
+        Err(e) => return Probe::NoLookup(format!("cannot read the routing table: {e}")),
+    };
+    match lookup::route_to(host, addr.ip()).await {
+        Ok(route) if route.is_default() => return Probe::DefaultRoute(route.gateway),
+        Ok(_) => {}
+        Err(LookupError::NoRoute { error, .. }) => return Probe::Failed(error),
+        Err(e) => return Probe::NoLookup(e.to_string()),
+    }
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_stream)) => Probe::Connected,
         Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Probe::Refused,
@@ -105,6 +142,10 @@ pub fn judge(targets: &[Target], probes: &[Probe]) -> Check {
         );
     }
     let routed = probes.iter().filter(|p| p.routed()).count();
+    let default = probes
+        .iter()
+        .filter(|p| matches!(p, Probe::DefaultRoute(_)))
+        .count();
     let detail = targets
         .iter()
         .zip(probes)
@@ -112,7 +153,20 @@ pub fn judge(targets: &[Target], probes: &[Probe]) -> Check {
         .collect::<Vec<_>>()
         .join("; ");
     let detail = format!("{routed}/{} routed: {detail}", targets.len());
-    if routed > 0 {
+    if default > 0 {
+        // Not seen either way: a warning, not a verdict.
+        Check::warn(
+            NAME,
+            detail,
+            "these pod addresses match only this host's default route, so they were not \
+             dialled (a connection through the default route says nothing about the pod \
+             network): route the pod CIDR to the nodes (e.g. `ip route add 10.244.1.0/24 via \
+             <node-1>` per node's pod range, or the routes your CNI announces over BGP);\n\
+             with an overlay network (VXLAN or Geneve: Flannel, Calico VXLAN, Cilium's tunnel \
+             mode) pod IPs are not routable outside the cluster: run the gateway on a node of \
+             the cluster instead",
+        )
+    } else if routed > 0 {
         Check::pass(NAME, detail)
     } else {
         Check::fail(
@@ -177,6 +231,26 @@ mod tests {
         assert!(c.blocks(), "{c:?}");
         assert!(c.fix.unwrap().contains("pod CIDR"));
         assert_eq!(judge(&[], &[]).severity, Severity::Warning);
+    }
+
+    #[test]
+    fn only_the_default_route_is_a_warning_with_the_fix() {
+        let targets = [t("10.0.0.1:80", "a/web"), t("10.0.0.2:80", "a/web")];
+        let gw: IpAddr = "192.0.2.1".parse().unwrap();
+        for other in [Probe::Connected, Probe::TimedOut] {
+            let c = judge(&targets, &[other, Probe::DefaultRoute(Some(gw))]);
+            assert_eq!(c.severity, Severity::Warning, "{c:?}");
+            assert!(
+                c.detail.contains(
+                    "10.0.0.2:80 (a/web) no route to the pod network (only the default \
+                     route, via 192.0.2.1; not dialled)"
+                ),
+                "{c:?}"
+            );
+            let fix = c.fix.unwrap();
+            assert!(fix.contains("pod CIDR"), "{fix}");
+            assert!(fix.contains("run the gateway on a node"), "{fix}");
+        }
     }
 
     #[tokio::test]

@@ -55,13 +55,10 @@ impl std::error::Error for ObjectError {}
 /// label) it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// The file could not be read at all.
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file could not be read at all. The cause is in the message, so it is not also
+    /// `source()`: an error chain (`{:#}`) would print it twice.
+    #[error("{file}: cannot read: {error}")]
+    Read { file: String, error: std::io::Error },
     /// Not valid YAML/JSON.
     #[error("{file}: line {line}, column {column}: {message}")]
     Syntax {

@@ -57,9 +57,9 @@ pub fn load(
     generation: u64,
 ) -> Result<ServiceTable, SourceError> {
     let label = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| SourceError::Read {
+    let bytes = std::fs::read(path).map_err(|error| SourceError::Read {
         file: label.clone(),
-        source,
+        error,
     })?;
     load_bytes(&label, &bytes, opts, &Policy::default(), generation)
 }
@@ -73,7 +73,7 @@ fn load_bytes(
 ) -> Result<ServiceTable, SourceError> {
     let text = std::str::from_utf8(bytes).map_err(|e| SourceError::Read {
         file: label.to_string(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        error: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
     })?;
     let objs = parse_objects(label, text)?;
     let (table, errors) = build_table_with(generation, &objs, opts, policy);
@@ -160,9 +160,9 @@ impl FileSource {
         let label = path.display().to_string();
         // Stamp before reading: a write racing with the read shows up as a new stamp.
         let stamp = stamp(&path);
-        let bytes = std::fs::read(&path).map_err(|source| SourceError::Read {
+        let bytes = std::fs::read(&path).map_err(|error| SourceError::Read {
             file: label.clone(),
-            source,
+            error,
         })?;
         let table = load_bytes(&label, &bytes, &opts, &policy, generation)?;
         let source = FileSource {
@@ -275,9 +275,9 @@ impl FileSource {
         let stamp_before = stamp(&path);
         // Reading and parsing a large file is blocking work: keep it off the runtime.
         let outcome = tokio::task::spawn_blocking(move || -> Result<_, SourceError> {
-            let bytes = std::fs::read(&path).map_err(|source| SourceError::Read {
+            let bytes = std::fs::read(&path).map_err(|error| SourceError::Read {
                 file: label.clone(),
-                source,
+                error,
             })?;
             let hash = hash_bytes(&bytes);
             if hash == previous {
@@ -329,6 +329,19 @@ mod tests {
     use super::*;
     use crate::cluster::table::{Lookup, Protocol};
     use std::net::IpAddr;
+
+    /// The cause of a read error is printed once, also through an error chain (`{:#}`, as
+    /// the binary prints a failed start).
+    #[test]
+    fn a_missing_file_names_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.yaml");
+        let e = load(&path, &BuildOptions::default(), 1).unwrap_err();
+        let cause = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+        let text = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(text.matches(&cause).count(), 1, "{text}");
+        assert!(text.contains("missing.yaml: cannot read: "), "{text}");
+    }
 
     fn svc_yaml(ip: &str) -> String {
         format!(

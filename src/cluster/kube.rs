@@ -13,11 +13,19 @@
 //!   and replaces that resource's objects only when complete.
 //! - **Incremental.** Events are coalesced for [`KubeOptions::coalesce`]; only the Services
 //!   they touch are rebuilt, then a snapshot is assembled from the built entries.
-//! - **Outages.** A failed list or watch marks the source [`SyncState::Stale`] (the last table
-//!   keeps serving), logs once per outage, and the resource's watcher is recreated after a
-//!   capped exponential backoff with jitter; its complete re-list ends the outage. A watch
-//!   that stalls (no event, no bookmark, no close) is dropped by kube-rs after the watch
-//!   timeout plus a margin and re-established.
+//! - **Resume, don't re-list.** A watch that breaks (connection dropped, API server
+//!   restarted or unreachable, an error status) is resumed by kube-runtime's watcher from
+//!   the last resourceVersion it saw, after kube's [`StreamBackoff`] with our capped,
+//!   jittered exponential delays; the changes made meanwhile arrive as ordinary events.
+//!   Only a `410 Gone` (history compacted) or a failed list makes the watcher list again,
+//!   page by page ([`LIST_PAGE_SIZE`]); a (re)list is buffered as below. A watch that stalls
+//!   (no event, no bookmark, no close) is dropped after the watch timeout plus a margin and
+//!   resumed the same way.
+//! - **Outages.** One broken watch is not an outage; a second failure in a row marks the
+//!   source [`SyncState::Stale`] (the last table keeps serving) and is logged once per
+//!   outage. The outage ends when the API server accepts the resumed watch (seen by
+//!   [`WatchStarts`], since a resumed watch with nothing new is silent) or a re-list
+//!   completes. Each failure is counted by [`WatchError`] reason.
 //! - **ServiceCIDR not served** (404) or not allowed (403): routes come from
 //!   `--service-cidr` or per IP, and the API is asked again every
 //!   [`KubeOptions::service_cidr_recheck`], so an upgrade or a granted permission takes
@@ -32,6 +40,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ::kube::api::Api;
 use ::kube::config::KubeConfigOptions;
+use ::kube::runtime::utils::StreamBackoff;
 use ::kube::runtime::watcher::{self, Event};
 use ::kube::runtime::WatchStreamExt;
 use ::kube::{Client, Config};
@@ -49,6 +58,8 @@ use super::incremental::Incremental;
 use super::policy::{Policy, READ_ANNOTATIONS};
 use super::sync::{SourceCounters, SyncState, SyncStatus};
 use super::table::ServiceTable;
+use super::watch_error::WatchError;
+use super::watch_start::WatchStarts;
 
 /// Events from the watcher tasks to the aggregator. A full channel makes the watchers wait
 /// (the API server's stream then waits in the socket buffer): the aggregator applies events
@@ -158,6 +169,25 @@ impl Backoff {
     }
 }
 
+/// kube's [`StreamBackoff`] drives it: a delay after each error, reset by any event.
+impl Iterator for Backoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Backoff::next(self))
+    }
+}
+
+impl ::kube::runtime::utils::Backoff for Backoff {
+    fn reset(&mut self) {
+        Backoff::reset(self);
+    }
+}
+
+/// Objects per list request when the watcher (re)lists: a real API server pages, and a
+/// bounded page bounds the memory of one response.
+pub const LIST_PAGE_SIZE: u32 = 500;
+
 /// A number in [0, 1) from the clock and a per-process counter (jitter needs no quality).
 fn jitter_fraction() -> f64 {
     use std::hash::{BuildHasher, Hasher};
@@ -186,6 +216,15 @@ impl Resource {
             Resource::Cidrs => "servicecidrs",
         }
     }
+
+    /// Its index in [`super::watch_start::WATCHED`].
+    fn watch_index(self) -> usize {
+        match self {
+            Resource::Services => 0,
+            Resource::Slices => 1,
+            Resource::Cidrs => 2,
+        }
+    }
 }
 
 /// Events are boxed: a queued message is then a pointer, not the largest object type.
@@ -195,9 +234,11 @@ enum Msg {
     Cidrs(Box<Event<ServiceCIDR>>),
     /// The cluster does not serve ServiceCIDR (404), or we may not read it (403).
     CidrsUnavailable(String),
-    Failed(Resource, String),
+    Failed(Resource, WatchError),
     /// A watch was answered 410 Gone; the watcher re-lists.
     Expired(Resource),
+    /// After a failure, the API server accepted the resumed watch (no re-list).
+    Resumed(Resource),
 }
 
 /// Drops what the gateway never reads from an object's metadata.
@@ -234,16 +275,6 @@ fn trim_cidr(s: &mut ServiceCIDR) {
     s.status = None;
 }
 
-fn is_status(e: &watcher::Error, codes: &[u16]) -> bool {
-    let inner = match e {
-        watcher::Error::InitialListFailed(e)
-        | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => e,
-        _ => return false,
-    };
-    matches!(inner, ::kube::Error::Api(s) if codes.contains(&s.code))
-}
-
 /// When a watcher asks again: after a failure (backoff), or after ServiceCIDR was not
 /// served or not allowed (a fixed, long interval).
 #[derive(Debug, Clone)]
@@ -252,8 +283,11 @@ struct Retry {
     recheck_unavailable: Duration,
 }
 
-/// Runs one resource's watcher forever, recreating it (after a backoff) whenever it fails,
-/// so that every outage ends with a complete re-list.
+/// Runs one resource's watcher forever. Errors do not end it: kube-runtime's watcher
+/// resumes from the last resourceVersion (re-listing only after a 410 or a failed list),
+/// paced by kube's [`StreamBackoff`]. Only a ServiceCIDR API that is not served or not
+/// allowed ends a watcher; it is asked again after `recheck_unavailable`.
+#[allow(clippy::too_many_arguments)]
 async fn watch_resource<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -262,58 +296,73 @@ async fn watch_resource<K>(
     wrap: fn(Event<K>) -> Msg,
     tx: mpsc::Sender<Msg>,
     retry: Retry,
+    mut accepted: watch::Receiver<u64>,
 ) where
     K: ::kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let Retry {
-        mut backoff,
+        backoff,
         recheck_unavailable,
     } = retry;
     loop {
         let stream = watcher::watcher(api.clone(), config.clone()).modify(trim);
-        let mut stream = std::pin::pin!(stream);
-        let error = loop {
-            match stream.next().await {
-                Some(Ok(ev)) => {
-                    if matches!(ev, Event::InitDone) {
-                        backoff.reset();
+        let mut stream = std::pin::pin!(StreamBackoff::new(stream, backoff.clone()));
+        // Since the last error: nothing has shown that the watch works again.
+        let mut failing = false;
+        accepted.borrow_and_update();
+        let unavailable = loop {
+            tokio::select! {
+                item = stream.next() => match item {
+                    Some(Ok(ev)) => {
+                        if std::mem::take(&mut failing) && tx.send(Msg::Resumed(resource)).await.is_err() {
+                            return;
+                        }
+                        if tx.send(wrap(ev)).await.is_err() {
+                            return;
+                        }
                     }
-                    if tx.send(wrap(ev)).await.is_err() {
+                    Some(Err(e)) => {
+                        // A watch accepted before this error is superseded by it.
+                        accepted.borrow_and_update();
+                        let error = WatchError::from_watcher(&e);
+                        match error.status() {
+                            // 410 Gone: the history was compacted; the watcher re-lists
+                            // and the complete list replaces the objects. Not an outage.
+                            Some(410) => {
+                                if tx.send(Msg::Expired(resource)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Some(403 | 404) if resource == Resource::Cidrs => break error,
+                            _ => {
+                                failing = true;
+                                if tx.send(Msg::Failed(resource, error)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    None => return,
+                },
+                // The API server accepted a watch after the error: resumed.
+                Ok(()) = accepted.changed(), if failing => {
+                    failing = false;
+                    if tx.send(Msg::Resumed(resource)).await.is_err() {
                         return;
                     }
                 }
-                // 410 Gone: the history was compacted; kube-rs re-lists on the next poll
-                // and the complete list replaces the objects. Not an outage.
-                Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {
-                    if tx.send(Msg::Expired(resource)).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Err(e)) => break e,
-                None => return,
             }
         };
-        if resource == Resource::Cidrs && is_status(&error, &[403, 404]) {
-            // Not served, or not allowed: not an outage. Ask again later (an upgraded
-            // cluster or a granted permission then takes effect without a restart).
-            if tx
-                .send(Msg::CidrsUnavailable(error.to_string()))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            tokio::time::sleep(recheck_unavailable).await;
-            continue;
-        }
+        // Not served, or not allowed: not an outage. Ask again later (an upgraded cluster
+        // or a granted permission then takes effect without a restart).
         if tx
-            .send(Msg::Failed(resource, error.to_string()))
+            .send(Msg::CidrsUnavailable(unavailable.to_string()))
             .await
             .is_err()
         {
             return;
         }
-        tokio::time::sleep(backoff.next()).await;
+        tokio::time::sleep(recheck_unavailable).await;
     }
 }
 
@@ -363,6 +412,8 @@ fn meta_key(meta: &ObjectMeta) -> (String, String) {
 /// The Kubernetes source, ready to run.
 pub struct KubeSource {
     client: Client,
+    /// Accepted watch requests per resource (the client's layer keeps them).
+    starts: WatchStarts,
     opts: KubeOptions,
     inc: Incremental,
     counters: Arc<SourceCounters>,
@@ -370,8 +421,24 @@ pub struct KubeSource {
 }
 
 impl KubeSource {
+    /// The source on a client built from `config`, with the layer that tells when a
+    /// resumed watch is accepted ([`WatchStarts`]).
     pub fn new(
+        config: Config,
+        build: BuildOptions,
+        policy: Policy,
+        opts: KubeOptions,
+    ) -> Result<(KubeSource, SyncStatus), ::kube::Error> {
+        let starts = WatchStarts::default();
+        let client = ::kube::client::ClientBuilder::try_from(config)?
+            .with_layer(&starts)
+            .build();
+        Ok(Self::with_client(client, starts, build, policy, opts))
+    }
+
+    fn with_client(
         client: Client,
+        starts: WatchStarts,
         build: BuildOptions,
         policy: Policy,
         opts: KubeOptions,
@@ -384,6 +451,7 @@ impl KubeSource {
         };
         let source = KubeSource {
             client,
+            starts,
             opts,
             inc: Incremental::new(build, policy),
             counters,
@@ -397,7 +465,8 @@ impl KubeSource {
     pub async fn run(mut self, mut publish: impl FnMut(ServiceTable) + Send + 'static) {
         let (tx, mut rx) = mpsc::channel(EVENTS_CAPACITY);
         let config = watcher::Config::default()
-            .timeout(u32::try_from(self.opts.watch_timeout.as_secs().max(1)).unwrap_or(290));
+            .timeout(u32::try_from(self.opts.watch_timeout.as_secs().max(1)).unwrap_or(290))
+            .page_size(LIST_PAGE_SIZE);
         let retry = Retry {
             backoff: Backoff {
                 min: self.opts.backoff_min,
@@ -415,6 +484,7 @@ impl KubeSource {
                 |e| Msg::Services(Box::new(e)),
                 tx.clone(),
                 retry.clone(),
+                self.starts.subscribe(Resource::Services.watch_index()),
             )),
             tokio::spawn(watch_resource(
                 Api::<EndpointSlice>::all(self.client.clone()),
@@ -424,6 +494,7 @@ impl KubeSource {
                 |e| Msg::Slices(Box::new(e)),
                 tx.clone(),
                 retry.clone(),
+                self.starts.subscribe(Resource::Slices.watch_index()),
             )),
             tokio::spawn(watch_resource(
                 Api::<ServiceCIDR>::all(self.client.clone()),
@@ -433,6 +504,7 @@ impl KubeSource {
                 |e| Msg::Cidrs(Box::new(e)),
                 tx,
                 retry,
+                self.starts.subscribe(Resource::Cidrs.watch_index()),
             )),
         ];
         struct AbortOnDrop<const N: usize>([tokio::task::JoinHandle<()>; N]);
@@ -562,6 +634,15 @@ impl KubeSource {
                 self.maybe_recovered(agg);
             }
             Msg::Failed(resource, error) => self.failed(agg, resource, error),
+            Msg::Resumed(resource) => {
+                SourceCounters::inc(&self.counters.watch_resumed);
+                tracing::debug!(
+                    resource = resource.label(),
+                    "watch resumed from its resourceVersion"
+                );
+                agg.failing.remove(&resource);
+                self.maybe_recovered(agg);
+            }
             Msg::Expired(resource) => {
                 SourceCounters::inc(&self.counters.watch_expired);
                 tracing::info!(
@@ -616,14 +697,16 @@ impl KubeSource {
         agg.outage_logged = false;
     }
 
-    fn failed(&mut self, agg: &mut Aggregator, resource: Resource, error: String) {
+    fn failed(&mut self, agg: &mut Aggregator, resource: Resource, error: WatchError) {
         SourceCounters::inc(&self.counters.watch_errors);
+        SourceCounters::inc(&self.counters.watch_errors_by_reason[error.index()]);
+        let reason = error.label();
         let failures = agg.failing.entry(resource).or_insert(0);
         *failures += 1;
         if *failures == 1 && agg.generation > 0 {
             // One broken watch (a dropped connection, an API server restart behind a load
-            // balancer) is re-listed at once; only a second failure in a row is an outage.
-            tracing::debug!(resource = resource.label(), %error, "watch failed; re-listing");
+            // balancer) is resumed at once; only a second failure in a row is an outage.
+            tracing::debug!(resource = resource.label(), reason, %error, "watch failed; resuming");
             return;
         }
         let first_for_resource = *failures <= 2;
@@ -638,16 +721,16 @@ impl KubeSource {
         if !agg.outage_logged {
             agg.outage_logged = true;
             if agg.generation == 0 {
-                tracing::warn!(resource = resource.label(), %error,
+                tracing::warn!(resource = resource.label(), reason, %error,
                     "cannot list from the API server; retrying with backoff (nothing is exposed until the first complete list)");
             } else {
-                tracing::warn!(resource = resource.label(), %error,
+                tracing::warn!(resource = resource.label(), reason, %error,
                     "lost the API server; forwarding goes on with the last table, retrying with backoff");
             }
         } else if first_for_resource {
-            tracing::debug!(resource = resource.label(), %error, "watch failed");
+            tracing::debug!(resource = resource.label(), reason, %error, "watch failed");
         } else {
-            tracing::debug!(resource = resource.label(), %error, "retry failed");
+            tracing::debug!(resource = resource.label(), reason, %error, "retry failed");
         }
     }
 

@@ -8,7 +8,10 @@
 //! - `file`: the file source (load at start-up, reload on change);
 //! - `kube`: the Kubernetes source (watches, resync, outages);
 //! - `sync`: the source's state (syncing / synced / stale) and counters;
-//! - `error`: `ObjectError` (one bad object + field) and `SourceError`.
+//! - `error`: `ObjectError` (one bad object + field) and `SourceError`;
+//! - `routed`: which exposed ClusterIPs the gateway's routes cannot carry;
+//! - `watch_error`: a failed list or watch, typed by failure mode (the metric's reason);
+//! - `watch_start`: the client layer that tells when a (resumed) watch was accepted.
 
 pub mod build;
 pub mod error;
@@ -18,8 +21,11 @@ pub mod kube;
 pub mod kubeconfig;
 pub mod parse;
 pub mod policy;
+pub mod routed;
 pub mod sync;
 pub mod table;
+pub mod watch_error;
+pub mod watch_start;
 
 pub use build::{build_table, build_table_with, BuildOptions};
 pub use error::{ObjectError, SourceError};

@@ -49,6 +49,10 @@ pub struct SourceCounters {
     pub bad_service_cidrs: AtomicU64,
     /// Watch or list errors (each failed attempt).
     pub watch_errors: AtomicU64,
+    /// The same by failure mode, indexed as [`super::watch_error::WatchError::LABELS`].
+    pub watch_errors_by_reason: [AtomicU64; 10],
+    /// Watches resumed from their last resourceVersion after an error (no re-list).
+    pub watch_resumed: AtomicU64,
     /// Watches answered 410 Gone (history compacted), each followed by a re-list.
     pub watch_expired: AtomicU64,
     /// Outages: transitions from synced to stale.

@@ -663,7 +663,11 @@ impl<T> Engine<T> {
         last_reply: impl Fn(&T) -> Option<Instant>,
     ) -> Vec<T> {
         self.nat.expire(now, nat_share);
-        self.frag.expire(now);
+        let timed_out = self.frag.expire(now);
+        self.stats.count_drops(
+            Reason::Malformed(packet::DropReason::FragmentTimeout),
+            timed_out as u64,
+        );
         let gone = self.udp.expire(now, last_reply);
         self.report_udp();
         gone

@@ -2,8 +2,10 @@
 //! from the inner prefix, so that the rewritten packet `(V:vp → L:lp)` reaches the
 //! gateway's own listener and the kernel terminates the client's TCP connection.
 //!
-//! Pure state: every method takes `now`; no sockets, no tasks. One dataplane worker owns a
-//! table. What it guarantees (and the property tests check):
+//! Pure state: every method takes `now`; no sockets, no tasks, no locks. The workers share
+//! the NAT as [`super::shared::SharedFlows`]: [`super::shared::SHARDS`] tables, each one
+//! shard of the virtual tuple space behind a mutex of its own. What a table guarantees (and
+//! the property tests check):
 //! - a virtual tuple `V:vp` is never handed out while it is mapped to another flow;
 //! - a virtual tuple is not handed out again within `linger` of its release, so the
 //!   gateway's accepted socket for the old flow can sit in TIME_WAIT without a new SYN

@@ -207,6 +207,14 @@ fn result_index(r: ConnResult) -> usize {
 
 impl Stats {
     pub fn count_drop(&self, reason: Reason) {
+        self.count_drops(reason, 1);
+    }
+
+    /// `n` packets dropped for `reason` at once (fragments of datagrams that timed out).
+    pub fn count_drops(&self, reason: Reason, n: u64) {
+        if n == 0 {
+            return;
+        }
         let c = match reason {
             Reason::Malformed(r) => {
                 let i = DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
@@ -214,7 +222,7 @@ impl Stats {
             }
             other => &self.other[other_index(other)],
         };
-        c.fetch_add(1, Ordering::Relaxed);
+        c.fetch_add(n, Ordering::Relaxed);
     }
 
     /// A new TCP connection to `port` from `client` ended its set-up with `r`. Counted in
@@ -282,7 +290,13 @@ impl Stats {
         self.udp[result_index(r)].load(Ordering::Relaxed)
     }
 
-    /// Every drop counter that is not zero, by label.
+    /// Fragments stored to wait for the rest of their datagram: not drops, so not in
+    /// [`Stats::drops`] (exported as `clusterway_tun_fragments_queued_total`).
+    pub fn fragments_queued(&self) -> u64 {
+        self.other[other_index(Reason::FragmentQueued)].load(Ordering::Relaxed)
+    }
+
+    /// Every drop counter that is not zero, by label (a queued fragment is not a drop).
     pub fn drops(&self) -> Vec<(&'static str, u64)> {
         let mut out = Vec::new();
         for (i, r) in DropReason::ALL.iter().enumerate().take(32) {
@@ -298,7 +312,6 @@ impl Stats {
             Reason::IcmpIgnored,
             Reason::RateLimited,
             Reason::UdpSendFailed,
-            Reason::FragmentQueued,
         ] {
             let v = self.other[other_index(r)].load(Ordering::Relaxed);
             if v > 0 {

@@ -57,26 +57,16 @@ struct IfReq {
 pub enum TunError {
     #[error("TUN device name {0:?} must be 1 to 15 characters without '/' or NUL")]
     BadName(String),
+    // The cause is part of each message (mid-sentence, before the hint), so it is not also
+    // given as `source()`: an error chain (`{:#}`) would print it twice.
     #[error("cannot open /dev/net/tun: {0} (is the tun module loaded, and is /dev/net/tun passed to the container?)")]
-    Open(#[source] io::Error),
-    #[error("cannot create TUN device {name}: {source} (this needs CAP_NET_ADMIN)")]
-    Create {
-        name: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot set up offloads on TUN device {name}: {source} (run with --no-offload)")]
-    Offload {
-        name: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("TUN device {name} has no interface index: {source}")]
-    Index {
-        name: String,
-        #[source]
-        source: io::Error,
-    },
+    Open(io::Error),
+    #[error("cannot create TUN device {name}: {error} (this needs CAP_NET_ADMIN)")]
+    Create { name: String, error: io::Error },
+    #[error("cannot set up offloads on TUN device {name}: {error} (run with --no-offload)")]
+    Offload { name: String, error: io::Error },
+    #[error("TUN device {name} has no interface index: {error}")]
+    Index { name: String, error: io::Error },
 }
 
 /// One queue of the device.
@@ -260,7 +250,7 @@ impl TunDevice {
         if index == 0 {
             return Err(TunError::Index {
                 name: name.to_string(),
-                source: io::Error::last_os_error(),
+                error: io::Error::last_os_error(),
             });
         }
         Ok(TunDevice {
@@ -282,9 +272,9 @@ fn set_offload(q: &TunQueue, name: &str) -> Result<Offloads, TunError> {
             unsafe { libc::ioctl(q.fd.as_raw_fd(), TUNSETOFFLOAD as _, flags as libc::c_ulong) };
         check(r as isize).map(drop)
     };
-    let failed = |source| TunError::Offload {
+    let failed = |error| TunError::Offload {
         name: name.to_string(),
-        source,
+        error,
     };
     match set(base | TUN_F_USO4 | TUN_F_USO6) {
         Ok(()) => Ok(Offloads { uso: true }),
@@ -321,7 +311,7 @@ fn open_queue(name: &str, vnet: bool) -> Result<TunQueue, TunError> {
     if r < 0 {
         return Err(TunError::Create {
             name: name.to_string(),
-            source: io::Error::last_os_error(),
+            error: io::Error::last_os_error(),
         });
     }
     if vnet {
@@ -330,7 +320,7 @@ fn open_queue(name: &str, vnet: bool) -> Result<TunQueue, TunError> {
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ as _, &size) } < 0 {
             return Err(TunError::Offload {
                 name: name.to_string(),
-                source: io::Error::last_os_error(),
+                error: io::Error::last_os_error(),
             });
         }
     }
@@ -340,6 +330,31 @@ fn open_queue(name: &str, vnet: bool) -> Result<TunQueue, TunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each error names its cause once, also through an error chain (`{:#}`).
+    #[test]
+    fn errors_name_their_cause_once() {
+        let cause = || io::Error::from_raw_os_error(libc::EPERM);
+        let text = cause().to_string();
+        for e in [
+            TunError::Open(cause()),
+            TunError::Create {
+                name: "cw0".into(),
+                error: cause(),
+            },
+            TunError::Offload {
+                name: "cw0".into(),
+                error: cause(),
+            },
+            TunError::Index {
+                name: "cw0".into(),
+                error: cause(),
+            },
+        ] {
+            let chain = format!("{:#}", anyhow::Error::from(e));
+            assert_eq!(chain.matches(&text).count(), 1, "{chain}");
+        }
+    }
 
     #[test]
     fn bad_names_are_refused_before_any_syscall() {

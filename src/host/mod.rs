@@ -1,4 +1,5 @@
 //! Host setup: the TUN device's addresses, link state and routes (rtnetlink), forwarding.
 
+pub mod lookup;
 pub mod netlink;
 pub mod sysctl;

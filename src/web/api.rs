@@ -68,6 +68,21 @@ pub struct ServiceRow {
     /// `{at, result}` of the last failed set-up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Value>,
+    /// Its ClusterIPs that no route of the gateway carries (`crate::cluster::routed`), as
+    /// `{ip, reason, detail}`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_routed: Vec<Value>,
+}
+
+/// The not-routed ClusterIPs by Service (see [`ServiceRow::not_routed`]).
+fn not_routed_by_service(status: &Status) -> HashMap<(String, String), Vec<Value>> {
+    let mut out: HashMap<(String, String), Vec<Value>> = HashMap::new();
+    for n in status.health.not_routed() {
+        out.entry((n.service.namespace.clone(), n.service.name.clone()))
+            .or_default()
+            .push(json!({"ip": n.ip, "reason": n.reason.label(), "detail": n.to_string()}));
+    }
+    out
 }
 
 fn not_exposed_reason(n: &NotExposed) -> String {
@@ -181,6 +196,7 @@ fn row(s: &ServiceEntry, agg: Option<&Agg>, rate: f64) -> ServiceRow {
         last_failure: a
             .last_failure
             .map(|(at, r)| json!({"at": unix_ms(at), "result": r.label()})),
+        not_routed: Vec::new(),
     }
 }
 
@@ -206,19 +222,23 @@ pub fn services(status: &Status, query: &ServicesQuery) -> Value {
     let q = query.q.as_deref().unwrap_or("").trim().to_lowercase();
     let aggs = aggregates(status);
     let rates = status.rates();
+    let mut not_routed = not_routed_by_service(status);
     let mut rows: Vec<ServiceRow> = table
         .services
         .iter()
         .filter(|s| matches(s, &q))
         .map(|s| {
             let key = (s.id.namespace.clone(), s.id.name.clone());
-            row(
+            let mut r = row(
                 s,
                 aggs.get(&key),
                 rates.get(&key).copied().unwrap_or_default(),
-            )
+            );
+            r.not_routed = not_routed.remove(&key).unwrap_or_default();
+            r
         })
         .filter(|r| match query.state.as_deref() {
+            Some("not_routed") => !r.not_routed.is_empty(),
             Some("serving") => r.state == "serving",
             Some("unservable") => r.state != "serving",
             Some("not_exposed") => r.state == "not_exposed",
@@ -327,7 +347,10 @@ pub fn service(status: &Status, ns: &str, name: &str) -> Option<Value> {
         }
     }
     let rate = status.rates().get(&key).copied().unwrap_or_default();
-    let summary = row(s, Some(&agg), rate);
+    let mut summary = row(s, Some(&agg), rate);
+    summary.not_routed = not_routed_by_service(status)
+        .remove(&key)
+        .unwrap_or_default();
     let ports: Vec<Value> = s
         .ports
         .iter()
@@ -443,7 +466,13 @@ pub fn status(status: &Status, with_history: bool) -> Value {
         "sync": sync_json(&state),
         "api": api,
         "tun": {"name": status.health.tun_name, "up": status.health.tun().is_ok()},
-        "routes": {"ok": routes_ok, "installed": routes, "error": route_error},
+        "routes": {
+            "ok": routes_ok, "installed": routes, "error": route_error,
+            "not_routed": status.health.not_routed().iter()
+                .map(|n| json!({"ip": n.ip, "service": n.service.to_string(),
+                                "reason": n.reason.label(), "detail": n.to_string()}))
+                .collect::<Vec<_>>(),
+        },
         "ready": readiness,
         "table": {
             "generation": table.generation,

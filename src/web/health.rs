@@ -8,11 +8,14 @@
 //! - **tun**: the TUN device exists in this namespace and is up (asked from the kernel at
 //!   each check);
 //! - **routes**: the last route reconcile succeeded and installed what the table asks for.
+//!   ClusterIPs those routes cannot carry ([`crate::cluster::routed`]) are named in its
+//!   detail; they do not make the gateway unready (the other Services are served).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use crate::cluster::routed::{self, NotRouted};
 use crate::cluster::sync::SyncState;
 
 /// Host state the gateway reports (routes) or that is asked for (the TUN device's flags).
@@ -23,6 +26,8 @@ pub struct Health {
     routes_ok: AtomicBool,
     routes_installed: AtomicUsize,
     route_error: Mutex<Option<String>>,
+    /// Exposed ClusterIPs the routes do not carry (set with every reconcile).
+    not_routed: Mutex<Vec<NotRouted>>,
 }
 
 /// One part of readiness.
@@ -70,7 +75,23 @@ impl Health {
             routes_ok: AtomicBool::new(false),
             routes_installed: AtomicUsize::new(0),
             route_error: Mutex::new(Some("not reconciled yet".into())),
+            not_routed: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The exposed ClusterIPs the routes cannot carry; returns whether the list changed.
+    pub fn set_not_routed(&self, list: Vec<NotRouted>) -> bool {
+        let mut cur = self.not_routed.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = *cur != list;
+        *cur = list;
+        changed
+    }
+
+    pub fn not_routed(&self) -> Vec<NotRouted> {
+        self.not_routed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The gateway's route reconcile result: `Ok(installed)` or the error.
@@ -126,7 +147,7 @@ impl Health {
             },
         };
         let (ok, n, err) = self.routes();
-        let routes = Check {
+        let mut routes = Check {
             name: "routes",
             ok,
             detail: match err {
@@ -134,6 +155,11 @@ impl Health {
                 None => format!("{n} installed"),
             },
         };
+        let not_routed = self.not_routed();
+        if !not_routed.is_empty() {
+            routes.detail.push_str("; ");
+            routes.detail.push_str(&routed::summary(&not_routed, 5));
+        }
         let checks = vec![table, tun, routes];
         Readiness {
             ready: checks.iter().all(|c| c.ok),
@@ -235,6 +261,31 @@ mod tests {
         assert!(!r.ready);
         assert!(r.text().starts_with("not ready: tun\n"), "{}", r.text());
         assert!(r.text().contains("routes: ok (2 installed)"));
+        // ClusterIPs the routes cannot carry are named, but do not make it unready.
+        let web = std::sync::Arc::new(crate::cluster::table::ServiceId {
+            namespace: "shop".into(),
+            name: "web".into(),
+        });
+        assert!(h.set_not_routed(vec![NotRouted {
+            ip: "10.112.0.7".parse().unwrap(),
+            service: web,
+            reason: routed::NotRoutedReason::OutsideRanges,
+        }]));
+        let r = h.readiness(
+            &SyncState::Synced {
+                at: SystemTime::now(),
+            },
+            1,
+            SystemTime::now(),
+        );
+        assert!(
+            r.text().contains(
+                "routes: ok (2 installed; 1 ClusterIP not routed: 10.112.0.7 (shop/web): \
+                 outside every routed Service CIDR)"
+            ),
+            "{}",
+            r.text()
+        );
         // The loopback device exists and is up in any namespace.
         let lo = Health::new("lo", Duration::from_secs(60));
         assert!(lo.tun().is_ok());

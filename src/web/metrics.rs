@@ -320,13 +320,29 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
             .counter(&[], SourceCounters::get(&c.outages) as f64)
             .0,
         );
+        let mut errors = Family::new(
+            "api_watch_errors_total",
+            "Failed list or watch attempts, by reason (unreachable, stream_broken, \
+             unauthorized, forbidden, not_found, gone, throttled, server_error, http_error, \
+             protocol).",
+            MetricType::COUNTER,
+        );
+        for (i, reason) in crate::cluster::watch_error::WatchError::LABELS
+            .iter()
+            .enumerate()
+        {
+            let n = SourceCounters::get(&c.watch_errors_by_reason[i]);
+            errors = errors.counter(&[("reason", reason)], n as f64);
+        }
+        out.push(errors.0);
         out.push(
             Family::new(
-                "api_watch_errors_total",
-                "Failed list or watch attempts.",
+                "api_watch_resumed_total",
+                "Watches resumed from their last resourceVersion after an error, without a \
+                 re-list.",
                 MetricType::COUNTER,
             )
-            .counter(&[], SourceCounters::get(&c.watch_errors) as f64)
+            .counter(&[], SourceCounters::get(&c.watch_resumed) as f64)
             .0,
         );
     }
@@ -357,6 +373,32 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
         drops.push_counter(&[("reason", reason)], n as f64);
     }
     out.push(drops.0);
+    out.push(
+        Family::new(
+            "tun_fragments_queued_total",
+            "Fragments held for reassembly until the rest of their datagram arrives (not drops; \
+             a datagram that never completes is counted as the drop reason fragment_timeout).",
+            MetricType::COUNTER,
+        )
+        .counter(&[], stats.fragments_queued() as f64)
+        .0,
+    );
+    let not_routed = status.health.not_routed();
+    let mut family = Family::new(
+        "cluster_ips_not_routed",
+        "Exposed ClusterIPs that no route of the gateway carries, by reason \
+         (outside_service_cidrs: outside every routed Service CIDR of their family; \
+         ipv6_disabled: the host has IPv6 off).",
+        MetricType::GAUGE,
+    );
+    for reason in [
+        crate::cluster::routed::NotRoutedReason::OutsideRanges,
+        crate::cluster::routed::NotRoutedReason::Ipv6Disabled,
+    ] {
+        let n = not_routed.iter().filter(|x| x.reason == reason).count();
+        family = family.gauge(&[("reason", reason.label())], n as f64);
+    }
+    out.push(family.0);
     out.push(
         Family::new(
             "tun_packets_off_owner_total",

@@ -120,9 +120,6 @@ struct Faults {
     bookmark_interval: Duration,
     /// Cap on the watch timeout the client asks for (a real server uses its own too).
     max_watch_timeout: Duration,
-    /// Resources whose watches stall (see [`ApiServer::freeze_watches`]) until the client
-    /// lists them again.
-    frozen: std::collections::BTreeSet<Res>,
 }
 
 struct Shared {
@@ -226,7 +223,6 @@ impl ApiServer {
                 stall: false,
                 bookmark_interval: Duration::from_millis(500),
                 max_watch_timeout: Duration::from_secs(300),
-                frozen: std::collections::BTreeSet::new(),
             }),
             drop_epoch: watch::channel(0).0,
             freeze_epoch: watch::channel(0).0,
@@ -446,13 +442,9 @@ impl ApiServer {
     }
 
     /// Every watch open now goes silent for good, with its connection held open (a stalled
-    /// watch: a proxy or load balancer that lost the stream); later requests are served.
-    /// Watches started later stall too, until the client lists the resource again (what a
-    /// client does once it notices the stall), so only stall detection brings news through.
+    /// watch: a proxy or load balancer that lost the stream); later requests, watches
+    /// included, are served as usual, so only stall detection brings news through.
     pub fn freeze_watches(&self) {
-        self.shared.faults.lock().unwrap().frozen = [Res::Services, Res::Slices, Res::Cidrs]
-            .into_iter()
-            .collect();
         self.shared.freeze_epoch.send_modify(|e| *e += 1);
     }
 
@@ -737,8 +729,6 @@ async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             Some("1" | "true")
         );
         if !watching {
-            // A client that lists again has given up its stalled watch.
-            shared.faults.lock().unwrap().frozen.remove(&res);
             match list(&shared, res, &req.query) {
                 Ok(body) => respond(&mut s, 200, &body).await?,
                 Err((code, body)) => respond(&mut s, code, &body).await?,
@@ -862,10 +852,6 @@ async fn watch_stream<S: tokio::io::AsyncWrite + Unpin>(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
     s.write_all(head.as_bytes()).await?;
     s.flush().await?;
-    if faults.frozen.contains(&res) {
-        // Stalled: the connection stays open and says nothing.
-        std::future::pending::<()>().await;
-    }
     let from: u64 = req
         .query
         .get("resourceVersion")

@@ -786,3 +786,42 @@ fn a_full_table_of_unanswered_syns_makes_room_for_a_new_one() {
     assert_eq!(e.nat().active(), 4);
     assert_eq!(e.stats.tcp_count(ConnResult::TableFull), 0);
 }
+
+/// A fragment waiting for the rest of its datagram is counted apart, not as a drop; when
+/// the datagram times out, its fragments are counted as `fragment_timeout` drops.
+#[test]
+fn a_queued_fragment_is_not_a_drop_and_a_timed_out_one_is() {
+    let t0 = Instant::now();
+    let table = table();
+    let stats = Arc::new(Stats::default());
+    let nat = NatConfig::new(
+        "198.18.0.0/16".parse().unwrap(),
+        "fdc7:7779::/64".parse().unwrap(),
+        4,
+    );
+    let cfg = EngineConfig::new(nat, 2);
+    let timeout = cfg.reassembly_timeout;
+    let mut e: Engine<u32> = Engine::new(cfg, 4000, stats.clone(), t0);
+
+    // The first fragment (more fragments set, offset 0) of a UDP datagram to dns.
+    let whole = udp(CLIENT, 40000, [10, 96, 0, 53], 53, &[7u8; 64]);
+    let mut frag = whole[..20 + 32].to_vec();
+    frag[2..4].copy_from_slice(&52u16.to_be_bytes());
+    frag[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+    frag[6..8].copy_from_slice(&0x2000u16.to_be_bytes());
+    let mut r = Run::new(&frag);
+    let len = frag.len();
+    let v = r.handle(&mut e, &table, len, t0);
+    let Verdict::Drop(reason) = v else {
+        panic!("a first fragment is held, not forwarded");
+    };
+    assert_eq!(reason, Reason::FragmentQueued);
+    stats.count_drop(reason);
+    assert_eq!(stats.fragments_queued(), 1);
+    assert!(stats.drops().is_empty(), "{:?}", stats.drops());
+
+    e.expire(t0 + timeout / 2, Partition::WHOLE, |_| None);
+    assert!(stats.drops().is_empty(), "{:?}", stats.drops());
+    e.expire(t0 + timeout, Partition::WHOLE, |_| None);
+    assert_eq!(stats.drops(), vec![("fragment_timeout", 1)]);
+}
