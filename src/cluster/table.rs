@@ -182,6 +182,9 @@ pub struct ServiceTable {
     /// the source knows them (the API serves them); `None` otherwise (file source, older
     /// clusters), and then `--service-cidr` or per-IP routes apply.
     pub service_cidrs: Option<Vec<IpNet>>,
+    /// What the DNS server answers and which pod IPs may be reached directly (headless
+    /// Services), policy applied; built next to the entries by the same builder.
+    pub names: Arc<super::names::NameTable>,
 }
 
 impl ServiceTable {
@@ -209,6 +212,7 @@ impl ServiceTable {
             services,
             ignored_kinds,
             service_cidrs: None,
+            names: Arc::default(),
         }
     }
 
