@@ -158,6 +158,11 @@ pub struct RunArgs {
     /// for this long; forwarding goes on with the last good table either way.
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub ready_max_stale: Duration,
+
+    /// The DNS server for the cluster zone (`--dns-listen`, `--dns-zone`, `--dns-ttl`,
+    /// `--dns-forward`; see `crate::dns`).
+    #[command(flatten)]
+    pub dns: crate::dns::DnsArgs,
 }
 
 /// Limits derived from the descriptor limit and the flags, shown at start.

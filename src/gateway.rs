@@ -252,6 +252,15 @@ async fn serve(
         );
         web::server::spawn(listener, status, changed_tx.subscribe())
     };
+    // The DNS server (names): bound here, serving from the same table the dataplane reads.
+    let dns_task = if args.dns.enabled() {
+        let policy = args.policy();
+        let dns = crate::dns::server::DnsServer::bind(&args.dns, policy.allow_sources).await?;
+        tracing::info!(listen = ?dns.local_addrs(), zone = %args.dns.dns_zone, forward = ?args.dns.dns_forward, "DNS server listening");
+        Some(tokio::spawn(dns.run(table.clone(), stats.dns.clone())))
+    } else {
+        None
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     // New TCP flows waiting for the listener to accept them. Each also holds a NAT entry,
     // so the NAT's bound (table full: RST, counted) is the one that acts under a SYN flood;
@@ -405,6 +414,9 @@ async fn serve(
     acceptor_task.abort();
     trim_task.abort();
     web_task.abort();
+    if let Some(t) = dns_task {
+        t.abort();
+    }
     // The workers notice within their idle poll interval.
     let _ = tokio::task::spawn_blocking(move || {
         for t in worker_threads {

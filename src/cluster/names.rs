@@ -196,7 +196,7 @@ impl NameTable {
 /// The names of one Service from its object, its built entry (which says whether and how
 /// it is exposed) and its slices. `None` when it has no name: not exposed, or an
 /// ExternalName without a valid target.
-pub fn service_names(
+pub(crate) fn service_names(
     svc: &Service,
     entry: &ServiceEntry,
     slices: &[&SliceInfo],
