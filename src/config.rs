@@ -163,6 +163,12 @@ pub struct RunArgs {
     /// `--dns-forward`; see `crate::dns`).
     #[command(flatten)]
     pub dns: crate::dns::DnsArgs,
+
+    /// A pod CIDR to route into the gateway too (repeatable), announced like the Service
+    /// CIDRs: pods that back an exposed headless Service (StatefulSets) are reached on
+    /// their ports, any other address in it is refused (TCP RST, ICMP unreachable).
+    #[arg(long = "pod-cidr", value_name = "CIDR", value_parser = parse_cidr)]
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 /// Limits derived from the descriptor limit and the flags, shown at start.
@@ -246,6 +252,13 @@ impl RunArgs {
                     return Err(format!(
                         "--service-cidr {cidr} overlaps the inner prefix {i}"
                     ));
+                }
+            }
+        }
+        for cidr in &self.pod_cidrs {
+            for i in &inner {
+                if cidr.contains(i) || i.contains(cidr) {
+                    return Err(format!("--pod-cidr {cidr} overlaps the inner prefix {i}"));
                 }
             }
         }

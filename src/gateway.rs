@@ -230,6 +230,10 @@ async fn serve(
     let ports: Arc<[u16]> = ports.into();
 
     let stats = Arc::new(Stats::default());
+    // Pod ranges (--pod-cidr) go with every table the dataplane reads.
+    let pod_cidrs: Arc<[IpNet]> = args.pod_cidrs.iter().copied().collect();
+    let mut first = first;
+    first.pod_cidrs = pod_cidrs.clone();
     let table = Arc::new(ArcSwap::from_pointee(first));
     let (changed_tx, mut changed_rx) = watch::channel(0u64);
     // The status page, API and metrics: read-only views of the table, counters and state.
@@ -346,7 +350,8 @@ async fn serve(
     ));
 
     let live = table.clone();
-    let publish = move |t: ServiceTable| {
+    let publish = move |mut t: ServiceTable| {
+        t.pod_cidrs = pod_cidrs.clone();
         let generation = t.generation;
         live.store(Arc::new(t));
         let _ = changed_tx.send(generation);
@@ -361,6 +366,8 @@ async fn serve(
     let mut installed = BTreeSet::new();
     let result: Result<()> = loop {
         let mut want = desired_routes(&args.service_cidrs, &table.load());
+        // Pod ranges are routed (and announced) like the Service CIDRs.
+        want.extend(args.pod_cidrs.iter().copied());
         if !ipv6 {
             want.retain(|net| matches!(net, IpNet::V4(_)));
         }

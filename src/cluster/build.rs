@@ -146,7 +146,7 @@ pub fn build_table_with(
             .collect(),
     );
     let mut table = ServiceTable::new(generation, entries, ignored);
-    table.names = Arc::new(names);
+    table.set_names(Arc::new(names));
     (table, errors)
 }
 

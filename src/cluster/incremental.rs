@@ -389,9 +389,9 @@ impl Incremental {
         let services: Vec<ServiceEntry> = self.entries.values().cloned().collect();
         let mut table = ServiceTable::new(generation, services, Vec::new());
         table.service_cidrs = self.service_cidrs.clone();
-        table.names = Arc::new(super::names::NameTable::from_services(
+        table.set_names(Arc::new(super::names::NameTable::from_services(
             self.names.values().cloned().collect(),
-        ));
+        )));
         table
     }
 }

@@ -573,6 +573,54 @@ spec: {type: ExternalName, externalName: "bad name..example"}
     }
 
     #[test]
+    fn headless_pods_are_reachable_on_their_ports_and_other_pods_refused() {
+        use crate::cluster::table::{Lookup, Protocol};
+        let objs = parse_objects("t.yaml", &format!("{FIXTURE}{STATEFUL}")).unwrap();
+        let mut t = build_table(1, &objs, &BuildOptions::default()).0;
+        let pod0: IpAddr = "10.244.2.10".parse().unwrap();
+        match t.lookup(pod0, 5432, Protocol::Tcp) {
+            Lookup::Port(p) => {
+                assert_eq!(p.usable, vec!["10.244.2.10:5432".parse().unwrap()]);
+                assert_eq!(p.service.name, "pg");
+                assert_eq!(p.name, "sql");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The IPv6 endpoint too; the not-ready pod-1 is not a backend.
+        assert!(matches!(
+            t.lookup("fd00:10:244::10".parse().unwrap(), 5432, Protocol::Tcp),
+            Lookup::Port(_)
+        ));
+        // Another port of a backend pod: refused; the not-ready pod: unknown.
+        assert!(matches!(
+            t.lookup(pod0, 22, Protocol::Tcp),
+            Lookup::UnknownPort
+        ));
+        let pod1: IpAddr = "10.244.2.11".parse().unwrap();
+        assert!(matches!(
+            t.lookup(pod1, 5432, Protocol::Tcp),
+            Lookup::NotService
+        ));
+        // With the pod range routed here, any other pod address is refused.
+        t.pod_cidrs = vec!["10.244.0.0/16".parse().unwrap()].into();
+        assert!(matches!(
+            t.lookup(pod1, 5432, Protocol::Tcp),
+            Lookup::UnknownPort
+        ));
+        // A pod of a ClusterIP Service (web's 10.244.1.x) is not reachable directly.
+        assert!(matches!(
+            t.lookup("10.244.1.21".parse().unwrap(), 8080, Protocol::Tcp),
+            Lookup::UnknownPort
+        ));
+        assert!(matches!(
+            t.lookup("192.0.2.1".parse().unwrap(), 80, Protocol::Tcp),
+            Lookup::NotService
+        ));
+        // Pod ports do not show up as Service ports.
+        assert!(t.ports().all(|p| p.service.name != "pg"));
+    }
+
+    #[test]
     fn label_and_name_checks() {
         assert!(valid_label("pg-0"));
         assert!(!valid_label("-a"));
