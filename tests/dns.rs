@@ -446,3 +446,79 @@ fn a_resolver_in_front_curl_by_name_and_statefulset_pods_reached() {
     // The gateway's own TUN device stays; the daemons are stopped by their guards.
     drop(unbound);
 }
+
+#[test]
+fn out_of_zone_queries_are_forwarded_only_when_asked() {
+    assert!(tools_present());
+    let topo = topology(1);
+    let dir = tempfile::Builder::new()
+        .prefix("clusterway-dns-fwd-")
+        .tempdir()
+        .expect("temporary directory");
+    // The upstream resolver, in the gateway's namespace on its loopback: a static root zone,
+    // so it answers from its own data and never recurses anywhere.
+    let conf = dir.path().join("upstream.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"server:
+  interface: 127.0.0.1
+  port: 5300
+  do-ip6: no
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "{d}"
+  pidfile: "{d}/upstream.pid"
+  use-syslog: no
+  logfile: ""
+  num-threads: 1
+  module-config: "iterator"
+  access-control: 127.0.0.0/8 allow
+  local-zone: "." static
+  local-data: "www.example.test. 60 IN A 192.0.2.80"
+remote-control:
+  control-enable: no
+"#,
+            d = dir.path().display()
+        ),
+    )
+    .expect("writing upstream.conf");
+    let log = std::fs::File::create(dir.path().join("upstream.log")).expect("log");
+    let upstream = Daemon(
+        topo.gateway()
+            .exec("unbound", ["-d", "-c", &conf.display().to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting the upstream unbound"),
+        "unbound",
+    );
+    let gw = Gateway::start(
+        &topo,
+        &snapshot(&topo, ""),
+        &[
+            "--dns-listen",
+            &format!("{GW}:53"),
+            "--dns-forward",
+            "127.0.0.1:5300",
+        ],
+    );
+    assert!(
+        wait_for(
+            || short(&topo, GW, "www.example.test A") == ["192.0.2.80"],
+            Duration::from_secs(15)
+        ),
+        "never forwarded; upstream log:\n{}\ngateway log:\n{}",
+        std::fs::read_to_string(dir.path().join("upstream.log")).unwrap_or_default(),
+        gw.logs()
+    );
+    assert_eq!(short(&topo, GW, "+tcp www.example.test A"), ["192.0.2.80"]);
+    assert_eq!(status(&topo, GW, "nosuch.example.test A"), "NXDOMAIN");
+    // The zone itself is still answered by the gateway.
+    assert_eq!(short(&topo, GW, &format!("web.t.{ZONE} A")), ["10.96.0.10"]);
+    let metrics = gw_metrics(&topo);
+    assert!(metric(&metrics, "clusterway_dns_forwarded_total") >= 3.0);
+    drop(upstream);
+}
