@@ -143,8 +143,7 @@ pub fn handle(
             return encode(
                 m,
                 false,
-                transport,
-                None,
+                (transport == Transport::Udp).then_some(CLASSIC_UDP_PAYLOAD),
                 Some(format!("FORMERR malformed query: {e}")),
             );
         }
@@ -159,7 +158,6 @@ pub fn handle(
         Respond::Message(m) => encode(
             m,
             nodata,
-            transport,
             (transport == Transport::Udp).then_some(max_udp),
             failure,
         ),
@@ -171,13 +169,8 @@ enum Respond {
     Forward,
 }
 
-fn encode(
-    m: Message,
-    nodata: bool,
-    _transport: Transport,
-    limit: Option<usize>,
-    failure: Option<String>,
-) -> Outcome {
+/// Encodes `m`; over UDP (`limit`) a reply that does not fit is cut to the question, TC set.
+fn encode(m: Message, nodata: bool, limit: Option<usize>, failure: Option<String>) -> Outcome {
     let rcode = rcode_label(m.response_code());
     let bytes = match m.to_vec() {
         Ok(b) => b,
