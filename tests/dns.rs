@@ -253,9 +253,12 @@ fn dig_every_record_type_over_udp_and_tcp_and_names_follow_the_file() {
     let metrics = gw_metrics(&topo);
     let nx = metric(
         &metrics,
-        "clusterway_dns_responses_total{code=\"nxdomain\"}",
+        "clusterway_dns_responses_total{result=\"nxdomain\"}",
     );
-    let refused = metric(&metrics, "clusterway_dns_responses_total{code=\"refused\"}");
+    let refused = metric(
+        &metrics,
+        "clusterway_dns_responses_total{result=\"refused\"}",
+    );
     assert!(
         nx >= 4.0 && refused >= 2.0,
         "nxdomain {nx}, refused {refused}"

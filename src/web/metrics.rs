@@ -399,7 +399,7 @@ fn dns_families(dns: &crate::dns::stats::DnsStats, names: usize, out: &mut Vec<M
         MetricType::COUNTER,
     );
     for code in RCODES {
-        codes.push_counter(&[("code", code)], dns.responses_of(code) as f64);
+        codes.push_counter(&[("result", code)], dns.responses_of(code) as f64);
     }
     out.push(codes.0);
     let mut drops = Family::new(
@@ -414,15 +414,15 @@ fn dns_families(dns: &crate::dns::stats::DnsStats, names: usize, out: &mut Vec<M
     out.push(
         Family::new(
             "dns_queries_total",
-            "DNS queries received, by transport.",
+            "DNS queries received, by transport protocol.",
             MetricType::COUNTER,
         )
         .counter(
-            &[("transport", "udp")],
+            &[("protocol", "udp")],
             dns.udp_queries.load(Ordering::Relaxed) as f64,
         )
         .counter(
-            &[("transport", "tcp")],
+            &[("protocol", "tcp")],
             dns.tcp_queries.load(Ordering::Relaxed) as f64,
         )
         .0,
