@@ -264,6 +264,18 @@ fn dig_every_record_type_over_udp_and_tcp_and_names_follow_the_file() {
         "nxdomain {nx}, refused {refused}"
     );
     assert!(metric(&metrics, "clusterway_dns_truncated_total") >= 1.0);
+    // Failed queries are events on the status page's feed.
+    let events = http_get(
+        topo.gateway(),
+        "127.0.0.1:9310".parse().unwrap(),
+        "/api/v1/events?limit=500",
+    )
+    .expect("GET /api/v1/events")
+    .text();
+    assert!(
+        events.contains("dns_failed") && events.contains(&format!("NXDOMAIN hidden.t.{ZONE}.")),
+        "{events}"
+    );
 }
 
 fn gw_metrics(topo: &Topology) -> String {
