@@ -319,7 +319,8 @@ fn respond(
     m.set_authoritative(true);
 
     // Labels below the apex, leftmost first: `web.shop.svc` → ["web", "shop", "svc"].
-    let depth = usize::from(qname.num_labels()) - usize::from(cfg.zone.num_labels());
+    // Counted with `iter` (`num_labels` leaves a leading `*` out).
+    let depth = qname.iter().count().saturating_sub(cfg.zone.iter().count());
     let labels: Vec<String> = qname
         .iter()
         .take(depth)

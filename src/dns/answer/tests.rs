@@ -308,6 +308,9 @@ fn nxdomain_versus_nodata() {
     assert_nxdomain(&ask("nosuch.svc.cluster.local.", RecordType::A));
     assert_nxdomain(&ask("a.b.c.d.e.f.cluster.local.", RecordType::A));
     assert_nxdomain(&ask("x.web.shop.svc.cluster.local.", RecordType::A));
+    // A wildcard label is a label like any other here (no wildcard records).
+    assert_nxdomain(&ask("*.cluster.local.", RecordType::SOA));
+    assert_nxdomain(&ask("*.shop.svc.cluster.local.", RecordType::A));
     // Empty non-terminals exist: NODATA.
     assert_nodata(&ask("svc.cluster.local.", RecordType::A));
     assert_nodata(&ask("shop.svc.cluster.local.", RecordType::A));
