@@ -422,3 +422,103 @@ fn upstream_rcode(byte3: u8) -> &'static str {
         .copied()
         .unwrap_or("servfail")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::build::{build_table, BuildOptions};
+    use crate::cluster::parse::parse_objects;
+    use clap::Parser;
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        dns: DnsArgs,
+    }
+
+    fn query(name: &str) -> Vec<u8> {
+        let mut m = Message::new();
+        m.set_id(42);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        m.to_vec().unwrap()
+    }
+
+    /// On loopback, port chosen by the kernel: UDP and TCP answer from the table; past
+    /// MAX_TCP_CONNECTIONS a new connection is closed at once and counted.
+    #[tokio::test]
+    async fn udp_tcp_and_the_connection_bound() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\n\
+                    spec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n";
+        let objs = parse_objects("t.yaml", text).unwrap();
+        let table = Arc::new(ArcSwap::from_pointee(
+            build_table(1, &objs, &BuildOptions::default()).0,
+        ));
+        let args = Cli::parse_from(["x", "--dns-listen", "127.0.0.1:0"]).dns;
+        let server = DnsServer::bind(&args, None).await.unwrap();
+        let addr = server.local_addrs()[0];
+        let stats = Arc::new(DnsStats::default());
+        let task = tokio::spawn(server.run(table, stats.clone()));
+
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        udp.send_to(&query("web.a.svc.cluster.local."), addr)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), udp.recv(&mut buf))
+            .await
+            .expect("a UDP answer")
+            .unwrap();
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(m.id(), 42);
+        assert_eq!(m.answers()[0].data().to_string(), "10.96.0.10");
+
+        // Fill every TCP slot with a connection that asks one question each (so each is
+        // accepted and counted), then one more.
+        let mut held = Vec::new();
+        let q = query("web.a.svc.cluster.local.");
+        for _ in 0..MAX_TCP_CONNECTIONS {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+            s.write_all(&q).await.unwrap();
+            let len = tokio::time::timeout(Duration::from_secs(5), s.read_u16())
+                .await
+                .expect("a TCP answer")
+                .unwrap();
+            let mut reply = vec![0u8; usize::from(len)];
+            s.read_exact(&mut reply).await.unwrap();
+            assert_eq!(Message::from_vec(&reply).unwrap().answers().len(), 1);
+            held.push(s);
+        }
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let mut one = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut one))
+            .await
+            .expect("the extra connection is closed");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        assert_eq!(stats.dropped_of(DropReason::TcpLimit), 1);
+        assert_eq!(
+            stats.tcp_open.load(std::sync::atomic::Ordering::Relaxed),
+            MAX_TCP_CONNECTIONS as u64
+        );
+        // Closing one frees a slot.
+        drop(held.pop());
+        let mut ok = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if stats.tcp_open.load(std::sync::atomic::Ordering::Relaxed)
+                < MAX_TCP_CONNECTIONS as u64
+            {
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "a closed connection gives its slot back");
+        assert_eq!(
+            stats.responses_of("noerror"),
+            1 + MAX_TCP_CONNECTIONS as u64
+        );
+        task.abort();
+    }
+}
