@@ -47,7 +47,11 @@ struct Run {
 }
 
 fn check_pod(spec: &PodSpec, what: &str) {
-    assert_eq!(spec.service_account_name.as_deref(), Some("clusterway"), "{what}");
+    assert_eq!(
+        spec.service_account_name.as_deref(),
+        Some("clusterway"),
+        "{what}"
+    );
     assert_eq!(spec.host_network, Some(true), "{what}: hostNetwork");
     let selector = spec.node_selector.as_ref().expect("nodeSelector");
     assert_eq!(
@@ -93,7 +97,10 @@ fn check_pod(spec: &PodSpec, what: &str) {
     let run = Run::try_parse_from(&args).unwrap_or_else(|e| panic!("{what}: {e}"));
     run.args.validate().expect("valid flags");
     assert!(run.args.dns.enabled());
-    assert!(run.args.from_file.is_none(), "in-cluster config, not a file");
+    assert!(
+        run.args.from_file.is_none(),
+        "in-cluster config, not a file"
+    );
 }
 
 #[test]

@@ -280,7 +280,10 @@ fn metrics_and_api_count_exactly_the_connections_made() {
     // The API: filtering, state, sorting, paging, one Service, events, flows.
     let web = json(&topo, "/api/v1/services?q=WEB");
     assert_eq!(web["matched"], 1);
-    assert_eq!(web["total"], 5, "the lab's five demo Services (db is headless)");
+    assert_eq!(
+        web["total"], 5,
+        "the lab's five demo Services (db is headless)"
+    );
     let row = &web["items"][0];
     assert_eq!(row["name"], "web");
     assert_eq!(row["endpoints"]["ready"], 4, "two pods, v4 and v6: {row}");
