@@ -118,6 +118,17 @@ fn short(topo: &Topology, server: &str, args: &str) -> Vec<String> {
     v
 }
 
+/// Whether `+short ARGS` answers exactly `want` (false also when dig gets no reply yet:
+/// for polling a server that is still starting).
+fn answers(topo: &Topology, server: &str, args: &str, want: &[&str]) -> bool {
+    let cmd = format!("dig @{server} +time=1 +tries=1 +short {args}");
+    topo.client().sh(&cmd).is_ok_and(|out| {
+        let mut got: Vec<&str> = out.lines().collect();
+        got.sort();
+        got == want
+    })
+}
+
 /// The `status:` of a reply (NOERROR, NXDOMAIN, REFUSED, ...).
 fn status(topo: &Topology, server: &str, args: &str) -> String {
     let out = dig(topo, server, &format!("+noall +comments {args}"));
@@ -164,7 +175,7 @@ fn dig_every_record_type_over_udp_and_tcp_and_names_follow_the_file() {
     );
     assert!(
         wait_for(
-            || short(&topo, GW, &format!("web.t.{ZONE} A")) == ["10.96.0.10"],
+            || answers(&topo, GW, &format!("web.t.{ZONE} A"), &["10.96.0.10"]),
             Duration::from_secs(15)
         ),
         "the DNS server never answered; log:\n{}",
@@ -238,7 +249,7 @@ fn dig_every_record_type_over_udp_and_tcp_and_names_follow_the_file() {
     gw.update_snapshot(&snapshot(&topo, added));
     assert!(
         wait_for(
-            || short(&topo, GW, &format!("fresh.t.{ZONE} A")) == ["10.96.0.12"],
+            || answers(&topo, GW, &format!("fresh.t.{ZONE} A"), &["10.96.0.12"]),
             Duration::from_secs(10)
         ),
         "the new Service never resolved; log:\n{}",
@@ -402,7 +413,7 @@ fn a_resolver_in_front_curl_by_name_and_statefulset_pods_reached() {
     let through = "127.0.0.1";
     assert!(
         wait_for(
-            || short(&topo, through, &format!("web.t.{ZONE} A")) == ["10.96.0.10"],
+            || answers(&topo, through, &format!("web.t.{ZONE} A"), &["10.96.0.10"]),
             Duration::from_secs(15)
         ),
         "unbound never answered web through the gateway; unbound log:\n{}\ngateway log:\n{}",
@@ -522,7 +533,7 @@ remote-control:
     );
     assert!(
         wait_for(
-            || short(&topo, GW, "www.example.test A") == ["192.0.2.80"],
+            || answers(&topo, GW, "www.example.test A", &["192.0.2.80"]),
             Duration::from_secs(15)
         ),
         "never forwarded; upstream log:\n{}\ngateway log:\n{}",
