@@ -28,6 +28,11 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# Names (tests/dns.rs): dig, a recursive resolver in front of the gateway, curl by name.
+command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
+command -v unbound >/dev/null 2>&1 || need+=(unbound)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   apt-get update -qq

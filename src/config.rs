@@ -158,6 +158,17 @@ pub struct RunArgs {
     /// for this long; forwarding goes on with the last good table either way.
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub ready_max_stale: Duration,
+
+    /// The DNS server for the cluster zone (`--dns-listen`, `--dns-zone`, `--dns-ttl`,
+    /// `--dns-forward`; see `crate::dns`).
+    #[command(flatten)]
+    pub dns: crate::dns::DnsArgs,
+
+    /// A pod CIDR to route into the gateway too (repeatable), announced like the Service
+    /// CIDRs: pods that back an exposed headless Service (StatefulSets) are reached on
+    /// their ports, any other address in it is refused (TCP RST, ICMP unreachable).
+    #[arg(long = "pod-cidr", value_name = "CIDR", value_parser = parse_cidr)]
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 /// Limits derived from the descriptor limit and the flags, shown at start.
@@ -241,6 +252,13 @@ impl RunArgs {
                     return Err(format!(
                         "--service-cidr {cidr} overlaps the inner prefix {i}"
                     ));
+                }
+            }
+        }
+        for cidr in &self.pod_cidrs {
+            for i in &inner {
+                if cidr.contains(i) || i.contains(cidr) {
+                    return Err(format!("--pod-cidr {cidr} overlaps the inner prefix {i}"));
                 }
             }
         }

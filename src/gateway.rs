@@ -263,6 +263,10 @@ async fn serve(
     let ports: Arc<[u16]> = ports.into();
 
     let stats = Arc::new(Stats::default());
+    // Pod ranges (--pod-cidr) go with every table the dataplane reads.
+    let pod_cidrs: Arc<[IpNet]> = args.pod_cidrs.iter().copied().collect();
+    let mut first = first;
+    first.pod_cidrs = pod_cidrs.clone();
     let table = Arc::new(ArcSwap::from_pointee(first));
     let (changed_tx, mut changed_rx) = watch::channel(0u64);
     // The status page, API and metrics: read-only views of the table, counters and state.
@@ -284,6 +288,15 @@ async fn serve(
             limits.udp_flows,
         );
         web::server::spawn(listener, status, changed_tx.subscribe())
+    };
+    // The DNS server (names): bound here, serving from the same table the dataplane reads.
+    let dns_task = if args.dns.enabled() {
+        let policy = args.policy();
+        let dns = crate::dns::server::DnsServer::bind(&args.dns, policy.allow_sources).await?;
+        tracing::info!(listen = ?dns.local_addrs(), zone = %args.dns.dns_zone, forward = ?args.dns.dns_forward, "DNS server listening");
+        Some(tokio::spawn(dns.run(table.clone(), stats.dns.clone())))
+    } else {
+        None
     };
     let shutdown = Arc::new(AtomicBool::new(false));
     // New TCP flows waiting for the listener to accept them. Each also holds a NAT entry,
@@ -371,7 +384,8 @@ async fn serve(
     ));
 
     let live = table.clone();
-    let publish = move |t: ServiceTable| {
+    let publish = move |mut t: ServiceTable| {
+        t.pod_cidrs = pod_cidrs.clone();
         let generation = t.generation;
         live.store(Arc::new(t));
         let _ = changed_tx.send(generation);
@@ -386,6 +400,8 @@ async fn serve(
     let mut installed = BTreeSet::new();
     let result: Result<()> = loop {
         let mut want = desired_routes(&args.service_cidrs, &table.load());
+        // Pod ranges are routed (and announced) like the Service CIDRs.
+        want.extend(args.pod_cidrs.iter().copied());
         // ClusterIPs these routes cannot carry: a warning at start and on each change.
         report_not_routed(&health, &want, ipv6, &table.load());
         if !ipv6 {
@@ -441,6 +457,9 @@ async fn serve(
     acceptor_task.abort();
     trim_task.abort();
     web_task.abort();
+    if let Some(t) = dns_task {
+        t.abort();
+    }
     // The workers notice within their idle poll interval.
     let _ = tokio::task::spawn_blocking(move || {
         for t in worker_threads {

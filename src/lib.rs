@@ -8,6 +8,7 @@ pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod dataplane;
+pub mod dns;
 pub mod fuzz;
 pub mod gateway;
 pub mod host;

@@ -281,7 +281,10 @@ fn metrics_and_api_count_exactly_the_connections_made() {
     // The API: filtering, state, sorting, paging, one Service, events, flows.
     let web = json(&topo, "/api/v1/services?q=WEB");
     assert_eq!(web["matched"], 1);
-    assert_eq!(web["total"], 4);
+    assert_eq!(
+        web["total"], 5,
+        "the lab's five demo Services (db is headless)"
+    );
     let row = &web["items"][0];
     assert_eq!(row["name"], "web");
     assert_eq!(row["endpoints"]["ready"], 4, "two pods, v4 and v6: {row}");
@@ -289,11 +292,13 @@ fn metrics_and_api_count_exactly_the_connections_made() {
     assert_eq!(row["state"], "serving");
     let by_ip = json(&topo, "/api/v1/services?q=10.96.0.53");
     assert_eq!(by_ip["items"][0]["name"], "dns-echo");
-    let unservable = json(&topo, "/api/v1/services?state=unservable");
-    assert_eq!(unservable["matched"], 1);
-    assert_eq!(unservable["items"][0]["name"], "empty");
+    // demo/empty (no endpoints) and demo/db (headless: reached by name, not by a ClusterIP).
+    let unservable = json(&topo, "/api/v1/services?state=unservable&sort=name");
+    assert_eq!(unservable["matched"], 2);
+    assert_eq!(unservable["items"][0]["name"], "db");
+    assert_eq!(unservable["items"][1]["name"], "empty");
     assert_eq!(
-        unservable["items"][0]["last_failure"]["result"],
+        unservable["items"][1]["last_failure"]["result"],
         "no_endpoints"
     );
     let page = json(

@@ -125,7 +125,29 @@ pub fn build_table_with(
         .iter()
         .map(|(k, n)| (k.clone(), *n))
         .collect();
-    (ServiceTable::new(generation, entries, ignored), errors)
+    let names = super::names::NameTable::from_services(
+        objs.services
+            .iter()
+            .filter_map(|svc| {
+                let key = identity(&svc.metadata);
+                let entry = entries
+                    .binary_search_by(|e| {
+                        (e.id.namespace.as_str(), e.id.name.as_str())
+                            .cmp(&(key.0.as_str(), key.1.as_str()))
+                    })
+                    .ok()
+                    .and_then(|i| entries.get(i))?;
+                let svc_slices: Vec<&SliceInfo> = slices
+                    .get(&key)
+                    .map(|v| v.iter().collect())
+                    .unwrap_or_default();
+                super::names::service_names(svc, entry, &svc_slices, policy).map(Arc::new)
+            })
+            .collect(),
+    );
+    let mut table = ServiceTable::new(generation, entries, ignored);
+    table.set_names(Arc::new(names));
+    (table, errors)
 }
 
 /// `(namespace, name)`, namespace defaulted, name possibly empty.
@@ -195,6 +217,8 @@ struct SliceEndpoint {
     conditions: Conditions,
     pod: Option<String>,
     node: Option<String>,
+    /// `hostname` (StatefulSet pods), for names; not validated here.
+    hostname: Option<String>,
 }
 
 /// Slices by the Service they belong to: (namespace, service name).
@@ -340,6 +364,7 @@ fn slice_info(slice: &EndpointSlice) -> Result<Option<SliceInfo>, FieldError> {
             conditions,
             pod,
             node: ep.node_name.clone(),
+            hostname: ep.hostname.clone(),
         });
     }
     Ok(Some(SliceInfo {
@@ -347,6 +372,26 @@ fn slice_info(slice: &EndpointSlice) -> Result<Option<SliceInfo>, FieldError> {
         ports,
         endpoints,
     }))
+}
+
+/// What `names` reads of a slice: its family's endpoints and its ports.
+impl SliceInfo {
+    /// Each endpoint: (address, conditions, hostname, pod name).
+    pub(crate) fn name_endpoints(
+        &self,
+    ) -> impl Iterator<Item = (IpAddr, Conditions, Option<&str>, Option<&str>)> + '_ {
+        self.endpoints
+            .iter()
+            .map(|e| (e.ip, e.conditions, e.hostname.as_deref(), e.pod.as_deref()))
+    }
+
+    /// The slice's served ports: (name, protocol, number); SCTP left out.
+    pub(crate) fn name_ports(&self) -> impl Iterator<Item = (&str, Protocol, u16)> + '_ {
+        self.ports.iter().filter_map(|(n, p, num)| match p {
+            KubeProtocol::Served(p) => Some((n.as_str(), *p, *num)),
+            KubeProtocol::Sctp => None,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------

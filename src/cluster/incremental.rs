@@ -69,6 +69,8 @@ pub struct Incremental {
     /// Problems found since the last flush, by object.
     found: HashMap<(Kind, Key), Vec<ObjectError>>,
     service_cidrs: Option<Vec<IpNet>>,
+    /// The names of exposed Services (see `names`), rebuilt with their entries.
+    names: HashMap<Key, Arc<super::names::ServiceNames>>,
 }
 
 fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
@@ -90,6 +92,7 @@ impl Incremental {
             reported: HashMap::new(),
             found: HashMap::new(),
             service_cidrs: None,
+            names: HashMap::new(),
         }
     }
 
@@ -271,6 +274,7 @@ impl Incremental {
                 self.candidates.insert(key.clone(), entry);
             } else {
                 self.entries.remove(&key);
+                self.names.remove(&key);
                 self.found.remove(&(Kind::Service, key.clone()));
                 self.reported.remove(&(Kind::Service, key.clone()));
             }
@@ -349,6 +353,15 @@ impl Incremental {
                     problems.push(err);
                 }
             }
+            let slices: Vec<&SliceInfo> = self
+                .by_service
+                .get(&key)
+                .map(|m| m.values().collect())
+                .unwrap_or_default();
+            match super::names::service_names(svc, &entry, &slices, &self.policy) {
+                Some(names) => self.names.insert(key.clone(), Arc::new(names)),
+                None => self.names.remove(&key),
+            };
             self.entries.insert(key, entry);
         }
     }
@@ -376,6 +389,9 @@ impl Incremental {
         let services: Vec<ServiceEntry> = self.entries.values().cloned().collect();
         let mut table = ServiceTable::new(generation, services, Vec::new());
         table.service_cidrs = self.service_cidrs.clone();
+        table.set_names(Arc::new(super::names::NameTable::from_services(
+            self.names.values().cloned().collect(),
+        )));
         table
     }
 }

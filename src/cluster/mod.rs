@@ -3,6 +3,7 @@
 //!
 //! - `parse`: file text → `Objects` (Services, EndpointSlices, ignored kinds);
 //! - `build`: `Objects` → `ServiceTable`, with kube-proxy's semantics;
+//! - `names`: what the DNS server answers (headless endpoints, ExternalName, named ports);
 //! - `policy`: which Services are exposed, and to which clients;
 //! - `incremental`: the same semantics kept up to date object by object (the watch);
 //! - `file`: the file source (load at start-up, reload on change);
@@ -19,6 +20,7 @@ pub mod file;
 pub mod incremental;
 pub mod kube;
 pub mod kubeconfig;
+pub mod names;
 pub mod parse;
 pub mod policy;
 pub mod routed;

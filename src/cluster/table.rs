@@ -182,6 +182,15 @@ pub struct ServiceTable {
     /// the source knows them (the API serves them); `None` otherwise (file source, older
     /// clusters), and then `--service-cidr` or per-IP routes apply.
     pub service_cidrs: Option<Vec<IpNet>>,
+    /// What the DNS server answers and which pod IPs may be reached directly (headless
+    /// Services), policy applied; built next to the entries by the same builder.
+    pub names: Arc<super::names::NameTable>,
+    /// Ports of pods that back exposed headless Services (see [`ServiceTable::set_names`]):
+    /// traffic to `podIP:port` is forwarded to that pod as to a one-endpoint Service.
+    pod_ports: HashMap<PortKey, Arc<ServicePort>>,
+    /// Pod ranges routed to the gateway (`--pod-cidr`): an address in them that backs no
+    /// exposed headless Service port is refused ([`Lookup::UnknownPort`]), not dropped.
+    pub pod_cidrs: Arc<[IpNet]>,
 }
 
 impl ServiceTable {
@@ -209,13 +218,70 @@ impl ServiceTable {
             services,
             ignored_kinds,
             service_cidrs: None,
+            names: Arc::default(),
+            pod_ports: HashMap::new(),
+            pod_cidrs: Arc::default(),
         }
+    }
+
+    /// Sets the names of this snapshot and indexes the ports of headless Services' pods:
+    /// each usable endpoint of an exposed headless Service becomes reachable on its
+    /// EndpointSlice ports, for the clients that Service allows.
+    pub fn set_names(&mut self, names: Arc<super::names::NameTable>) {
+        self.pod_ports.clear();
+        for svc in names.iter() {
+            for ep in svc.endpoints() {
+                for p in &ep.ports {
+                    let addr = SocketAddr::new(ep.ip, p.port);
+                    let key = (ep.ip, p.port, p.protocol);
+                    // A ClusterIP never equals a pod IP in a sane cluster; if one did, the
+                    // Service keeps it.
+                    if self.ports.contains_key(&key) || self.pod_ports.contains_key(&key) {
+                        continue;
+                    }
+                    self.pod_ports.insert(
+                        key,
+                        Arc::new(ServicePort {
+                            service: svc.id.clone(),
+                            name: p.name.clone(),
+                            protocol: p.protocol,
+                            cluster_ip: ep.ip,
+                            port: p.port,
+                            endpoints: vec![Endpoint {
+                                addr,
+                                conditions: Conditions {
+                                    ready: true,
+                                    serving: true,
+                                    terminating: false,
+                                },
+                                pod: ep.pod.clone(),
+                                node: None,
+                            }],
+                            usable: vec![addr],
+                            affinity: None,
+                            allow: svc.allow.clone(),
+                        }),
+                    );
+                }
+            }
+        }
+        self.names = names;
     }
 
     pub fn lookup(&self, ip: IpAddr, port: u16, protocol: Protocol) -> Lookup<'_> {
         match self.ports.get(&(ip, port, protocol)) {
             Some(p) => Lookup::Port(p),
             None if self.cluster_ips.contains_key(&ip) => Lookup::UnknownPort,
+            None => self.lookup_pod(ip, port, protocol),
+        }
+    }
+
+    /// A headless Service's pod port, or a refusal for any other address of a pod range.
+    fn lookup_pod(&self, ip: IpAddr, port: u16, protocol: Protocol) -> Lookup<'_> {
+        match self.pod_ports.get(&(ip, port, protocol)) {
+            Some(p) => Lookup::Port(p),
+            None if self.pod_cidrs.iter().any(|n| n.contains(&ip)) => Lookup::UnknownPort,
+            None if self.names.headless_backend(ip).next().is_some() => Lookup::UnknownPort,
             None => Lookup::NotService,
         }
     }

@@ -166,6 +166,8 @@ pub struct Stats {
     pub notices: Notices,
     /// How proxied bytes moved (splice or copy) and how the pipe pool fared.
     pub splice: Arc<SpliceStats>,
+    /// The DNS server's counters and failed queries (`crate::dns`).
+    pub dns: Arc<crate::dns::stats::DnsStats>,
 }
 
 /// Counters of the proxy's byte path (`dataplane::splice`): which way bytes went, pipes

@@ -86,11 +86,13 @@ pub fn backend_args(k: usize) -> Vec<String> {
 ///   `http` = 8080 on the pods; one IPv4 and one IPv6 EndpointSlice;
 /// - `demo/dns-echo`: 10.96.0.53 + fd00:10:96::53, UDP 53 → 5353;
 /// - `demo/sticky`: 10.96.0.20, TCP 80 → 8080, `sessionAffinity: ClientIP`;
-/// - `demo/empty`: 10.96.0.99, TCP 80 → 8080, an EndpointSlice without endpoints.
+/// - `demo/empty`: 10.96.0.99, TCP 80 → 8080, an EndpointSlice without endpoints;
+/// - `demo/db`: headless, a StatefulSet's pods `db-0`, `db-1`, .. (hostnames) on the pods,
+///   port `http` 8080 (see [`headless_demo`]).
 pub fn demo_snapshot(pods: &[(Ipv4Addr, Ipv6Addr)]) -> String {
     let v4: Vec<String> = pods.iter().map(|(a, _)| a.to_string()).collect();
     let v6: Vec<String> = pods.iter().map(|(_, a)| a.to_string()).collect();
-    let items = vec![
+    let mut items = vec![
         service(
             "web",
             &[&WEB_V4.to_string(), &WEB_V6.to_string()],
@@ -122,6 +124,7 @@ pub fn demo_snapshot(pods: &[(Ipv4Addr, Ipv6Addr)]) -> String {
         slice("sticky", "IPv4", &v4, "http", BACKEND_HTTP_PORT, "TCP"),
         slice("empty", "IPv4", &[], "http", BACKEND_HTTP_PORT, "TCP"),
     ];
+    items.extend(headless_demo(&v4));
     let list = json!({
         "apiVersion": "v1",
         "kind": "List",
@@ -136,7 +139,7 @@ pub fn demo_snapshot(pods: &[(Ipv4Addr, Ipv6Addr)]) -> String {
     format!(
         "# clusterway lab demo snapshot. Edit and save: the gateway reloads it.\n\
          # Services: demo/web (TCP, dual-stack), demo/dns-echo (UDP), demo/sticky (ClientIP\n\
-         # affinity), demo/empty (no endpoints).\n{yaml}"
+         # affinity), demo/empty (no endpoints), demo/db (headless: db-0, db-1 by name).\n{yaml}"
     )
 }
 
@@ -206,6 +209,78 @@ fn slice(
         "endpoints": if endpoints.is_empty() { Value::Null } else { Value::Array(endpoints) },
         "ports": [{"name": port_name, "port": port, "protocol": protocol}],
     })
+}
+
+/// The headless demo Service `demo/db` and its EndpointSlice: pod K is `db-(K-1)`, as a
+/// StatefulSet names its pods, resolvable as `db-0.db.demo.svc.cluster.local`.
+fn headless_demo(v4: &[String]) -> Vec<Value> {
+    let endpoints: Vec<Value> = v4
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            json!({
+                "addresses": [a],
+                "hostname": format!("db-{i}"),
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": "lab",
+                "targetRef": {"kind": "Pod", "namespace": "demo", "name": format!("db-{i}")},
+            })
+        })
+        .collect();
+    vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "db", "namespace": "demo", "labels": {"app": "db"}},
+            "spec": {
+                "clusterIP": "None",
+                "clusterIPs": ["None"],
+                "type": "ClusterIP",
+                "ports": [{"name": "http", "port": BACKEND_HTTP_PORT, "protocol": "TCP"}],
+                "selector": {"app": "db"},
+            },
+        }),
+        json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "addressType": "IPv4",
+            "metadata": {
+                "name": "db-v4",
+                "namespace": "demo",
+                "labels": {
+                    "kubernetes.io/service-name": "db",
+                    "service.kubernetes.io/headless": "",
+                    "endpointslice.kubernetes.io/managed-by": "clusterway-lab",
+                },
+            },
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": BACKEND_HTTP_PORT, "protocol": "TCP"}],
+        }),
+    ]
+}
+
+/// Where the lab's gateway answers DNS (its address on the client's link).
+pub const LAB_DNS: &str = "192.168.77.1:53";
+
+/// Programs the printed commands use, with the Debian package that has each.
+const LAB_TOOLS: [(&str, &str); 5] = [
+    ("curl", "curl"),
+    ("socat", "socat"),
+    ("dig", "bind9-dnsutils"),
+    ("ping", "iputils-ping"),
+    ("ip", "iproute2"),
+];
+
+/// The printed commands' programs that are not on `PATH`: (program, Debian package).
+pub fn missing_tools(path: Option<&std::ffi::OsStr>) -> Vec<(&'static str, &'static str)> {
+    let dirs: Vec<PathBuf> = path
+        .map(|p| std::env::split_paths(p).collect())
+        .unwrap_or_default();
+    LAB_TOOLS
+        .iter()
+        .filter(|(tool, _)| !dirs.iter().any(|d| d.join(tool).is_file()))
+        .copied()
+        .collect()
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.
@@ -320,6 +395,9 @@ pub async fn run(args: LabArgs) -> Result<()> {
     }
     gw_args.push("--status-addr".into());
     gw_args.push(GATEWAY_STATUS.into());
+    // Names: the gateway answers the cluster zone on its address towards the client.
+    gw_args.push("--dns-listen".into());
+    gw_args.push(LAB_DNS.into());
     let gateway = topo
         .gateway()
         .exec(&exe, &gw_args)
@@ -443,12 +521,34 @@ Try, in another terminal:
   sudo ip netns exec {gw} ip route                                # routes via cw0
   sudo ip netns exec {cl} curl http://{pod1}:8080/            # straight to a pod, no gateway
 
+Names (the gateway's DNS server, {dns}):
+  sudo ip netns exec {cl} dig @{dns_ip} web.demo.svc.cluster.local A      # the ClusterIP
+  sudo ip netns exec {cl} dig @{dns_ip} +tcp web.demo.svc.cluster.local AAAA
+  sudo ip netns exec {cl} dig @{dns_ip} _http._tcp.web.demo.svc.cluster.local SRV
+  sudo ip netns exec {cl} dig @{dns_ip} db.demo.svc.cluster.local         # headless: the pods
+  sudo ip netns exec {cl} dig @{dns_ip} db-0.db.demo.svc.cluster.local    # a StatefulSet pod
+  sudo ip netns exec {cl} dig @{dns_ip} -x {WEB_V4}                        # PTR
+  sudo ip netns exec {cl} curl --resolve web.demo.svc.cluster.local:80:{WEB_V4} http://web.demo.svc.cluster.local/
+{missing}
 Ctrl-C stops everything and removes the namespaces.
 ",
         pods = pods.join(" "),
         snap = snapshot.display(),
         pod1 = topo.pod_ip(1, false),
+        dns = LAB_DNS,
+        dns_ip = LAB_DNS.split(':').next().unwrap_or(LAB_DNS),
+        missing = missing_note(&missing_tools(std::env::var_os("PATH").as_deref())),
     );
+}
+
+/// A line per missing program, naming its package (empty when all are there).
+fn missing_note(missing: &[(&str, &str)]) -> String {
+    missing
+        .iter()
+        .map(|(tool, pkg)| {
+            format!("  note: `{tool}` is not installed here: sudo apt-get install {pkg}\n")
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -500,5 +600,30 @@ mod tests {
             .find(|i| i["metadata"]["name"] == "empty-v4")
             .unwrap();
         assert!(empty["endpoints"].is_null());
+        // The headless demo Service: db-0 and db-1, by hostname, on the pods.
+        let db = items
+            .iter()
+            .find(|i| i["metadata"]["name"] == "db-v4")
+            .unwrap();
+        assert_eq!(db["endpoints"][1]["hostname"], "db-1");
+        assert_eq!(db["endpoints"][1]["addresses"][0], "10.244.2.10");
+        let objs = crate::cluster::parse_objects("lab.yaml", &text).unwrap();
+        let (table, errors) = crate::cluster::build_table(1, &objs, &Default::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        let db = table.names.service("demo", "db").expect("db has names");
+        assert_eq!(db.endpoints()[0].label, "db-0");
+    }
+
+    #[test]
+    fn missing_tools_name_their_packages() {
+        let dir = tempfile::tempdir().unwrap();
+        for tool in ["curl", "ping", "ip"] {
+            std::fs::write(dir.path().join(tool), "").unwrap();
+        }
+        let missing = missing_tools(Some(dir.path().as_os_str()));
+        assert_eq!(missing, [("socat", "socat"), ("dig", "bind9-dnsutils")]);
+        assert!(missing_note(&missing).contains("apt-get install bind9-dnsutils"));
+        assert_eq!(missing_tools(None).len(), LAB_TOOLS.len());
+        assert_eq!(missing_note(&[]), "");
     }
 }

@@ -465,7 +465,93 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
         .gauge(&[], status.uptime().as_secs_f64())
         .0,
     );
+    dns_families(&stats.dns, table.names.len(), &mut out);
     out
+}
+
+/// The DNS server's counters (`crate::dns`); zeros while it is off.
+fn dns_families(dns: &crate::dns::stats::DnsStats, names: usize, out: &mut Vec<MetricFamily>) {
+    use crate::dns::stats::{DropReason, RCODES};
+    let mut codes = Family::new(
+        "dns_responses_total",
+        "DNS replies sent, by response code (forwarded replies by the forwarder's code).",
+        MetricType::COUNTER,
+    );
+    for code in RCODES {
+        codes.push_counter(&[("result", code)], dns.responses_of(code) as f64);
+    }
+    out.push(codes.0);
+    let mut drops = Family::new(
+        "dns_dropped_total",
+        "DNS queries that got no reply, by reason.",
+        MetricType::COUNTER,
+    );
+    for reason in DropReason::ALL {
+        drops.push_counter(&[("reason", reason.label())], dns.dropped_of(reason) as f64);
+    }
+    out.push(drops.0);
+    out.push(
+        Family::new(
+            "dns_queries_total",
+            "DNS queries received, by transport protocol.",
+            MetricType::COUNTER,
+        )
+        .counter(
+            &[("protocol", "udp")],
+            dns.udp_queries.load(Ordering::Relaxed) as f64,
+        )
+        .counter(
+            &[("protocol", "tcp")],
+            dns.tcp_queries.load(Ordering::Relaxed) as f64,
+        )
+        .0,
+    );
+    for (name, help, v) in [
+        (
+            "dns_nodata_total",
+            "NOERROR replies without an answer (the name exists, the type does not).",
+            &dns.nodata,
+        ),
+        (
+            "dns_truncated_total",
+            "UDP replies cut to the question with TC set (the client retries over TCP).",
+            &dns.truncated,
+        ),
+        (
+            "dns_forwarded_total",
+            "Out-of-zone queries sent on to --dns-forward.",
+            &dns.forwarded,
+        ),
+        (
+            "dns_failures_suppressed_total",
+            "Failed DNS queries not shown as events (rate limit).",
+            &dns.suppressed,
+        ),
+    ] {
+        out.push(
+            Family::new(name, help, MetricType::COUNTER)
+                .counter(&[], v.load(Ordering::Relaxed) as f64)
+                .0,
+        );
+    }
+    out.push(
+        Family::new(
+            "dns_tcp_connections",
+            "Open DNS TCP connections.",
+            MetricType::GAUGE,
+        )
+        .gauge(&[], dns.tcp_open.load(Ordering::Relaxed) as f64)
+        .0,
+    );
+    out.push(
+        Family::new(
+            "dns_services",
+            "Exposed Services that have DNS names in the current table.",
+            MetricType::GAUGE,
+        )
+        .gauge(&[], names as f64)
+        .0,
+    );
 }
 
 /// The text exposition.

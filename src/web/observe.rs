@@ -192,6 +192,18 @@ pub fn drain_notices(status: &Status) {
         let ev = status.events.push(unix_ms(n.at), level, kind, svc, msg);
         broadcast_event(status, &ev);
     }
+    // Under the same lock: failed DNS queries (`crate::dns`) as `dns_failed` events.
+    let dns = &status.stats.dns;
+    let after = dns.drained.load(std::sync::atomic::Ordering::Relaxed);
+    for f in dns.failures_since(after) {
+        dns.drained
+            .store(f.seq, std::sync::atomic::Ordering::Relaxed);
+        let msg = format!("DNS query from {}: {}", f.client, f.message);
+        let ev = status
+            .events
+            .push(unix_ms(f.at), Level::Warn, "dns_failed", None, msg);
+        broadcast_event(status, &ev);
+    }
 }
 
 /// Run until the runtime stops. `changed` fires on each published table.
