@@ -158,6 +158,24 @@ pub struct RunArgs {
     /// for this long; forwarding goes on with the last good table either way.
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub ready_max_stale: Duration,
+
+    // --- Advertising and the fleet (src/host/announce.rs) ---
+    /// Routing table of the gateway's routes (protocol 75): `main`, or a table of their own
+    /// (e.g. 100) that the routing daemon imports — FRR needs one (`ip import-table`), and
+    /// zebra then copies them into the main table, which is what forwards.
+    #[arg(long, default_value = "main", value_parser = crate::host::announce::parse_route_table, value_name = "TABLE")]
+    pub route_table: u32,
+
+    /// What the routes announce: `aggregated` (the Service CIDRs) or `per-service` (a host
+    /// route per ClusterIP with at least one usable endpoint, withdrawn when it has none).
+    #[arg(long, value_enum, default_value = "aggregated", value_name = "MODE")]
+    pub announce: crate::host::announce::AnnounceMode,
+
+    /// On SIGTERM, withdraw the routes, answer `/readyz` with 503 `draining` and keep
+    /// forwarding this long before stopping (0: stop at once). A second SIGTERM or SIGINT
+    /// stops at once.
+    #[arg(long, env = "CLUSTERWAY_DRAIN_TIMEOUT", default_value = "5s", value_parser = crate::host::announce::parse_drain_timeout, value_name = "DURATION")]
+    pub drain_timeout: Duration,
 }
 
 /// Limits derived from the descriptor limit and the flags, shown at start.
@@ -421,6 +439,17 @@ mod tests {
             .unwrap_err()
             .contains("unknown unit"));
         assert!(args(&["--max-tcp-flows", "0"]).is_err());
+        let e = args(&["--route-table", "255"]).unwrap_err();
+        assert!(e.contains("--route-table") && e.contains("local"), "{e}");
+        assert!(args(&["--announce", "everything"])
+            .unwrap_err()
+            .contains("--announce"));
+        assert!(args(&["--drain-timeout", "later"])
+            .unwrap_err()
+            .contains("--drain-timeout"));
+        let a = args(&["--route-table", "100", "--announce", "per-service"]).unwrap();
+        assert_eq!(a.route_table, 100);
+        assert_eq!(a.drain_timeout, Duration::from_secs(5));
         let a = args(&["--service-cidr", "198.18.0.0/15"]).unwrap();
         assert!(a.validate().unwrap_err().contains("overlaps"));
     }

@@ -1,4 +1,6 @@
-//! Host setup: the TUN device's addresses, link state and routes (rtnetlink), forwarding.
+//! Host setup: the TUN device's addresses, link state and routes (rtnetlink), forwarding,
+//! and the announcement those routes make (`announce`).
 
+pub mod announce;
 pub mod netlink;
 pub mod sysctl;

@@ -1,7 +1,8 @@
 //! The TUN device's addresses, link state and routes, through one rtnetlink handle.
 //!
 //! Owns, on the link it is given (`cw0`): the link's global addresses, its MTU and its up
-//! state; and, in the main table, every route whose route protocol is [`ROUTE_PROTO`].
+//! state; and, in the main table or the one `--route-table` names, every route whose route
+//! protocol is [`ROUTE_PROTO`].
 //! Everything is desired state: callers say what should exist, [`Host`] reads what the kernel
 //! has and changes only the difference, so every call is idempotent and a crashed run is
 //! cleaned up by the next one ([`Host::remove_owned`], [`Host::delete_link`]).
@@ -43,6 +44,10 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 ///   `filter { if krt_source = 75 then accept; reject; }`;
 /// - anything else reading the kernel table: match `protocol == 75`.
 pub const ROUTE_PROTO: u8 = 75;
+
+/// The main routing table (`RT_TABLE_MAIN`), where the routes go unless `--route-table`
+/// names another.
+pub const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
 /// `errno` values the reconcilers treat as "already in the wanted state".
 const EEXIST: i32 = libc::EEXIST;
@@ -340,15 +345,24 @@ impl Host {
         ifindex: u32,
         desired: &BTreeSet<IpNet>,
     ) -> Result<RouteDiff, HostError> {
+        self.reconcile_routes_in(ifindex, MAIN_TABLE, desired)
+            .await
+    }
+
+    /// [`Host::reconcile_routes`] in routing table `table` (`--route-table`; 254 is main).
+    /// Routes of ours in other tables are left alone ([`Host::remove_owned`] clears them).
+    pub async fn reconcile_routes_in(
+        &self,
+        ifindex: u32,
+        table: u32,
+        desired: &BTreeSet<IpNet>,
+    ) -> Result<RouteDiff, HostError> {
         let desired: BTreeSet<IpNet> = desired.iter().map(IpNet::trunc).collect();
         let current = self.owned_routes().await?;
         let mut diff = RouteDiff::default();
 
         let mut present = BTreeSet::new();
-        let main = current
-            .iter()
-            .filter(|route| route.table == u32::from(RouteHeader::RT_TABLE_MAIN));
-        for route in main {
+        for route in current.iter().filter(|route| route.table == table) {
             if route.via(ifindex) && desired.contains(&route.dst) {
                 present.insert(route.dst);
             } else {
@@ -357,7 +371,7 @@ impl Host {
         }
 
         for dst in desired.difference(&present) {
-            self.add_route(ifindex, *dst, &mut diff).await?;
+            self.add_route(ifindex, table, *dst, &mut diff).await?;
         }
         Ok(diff)
     }
@@ -456,10 +470,11 @@ impl Host {
     async fn add_route(
         &self,
         ifindex: u32,
+        table: u32,
         dst: IpNet,
         diff: &mut RouteDiff,
     ) -> Result<(), HostError> {
-        let message = route_message(ifindex, dst);
+        let message = route_message(ifindex, table, dst);
         match self.handle.route().add(message).execute().await {
             Ok(()) => diff.added.push(dst),
             Err(e) if errno(&e) == Some(EEXIST) => diff.already_present.push(dst),
@@ -573,8 +588,9 @@ impl OwnedRoute {
     }
 }
 
-/// The request that adds `dst` via link `ifindex` with our protocol, in the main table.
-fn route_message(ifindex: u32, dst: IpNet) -> RouteMessage {
+/// The request that adds `dst` via link `ifindex` with our protocol, in routing table `table`
+/// (in the header when it fits in a byte, as iproute2 does, and always in `RTA_TABLE`).
+fn route_message(ifindex: u32, table: u32, dst: IpNet) -> RouteMessage {
     let (family, address, scope) = match dst.addr() {
         // As `ip route add … dev cw0` does: an IPv4 route without a gateway is link-scoped.
         IpAddr::V4(a) => (AddressFamily::Inet, RouteAddress::Inet(a), RouteScope::Link),
@@ -587,13 +603,14 @@ fn route_message(ifindex: u32, dst: IpNet) -> RouteMessage {
     let mut message = RouteMessage::default();
     message.header.address_family = family;
     message.header.destination_prefix_length = dst.prefix_len();
-    message.header.table = RouteHeader::RT_TABLE_MAIN;
+    message.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
     message.header.protocol = RouteProtocol::from(ROUTE_PROTO);
     message.header.scope = scope;
     message.header.kind = RouteType::Unicast;
     message.attributes = vec![
         RouteAttribute::Destination(address),
         RouteAttribute::Oif(ifindex),
+        RouteAttribute::Table(table),
     ];
     message
 }
@@ -667,24 +684,24 @@ mod tests {
 
     #[test]
     fn route_message_carries_our_protocol_and_link() {
-        let message = route_message(7, "10.96.0.0/12".parse().unwrap());
+        let message = route_message(7, MAIN_TABLE, "10.96.0.0/12".parse().unwrap());
         assert_eq!(u8::from(message.header.protocol), ROUTE_PROTO);
         assert_eq!(message.header.table, RouteHeader::RT_TABLE_MAIN);
         assert_eq!(message.header.scope, RouteScope::Link);
         assert!(message.attributes.contains(&RouteAttribute::Oif(7)));
 
-        let message = route_message(7, "fd00:96::/112".parse().unwrap());
+        let message = route_message(7, MAIN_TABLE, "fd00:96::/112".parse().unwrap());
         assert_eq!(message.header.address_family, AddressFamily::Inet6);
         assert_eq!(message.header.scope, RouteScope::Universe);
     }
 
     #[test]
     fn owned_route_ignores_other_protocols() {
-        let mut message = route_message(3, "10.0.0.0/8".parse().unwrap());
+        let mut message = route_message(3, MAIN_TABLE, "10.0.0.0/8".parse().unwrap());
         message.header.protocol = RouteProtocol::Static;
         assert!(OwnedRoute::from_message(message).is_none());
 
-        let message = route_message(3, "10.0.0.0/8".parse().unwrap());
+        let message = route_message(3, MAIN_TABLE, "10.0.0.0/8".parse().unwrap());
         let route = OwnedRoute::from_message(message).expect("ours");
         assert_eq!(route.dst, "10.0.0.0/8".parse::<IpNet>().unwrap());
         assert!(route.via(3));

@@ -320,6 +320,9 @@ pub async fn run(args: LabArgs) -> Result<()> {
     }
     gw_args.push("--status-addr".into());
     gw_args.push(GATEWAY_STATUS.into());
+    // One gateway and no routing daemon: nothing to drain towards, stop at once.
+    gw_args.push("--drain-timeout".into());
+    gw_args.push("0".into());
     let gateway = topo
         .gateway()
         .exec(&exe, &gw_args)

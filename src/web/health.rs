@@ -7,7 +7,9 @@
 //!   container health check) that it has been stale for too long;
 //! - **tun**: the TUN device exists in this namespace and is up (asked from the kernel at
 //!   each check);
-//! - **routes**: the last route reconcile succeeded and installed what the table asks for.
+//! - **routes**: the last route reconcile succeeded and installed what the table asks for;
+//! - **drain**: no graceful stop has begun (SIGTERM: `/readyz` answers 503 `draining` while
+//!   the routes are withdrawn and flows drain).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -23,6 +25,10 @@ pub struct Health {
     routes_ok: AtomicBool,
     routes_installed: AtomicUsize,
     route_error: Mutex<Option<String>>,
+    /// A graceful stop has begun.
+    draining: AtomicBool,
+    /// Per-prefix announcement state (written by the gateway's loop).
+    pub announce: crate::host::announce::Board,
 }
 
 /// One part of readiness.
@@ -41,10 +47,13 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// The `/readyz` body: `ready` or `not ready: table, routes`, then one line per check.
+    /// The `/readyz` body: `ready`, `draining`, or `not ready: table, routes`, then one line
+    /// per check.
     pub fn text(&self) -> String {
         let mut out = if self.ready {
             "ready\n".to_string()
+        } else if self.checks.iter().any(|c| c.name == "drain" && !c.ok) {
+            "draining\n".to_string()
         } else {
             let failing: Vec<&str> = self
                 .checks
@@ -70,6 +79,8 @@ impl Health {
             routes_ok: AtomicBool::new(false),
             routes_installed: AtomicUsize::new(0),
             route_error: Mutex::new(Some("not reconciled yet".into())),
+            draining: AtomicBool::new(false),
+            announce: Default::default(),
         }
     }
 
@@ -100,6 +111,15 @@ impl Health {
             self.routes_installed.load(Ordering::Relaxed),
             err,
         )
+    }
+
+    /// Marks the start of a graceful stop (never undone: the process is on its way out).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Whether the TUN device exists and is up, or why not.
@@ -134,7 +154,14 @@ impl Health {
                 None => format!("{n} installed"),
             },
         };
-        let checks = vec![table, tun, routes];
+        let mut checks = vec![table, tun, routes];
+        if self.draining() {
+            checks.push(Check {
+                name: "drain",
+                ok: false,
+                detail: "draining: routes withdrawn, flows finishing before the stop".into(),
+            });
+        }
         Readiness {
             ready: checks.iter().all(|c| c.ok),
             checks,
@@ -235,6 +262,17 @@ mod tests {
         assert!(!r.ready);
         assert!(r.text().starts_with("not ready: tun\n"), "{}", r.text());
         assert!(r.text().contains("routes: ok (2 installed)"));
+        // A drain makes it unready, and says so first.
+        let lo = Health::new("lo", Duration::from_secs(60));
+        lo.set_routes(Ok(1));
+        let synced = SyncState::Synced {
+            at: SystemTime::now(),
+        };
+        assert!(lo.readiness(&synced, 1, SystemTime::now()).ready);
+        lo.set_draining();
+        let r = lo.readiness(&synced, 1, SystemTime::now());
+        assert!(!r.ready);
+        assert!(r.text().starts_with("draining\n"), "{}", r.text());
         // The loopback device exists and is up in any namespace.
         let lo = Health::new("lo", Duration::from_secs(60));
         assert!(lo.tun().is_ok());
