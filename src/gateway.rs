@@ -450,7 +450,11 @@ async fn serve(
         }
     };
     // Routes go first: the daemon withdraws them while the rest stops.
-    let reason = if result.is_err() { "worker_gone" } else { "stop" };
+    let reason = if result.is_err() {
+        "worker_gone"
+    } else {
+        "stop"
+    };
     announcer.withdraw(false, reason).await;
     tracing::info!("shutting down");
     shutdown.store(true, Ordering::Relaxed);

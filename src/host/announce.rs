@@ -402,7 +402,9 @@ impl<'a> Announcer<'a> {
                     tracing::info!(withdrawn = ?diff.removed, reason, "routes withdrawn");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, label = e.label(), "could not withdraw the routes"),
+            Err(e) => {
+                tracing::warn!(error = %e, label = e.label(), "could not withdraw the routes")
+            }
         }
         for c in self
             .board
@@ -455,14 +457,31 @@ mod tests {
             "no first table yet"
         );
         assert_eq!(Gate { tun_up: false, ..g }.reason(), Some("tun_down"));
-        assert_eq!(Gate { draining: true, ..g }.reason(), Some("draining"));
-        assert!(!Gate { draining: true, ..g }.open());
+        assert_eq!(
+            Gate {
+                draining: true,
+                ..g
+            }
+            .reason(),
+            Some("draining")
+        );
+        assert!(!Gate {
+            draining: true,
+            ..g
+        }
+        .open());
     }
 
     #[test]
     fn per_service_announces_only_clusterips_with_usable_endpoints() {
         let t = table(vec![
-            ServicePort::for_test("a", "web", Protocol::Tcp, "10.96.0.10:80", &["10.244.1.1:80"]),
+            ServicePort::for_test(
+                "a",
+                "web",
+                Protocol::Tcp,
+                "10.96.0.10:80",
+                &["10.244.1.1:80"],
+            ),
             ServicePort::for_test("a", "empty", Protocol::Tcp, "10.96.0.99:80", &[]),
             ServicePort::for_test(
                 "a",
@@ -496,8 +515,12 @@ mod tests {
         assert!(parse_route_table("0").unwrap_err().contains("unspecified"));
         assert!(parse_route_table("255").unwrap_err().contains("local"));
         assert!(parse_route_table("253").unwrap_err().contains("default"));
-        assert!(parse_route_table("-1").unwrap_err().contains("not a routing table"));
-        assert!(parse_route_table("wan").unwrap_err().contains("not a routing table"));
+        assert!(parse_route_table("-1")
+            .unwrap_err()
+            .contains("not a routing table"));
+        assert!(parse_route_table("wan")
+            .unwrap_err()
+            .contains("not a routing table"));
     }
 
     #[test]
@@ -505,10 +528,7 @@ mod tests {
         assert_eq!(parse_drain_timeout("0"), Ok(Duration::ZERO));
         assert_eq!(parse_drain_timeout("0s"), Ok(Duration::ZERO));
         assert_eq!(parse_drain_timeout("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(
-            parse_drain_timeout("500ms"),
-            Ok(Duration::from_millis(500))
-        );
+        assert_eq!(parse_drain_timeout("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_drain_timeout("soon").is_err());
         assert!(parse_drain_timeout("").is_err());
     }
@@ -517,12 +537,22 @@ mod tests {
     fn the_board_tracks_each_prefix_and_counts_changes() {
         let b = Board::default();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        let c = b.record(&nets(&["10.96.0.10/32", "10.96.0.11/32"]), false, "table", t0);
+        let c = b.record(
+            &nets(&["10.96.0.10/32", "10.96.0.11/32"]),
+            false,
+            "table",
+            t0,
+        );
         assert_eq!(c.len(), 2);
         assert!(c.iter().all(|c| c.view.state == PrefixState::Announced));
         // Nothing new: no change.
         assert!(b
-            .record(&nets(&["10.96.0.10/32", "10.96.0.11/32"]), false, "table", t0)
+            .record(
+                &nets(&["10.96.0.10/32", "10.96.0.11/32"]),
+                false,
+                "table",
+                t0
+            )
             .is_empty());
         let t1 = t0 + Duration::from_secs(5);
         let c = b.record(&nets(&["10.96.0.10/32"]), false, "endpoints", t1);

@@ -345,8 +345,7 @@ impl Host {
         ifindex: u32,
         desired: &BTreeSet<IpNet>,
     ) -> Result<RouteDiff, HostError> {
-        self.reconcile_routes_in(ifindex, MAIN_TABLE, desired)
-            .await
+        self.reconcile_routes_in(ifindex, MAIN_TABLE, desired).await
     }
 
     /// [`Host::reconcile_routes`] in routing table `table` (`--route-table`; 254 is main).
