@@ -7,10 +7,10 @@
 //! - BIRD 2: a `kernel` protocol with `learn`, importing routes whose `krt_source` is 75 (from
 //!   `--route-table` when it is not main), and a `bgp` protocol per peer exporting exactly
 //!   what that kernel protocol learned; `bfd on` with a `bfd` protocol when `--bfd`.
-//! - FRR: zebra folds unknown route protocols into `kernel`, so the routes go to a table of
-//!   their own (`--route-table`, 1–252), which `ip import-table` imports (and copies into the
-//!   main table, which forwards); `router bgp` redistributes that table to each peer, with
-//!   route-maps and BFD.
+//! - FRR: zebra folds unknown route protocols into `kernel`, so it redistributes the kernel
+//!   routes through the gateway's TUN device (main table), or imports a table of their own
+//!   (`--route-table`, 1–252, `ip import-table`); `router bgp` announces them to each peer,
+//!   with route-maps and BFD.
 //!
 //! Pure text generation: owns nothing, touches nothing on the host.
 
@@ -104,12 +104,11 @@ pub fn check(opts: &BgpOptions, frr: bool) -> Result<(), String> {
             return Err(format!("--peer {p} is given twice"));
         }
     }
-    if frr && !(1..=252).contains(&opts.route_table) {
+    if frr && opts.route_table != MAIN_TABLE && !(1..=252).contains(&opts.route_table) {
         return Err(format!(
-            "--route-table {} cannot be imported by FRR: zebra takes every kernel route of an \
-             unknown protocol as `kernel`, so give the gateway a table of its own, 1-252 \
-             (`clusterway run --route-table 100` and here `--route-table 100`)",
-            table_name(opts.route_table)
+            "--route-table {} cannot be imported by FRR (`ip import-table` takes 1-252); \
+             use main (the default) or a table of 1-252",
+            opts.route_table
         ));
     }
     if opts.hold_time != 0 && opts.hold_time < 3 {
@@ -176,7 +175,7 @@ pub fn bird(opts: &BgpOptions) -> String {
         let name = peer.to_string().replace(['.', ':'], "_");
         let _ = writeln!(
             out,
-            "protocol bgp peer_{name} {{\n  local as {};\n  neighbor {peer} as {};\n  hold time {};\n  keepalive time {};\n{}  ipv{v} {{\n    import none;\n    export where proto = \"{kernel}\";\n    next hop self;\n  }};\n}}\n",
+            "protocol bgp peer_{name} {{\n  local as {};\n  neighbor {peer} as {};\n  hold time {};\n  keepalive time {};\n  # Come back within seconds after a flap (BIRD's defaults wait minutes).\n  connect retry time 5;\n  error wait time 1, 10;\n{}  ipv{v} {{\n    import none;\n    export where proto = \"{kernel}\";\n    next hop self;\n  }};\n}}\n",
             opts.local_as,
             opts.peer_as,
             opts.hold_time,
@@ -188,20 +187,39 @@ pub fn bird(opts: &BgpOptions) -> String {
 }
 
 /// An FRR configuration (`frr.conf`; zebra, bgpd and, with `--bfd`, bfdd).
-pub fn frr(opts: &BgpOptions) -> String {
+///
+/// zebra takes kernel routes of an unknown protocol as `kernel`. In the main table (the
+/// default) the routes are redistributed as `kernel` routes through the gateway's TUN device
+/// (`match interface`): every route through that device is the gateway's. With a table of
+/// their own (`--route-table N`) zebra imports the table (`ip import-table N`, IPv4 only in
+/// FRR 8.4) and copies the routes into the main table. Measured with FRR 8.4: when the TUN
+/// device vanishes (a crash) zebra drops the main-table kernel routes at once, but keeps the
+/// imported copy of a table route; so the main table is the default.
+pub fn frr(opts: &BgpOptions, tun: &str) -> String {
     let mut out = String::new();
     header(&mut out, "!", "FRR configuration", opts);
     let t = opts.route_table;
-    let _ = writeln!(
-        out,
-        "!\n\
-         ! zebra takes kernel routes of an unknown protocol as `kernel`: the gateway puts its\n\
-         ! routes in table {t} (`clusterway run --route-table {t}`), zebra imports that table and\n\
-         ! copies the routes into the main table, which forwards.\n\
-         ip import-table {t}\n\
-         ! IPv6: FRR 10 and later also have `ipv6 import-table {t}`; FRR 8.4 (Debian 12) imports\n\
-         ! IPv4 only.\n!"
-    );
+    let main = t == MAIN_TABLE;
+    if main {
+        let _ = writeln!(
+            out,
+            "!\n\
+             ! zebra sees the gateway's routes as `kernel` routes; the ones through its TUN\n\
+             ! device {tun} are exactly the gateway's. When the device goes (a crash), zebra drops\n\
+             ! them at once and BGP withdraws them.\n\
+             route-map clusterway-routes permit 10\n match interface {tun}\n!"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "!\n\
+             ! The gateway's routes are in table {t} (`clusterway run --route-table {t}`); zebra\n\
+             ! imports that table and copies the routes into the main table, which forwards.\n\
+             ! FRR 8.4 keeps the imported copy when the TUN device vanishes (a crash): prefer the\n\
+             ! main table. IPv6: FRR 10 and later also have `ipv6 import-table {t}`.\n\
+             ip import-table {t}\n!"
+        );
+    }
     if let Some(bfd) = opts.bfd {
         let ms = bfd.interval.as_millis();
         let _ = writeln!(
@@ -211,9 +229,11 @@ pub fn frr(opts: &BgpOptions) -> String {
         );
     }
     out.push_str(
-        "! Learn nothing from the routers; announce only the imported table.\n\
+        "! Learn nothing from the routers; announce only the gateway's routes.\n\
          route-map clusterway-in deny 10\n!\n\
-         route-map clusterway-out permit 10\n!\n",
+         ! Origin IGP, as BIRD sends it: routers compare origins before they spread flows\n\
+         ! over gateways (ECMP), so every gateway must send the same.\n\
+         route-map clusterway-out permit 10\n set origin igp\n!\n",
     );
     let _ = writeln!(
         out,
@@ -224,7 +244,7 @@ pub fn frr(opts: &BgpOptions) -> String {
         let _ = writeln!(out, " neighbor {peer} remote-as {}", opts.peer_as);
         let _ = writeln!(
             out,
-            " neighbor {peer} timers {} {}",
+            " neighbor {peer} timers {} {}\n neighbor {peer} timers connect 5",
             opts.hold_time / 3,
             opts.hold_time
         );
@@ -238,7 +258,9 @@ pub fn frr(opts: &BgpOptions) -> String {
             continue;
         }
         let _ = writeln!(out, " !\n address-family {af} unicast");
-        if v4 {
+        if main {
+            let _ = writeln!(out, "  redistribute kernel route-map clusterway-routes");
+        } else if v4 {
             let _ = writeln!(out, "  redistribute table {t}");
         } else {
             let _ = writeln!(
@@ -300,10 +322,10 @@ mod tests {
         let mut o = opts();
         assert!(check(&o, true).is_ok());
         o.route_table = MAIN_TABLE;
-        assert!(check(&o, false).is_ok(), "BIRD reads the main table");
-        let e = check(&o, true).unwrap_err();
-        assert!(e.contains("--route-table main"), "{e}");
+        assert!(check(&o, false).is_ok());
+        assert!(check(&o, true).is_ok());
         o.route_table = 1000;
+        assert!(check(&o, false).is_ok(), "BIRD reads any table");
         assert!(check(&o, true).unwrap_err().contains("1-252"));
         let mut o = opts();
         o.peers.clear();
@@ -328,6 +350,7 @@ mod tests {
         assert!(text.contains("local as 65010;"));
         assert!(text.contains("export where proto = \"clusterway4\";"));
         assert!(text.contains("bfd on;"));
+        assert!(text.contains("error wait time 1, 10;"));
         assert!(text.contains("min rx interval 100 ms;"));
         assert!(text.contains("multiplier 3;"));
         // Main table: no `kernel table`; no BFD without --bfd.
@@ -346,7 +369,7 @@ mod tests {
 
     #[test]
     fn frr_imports_the_table_and_redistributes_it_with_bfd() {
-        let text = frr(&opts());
+        let text = frr(&opts(), "cw0");
         assert!(text.contains("\nip import-table 100\n"));
         assert!(text.contains("router bgp 65010\n bgp router-id 192.0.2.10\n"));
         assert!(text.contains(" neighbor 192.0.2.1 remote-as 65000\n"));
@@ -356,5 +379,15 @@ mod tests {
         assert!(text.contains("  neighbor 192.0.2.2 route-map clusterway-out out\n"));
         assert!(text.contains("  receive-interval 100\n"));
         assert!(!text.contains("address-family ipv6"));
+        // Main table: the kernel routes through the TUN device, both families.
+        let mut o = opts();
+        o.route_table = MAIN_TABLE;
+        o.peers.push("2001:db8::1".parse().unwrap());
+        let text = frr(&o, "gw0");
+        assert!(!text.contains("import-table 254"));
+        assert!(text.contains("route-map clusterway-routes permit 10\n match interface gw0\n"));
+        assert!(text.contains("  redistribute kernel route-map clusterway-routes\n"));
+        assert!(text.contains(" address-family ipv6 unicast\n  redistribute kernel"));
+        assert!(text.contains("  neighbor 2001:db8::1 activate\n"));
     }
 }

@@ -161,8 +161,9 @@ pub struct RunArgs {
 
     // --- Advertising and the fleet (src/host/announce.rs) ---
     /// Routing table of the gateway's routes (protocol 75): `main`, or a table of their own
-    /// (e.g. 100) that the routing daemon imports — FRR needs one (`ip import-table`), and
-    /// zebra then copies them into the main table, which is what forwards.
+    /// (e.g. 100) for a routing daemon that imports it (FRR's `ip import-table` also copies
+    /// them into the main table). Traffic is forwarded by what the main table (or your
+    /// policy rules) say, so with another table something must bring them there.
     #[arg(long, default_value = "main", value_parser = crate::host::announce::parse_route_table, value_name = "TABLE")]
     pub route_table: u32,
 

@@ -69,8 +69,7 @@ pub struct RoutesArgs {
     #[arg(long, value_name = "IPV4")]
     pub router_id: Option<Ipv4Addr>,
 
-    /// The table the gateway puts its routes in (`clusterway run --route-table`); FRR needs
-    /// a table of its own (1-252).
+    /// The table the gateway puts its routes in (`clusterway run --route-table`).
     #[arg(long, default_value = "main", value_parser = crate::host::announce::parse_route_table, value_name = "TABLE")]
     pub route_table: u32,
 
@@ -91,6 +90,11 @@ pub struct RoutesArgs {
     /// waits for a gateway whose link died.
     #[arg(long, default_value_t = 9, value_name = "SECONDS")]
     pub hold_time: u16,
+
+    /// The gateway's TUN device (`clusterway run --tun-name`): FRR announces the kernel
+    /// routes through it.
+    #[arg(long, default_value = "cw0", value_parser = crate::config::parse_ifname)]
+    pub tun_name: String,
 }
 
 /// A router configuration dialect.
@@ -411,7 +415,7 @@ pub fn run(args: RoutesArgs) -> Result<()> {
         let frr = f == Format::FrrBgp;
         let opts = bgp_options(&args, frr)?;
         let text = if frr {
-            crate::bgp_config::frr(&opts)
+            crate::bgp_config::frr(&opts, &args.tun_name)
         } else {
             crate::bgp_config::bird(&opts)
         };
