@@ -23,6 +23,13 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::netlink::{Host, HostError, MAIN_TABLE};
+
+/// The route metric of an announced route. The daemons announce exactly the routes of
+/// protocol 75 with this metric (BIRD: `krt_metric`; FRR: `match metric`).
+pub const ANNOUNCED_METRIC: u32 = 75;
+/// The route metric while draining: the same routes keep forwarding what still arrives,
+/// but no daemon announces them.
+pub const DRAINING_METRIC: u32 = 4075;
 use crate::cluster::table::ServiceTable;
 
 /// What the gateway announces (`--announce`).
@@ -311,7 +318,8 @@ pub struct Announcer<'a> {
     pub cidrs: &'a [IpNet],
     pub ipv6: bool,
     pub board: &'a Board,
-    installed: Option<BTreeSet<IpNet>>,
+    /// What this process installed last, with its metric.
+    installed: Option<(BTreeSet<IpNet>, u32)>,
 }
 
 impl<'a> Announcer<'a> {
@@ -339,7 +347,7 @@ impl<'a> Announcer<'a> {
 
     /// What is installed (as far as this process knows).
     pub fn installed(&self) -> usize {
-        self.installed.as_ref().map_or(0, BTreeSet::len)
+        self.installed.as_ref().map_or(0, |(set, _)| set.len())
     }
 
     /// Makes the kernel hold what `gate` and `table` ask for. With `force`, reconciles even
@@ -351,17 +359,25 @@ impl<'a> Announcer<'a> {
         gate: Gate,
         force: bool,
     ) -> Result<usize, HostError> {
-        let want = if gate.open() {
+        // While draining the routes stay, with a metric no daemon announces, so what still
+        // arrives before the routers converge is forwarded.
+        let forwarding = gate.table && gate.tun_up;
+        let want = if forwarding {
             wanted(self.mode, self.cidrs, table, self.ipv6)
         } else {
             BTreeSet::new()
         };
-        if !force && self.installed.as_ref() == Some(&want) {
+        let metric = if gate.draining {
+            DRAINING_METRIC
+        } else {
+            ANNOUNCED_METRIC
+        };
+        if !force && self.installed.as_ref() == Some(&(want.clone(), metric)) {
             return Ok(want.len());
         }
         let diff = self
             .host
-            .reconcile_routes_in(self.ifindex, self.table_id, &want)
+            .reconcile_routes_in(self.ifindex, self.table_id, Some(metric), &want)
             .await?;
         let reason = match gate.reason() {
             Some(r) => r,
@@ -370,22 +386,29 @@ impl<'a> Announcer<'a> {
         };
         if !diff.is_empty() {
             tracing::info!(
-                announced = want.len(),
+                routes = want.len(),
+                draining = gate.draining,
                 added = ?diff.added,
-                withdrawn = ?diff.removed,
+                removed = ?diff.removed,
+                metric,
                 reason,
                 table = self.table_id,
                 "routes reconciled"
             );
         }
+        let announced = if gate.draining {
+            BTreeSet::new()
+        } else {
+            want.clone()
+        };
         let changes = self
             .board
-            .record(&want, gate.draining, reason, SystemTime::now());
+            .record(&announced, gate.draining, reason, SystemTime::now());
         for c in &changes {
             tracing::info!(prefix = %c.view.prefix, state = c.view.state.label(), reason = c.view.reason, "announcement changed");
         }
         let n = want.len();
-        self.installed = Some(want);
+        self.installed = Some((want, metric));
         Ok(n)
     }
 
@@ -394,7 +417,7 @@ impl<'a> Announcer<'a> {
         let empty = BTreeSet::new();
         match self
             .host
-            .reconcile_routes_in(self.ifindex, self.table_id, &empty)
+            .reconcile_routes_in(self.ifindex, self.table_id, None, &empty)
             .await
         {
             Ok(diff) => {
@@ -412,7 +435,7 @@ impl<'a> Announcer<'a> {
         {
             tracing::info!(prefix = %c.view.prefix, state = c.view.state.label(), reason = c.view.reason, "announcement changed");
         }
-        self.installed = Some(empty);
+        self.installed = Some((empty, ANNOUNCED_METRIC));
     }
 }
 

@@ -345,32 +345,47 @@ impl Host {
         ifindex: u32,
         desired: &BTreeSet<IpNet>,
     ) -> Result<RouteDiff, HostError> {
-        self.reconcile_routes_in(ifindex, MAIN_TABLE, desired).await
+        self.reconcile_routes_in(ifindex, MAIN_TABLE, None, desired)
+            .await
     }
 
-    /// [`Host::reconcile_routes`] in routing table `table` (`--route-table`; 254 is main).
+    /// [`Host::reconcile_routes`] in routing table `table` (`--route-table`; 254 is main),
+    /// with route metric `metric` (`None`: the kernel's default, and any metric counts).
     /// Routes of ours in other tables are left alone ([`Host::remove_owned`] clears them).
+    ///
+    /// Wanted routes are added before unwanted ones are deleted, so a change of metric (the
+    /// drain: [`super::announce`]) never leaves a prefix without a route; only a route that
+    /// would clash with a wanted one (same destination and metric, another link) goes first.
     pub async fn reconcile_routes_in(
         &self,
         ifindex: u32,
         table: u32,
+        metric: Option<u32>,
         desired: &BTreeSet<IpNet>,
     ) -> Result<RouteDiff, HostError> {
         let desired: BTreeSet<IpNet> = desired.iter().map(IpNet::trunc).collect();
         let current = self.owned_routes().await?;
         let mut diff = RouteDiff::default();
+        let same_metric = |route: &OwnedRoute| metric.is_none_or(|m| route.metric == m);
 
         let mut present = BTreeSet::new();
+        let mut unwanted = Vec::new();
         for route in current.iter().filter(|route| route.table == table) {
-            if route.via(ifindex) && desired.contains(&route.dst) {
+            if route.via(ifindex) && desired.contains(&route.dst) && same_metric(route) {
                 present.insert(route.dst);
-            } else {
+            } else if desired.contains(&route.dst) && same_metric(route) {
+                // Same key as a wanted route: it must go before that one can be added.
                 self.delete_route(route, &mut diff).await?;
+            } else {
+                unwanted.push(route);
             }
         }
-
         for dst in desired.difference(&present) {
-            self.add_route(ifindex, table, *dst, &mut diff).await?;
+            self.add_route(ifindex, table, metric, *dst, &mut diff)
+                .await?;
+        }
+        for route in unwanted {
+            self.delete_route(route, &mut diff).await?;
         }
         Ok(diff)
     }
@@ -470,10 +485,14 @@ impl Host {
         &self,
         ifindex: u32,
         table: u32,
+        metric: Option<u32>,
         dst: IpNet,
         diff: &mut RouteDiff,
     ) -> Result<(), HostError> {
-        let message = route_message(ifindex, table, dst);
+        let mut message = route_message(ifindex, table, dst);
+        if let Some(m) = metric {
+            message.attributes.push(RouteAttribute::Priority(m));
+        }
         match self.handle.route().add(message).execute().await {
             Ok(()) => diff.added.push(dst),
             Err(e) if errno(&e) == Some(EEXIST) => diff.already_present.push(dst),
@@ -518,6 +537,8 @@ impl Host {
 struct OwnedRoute {
     dst: IpNet,
     table: u32,
+    /// `RTA_PRIORITY` (0 when absent).
+    metric: u32,
     /// Output links: `RTA_OIF`, or the links of a multipath route's next hops.
     links: Vec<u32>,
     /// The request that deletes exactly this route (and no other owner's).
@@ -532,6 +553,7 @@ impl OwnedRoute {
         let prefix_len = message.header.destination_prefix_length;
         let mut dst = None;
         let mut table = u32::from(message.header.table);
+        let mut metric = 0;
         let mut links = Vec::new();
         for attribute in &message.attributes {
             match attribute {
@@ -542,6 +564,7 @@ impl OwnedRoute {
                     dst = IpNet::new(IpAddr::V6(*a), prefix_len).ok();
                 }
                 RouteAttribute::Table(t) => table = *t,
+                RouteAttribute::Priority(m) => metric = *m,
                 RouteAttribute::Oif(i) => links.push(*i),
                 RouteAttribute::MultiPath(hops) => {
                     links.extend(hops.iter().map(|hop| hop.interface_index));
@@ -577,6 +600,7 @@ impl OwnedRoute {
         Some(OwnedRoute {
             dst,
             table,
+            metric,
             links,
             deletion,
         })
