@@ -148,9 +148,11 @@ pub fn bird(opts: &BgpOptions) -> String {
          # drops routes through a vanished TUN device without telling anyone).\n\
          protocol device {\n}\n\n",
     );
-    let table = (opts.route_table != MAIN_TABLE)
-        .then(|| format!("  kernel table {};\n", opts.route_table))
-        .unwrap_or_default();
+    let table = if opts.route_table == MAIN_TABLE {
+        String::new()
+    } else {
+        format!("  kernel table {};\n", opts.route_table)
+    };
     for (v, name) in [("4", "clusterway4"), ("6", "clusterway6")] {
         let _ = writeln!(
             out,

@@ -595,6 +595,38 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
     eprintln!("40 connections: {} via gw1, {} via gw2", seen[0], seen[1]);
     assert!(seen[0] > 0 && seen[1] > 0, "ECMP did not spread: {seen:?}");
 
+    // The status API and metrics say what is announced, and since when.
+    let status_addr: SocketAddr = STATUS.parse().unwrap();
+    let metrics = http_get(&f.gw[0], status_addr, "/metrics").unwrap().text();
+    assert!(
+        metrics.contains("clusterway_route_announced{prefix=\"10.96.0.0/16\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("clusterway_route_changes_total 1"),
+        "{metrics}"
+    );
+    let api: serde_json::Value = serde_json::from_slice(
+        &http_get(&f.gw[0], status_addr, "/api/v1/status")
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    let p = &api["announce"]["prefixes"][0];
+    assert_eq!(p["prefix"], "10.96.0.0/16", "{api}");
+    assert_eq!(p["state"], "announced", "{api}");
+    assert!(p["since"].as_u64().unwrap() > 0);
+    let events: serde_json::Value = serde_json::from_slice(
+        &http_get(&f.gw[0], status_addr, "/api/v1/events")
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert!(
+        events.to_string().contains("10.96.0.0/16 announced"),
+        "no announcement event: {events}"
+    );
+
     // SIGTERM under 100 new connections per second: the routes go first, /readyz says
     // draining, the process exits after the router has dropped it, no connection fails.
     let stop = Arc::new(AtomicBool::new(false));
@@ -610,9 +642,17 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
             dropped = Some(t0.elapsed());
         }
         if !said_draining {
-            let addr: SocketAddr = STATUS.parse().unwrap();
-            said_draining = http_get(&f.gw[0], addr, "/readyz")
-                .is_ok_and(|r| r.status == 503 && r.text().starts_with("draining"));
+            said_draining = http_get(&f.gw[0], status_addr, "/readyz")
+                .is_ok_and(|r| r.status == 503 && r.text().starts_with("draining"))
+                && http_get(&f.gw[0], status_addr, "/metrics").is_ok_and(|r| {
+                    r.text()
+                        .contains("clusterway_route_announced{prefix=\"10.96.0.0/16\"} 0")
+                })
+                && http_get(&f.gw[0], status_addr, "/api/v1/status").is_ok_and(|r| {
+                    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                    v["announce"]["draining"] == true
+                        && v["announce"]["prefixes"][0]["state"] == "draining"
+                });
         }
         if f.gateway(0).exited() {
             exited = Some(t0.elapsed());
@@ -627,7 +667,10 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
         summary(&attempts)
     );
     let logs = f.gateway(0).logs();
-    assert!(said_draining, "/readyz never said draining; log:\n{logs}");
+    assert!(
+        said_draining,
+        "/readyz, /metrics and the API never all said draining; log:\n{logs}"
+    );
     let (Some(dropped), Some(exited)) = (dropped, exited) else {
         panic!("SIGTERM: dropped {dropped:?}, exited {exited:?}; log:\n{logs}");
     };

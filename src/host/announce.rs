@@ -193,6 +193,8 @@ struct BoardInner {
     changes: VecDeque<Change>,
     seq: u64,
     total: u64,
+    /// The last change handed to the event log ([`Board::take_new`]).
+    logged: u64,
 }
 
 /// Per-prefix announcement state and the recent changes. One writer (the gateway's loop);
@@ -300,6 +302,19 @@ impl Board {
     pub fn changes_since(&self, seq: u64) -> Vec<Change> {
         let b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         b.changes.iter().filter(|c| c.seq > seq).cloned().collect()
+    }
+
+    /// Changes not yet handed out by this call before, oldest first (for the event log; the
+    /// status server's sampler is its one caller).
+    pub fn take_new(&self) -> Vec<Change> {
+        let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let since = b.logged;
+        b.logged = b.seq;
+        b.changes
+            .iter()
+            .filter(|c| c.seq > since)
+            .cloned()
+            .collect()
     }
 
     /// Changes since start (the `clusterway_route_changes_total` counter).
@@ -589,6 +604,8 @@ mod tests {
         assert_eq!(c[0].view.state, PrefixState::Draining);
         assert_eq!(b.changes_total(), 4);
         assert_eq!(b.changes_since(2).len(), 2);
+        assert_eq!(b.take_new().len(), 4);
+        assert!(b.take_new().is_empty(), "each change is handed out once");
         let views = b.prefixes();
         assert_eq!(views.len(), 2);
         // Withdrawn prefixes expire from the board after a while.

@@ -359,6 +359,7 @@ pub fn service(status: &Status, ns: &str, name: &str) -> Option<Value> {
         .collect();
     let id = format!("{ns}/{name}");
     super::observe::drain_notices(status);
+    super::observe::drain_announcements(status);
     let failures: Vec<_> = status
         .events
         .recent(Some(&id), 500)
@@ -385,6 +386,7 @@ pub fn service(status: &Status, ns: &str, name: &str) -> Option<Value> {
 /// `/api/v1/events`.
 pub fn events(status: &Status, service: Option<&str>, limit: usize) -> Value {
     super::observe::drain_notices(status);
+    super::observe::drain_announcements(status);
     let items = status.events.recent(service, limit.clamp(1, MAX_LIMIT));
     json!({"items": items})
 }
@@ -444,6 +446,11 @@ pub fn status(status: &Status, with_history: bool) -> Value {
         "api": api,
         "tun": {"name": status.health.tun_name, "up": status.health.tun().is_ok()},
         "routes": {"ok": routes_ok, "installed": routes, "error": route_error},
+        "announce": {
+            "draining": status.health.draining(),
+            "changes": status.health.announce.changes_total(),
+            "prefixes": status.health.announce.prefixes(),
+        },
         "ready": readiness,
         "table": {
             "generation": table.generation,
