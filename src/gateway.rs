@@ -427,6 +427,10 @@ async fn serve(
                 if now_up != tun_up {
                     if now_up {
                         tracing::info!(device = %device.name, "TUN device up again");
+                        // The kernel drops IPv6 addresses of a link that goes down.
+                        if let Err(e) = host.configure_link(device.index, &addrs, None).await {
+                            tracing::warn!(error = %e, label = e.label(), "could not restore the TUN device's addresses");
+                        }
                     } else {
                         tracing::warn!(device = %device.name, "TUN device down: withdrawing the routes");
                     }

@@ -595,6 +595,67 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
     eprintln!("40 connections: {} via gw1, {} via gw2", seen[0], seen[1]);
     assert!(seen[0] > 0 && seen[1] > 0, "ECMP did not spread: {seen:?}");
 
+    // `clusterway check` asks each gateway host's daemon whether it has the routes.
+    let g1dir = f.dir.path().join("g1");
+    let g2dir = f.dir.path().join("g2");
+    for (k, flag, path) in [
+        (0, "--bird-socket", g1dir.join("bird.ctl")),
+        (1, "--frr-vty-dir", g2dir),
+    ] {
+        let out = f.gw[k]
+            .exec(BIN, ["check", "--from-file", &snap, "--json", flag])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "check --json: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        let daemon = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "routing daemon announces")
+            .unwrap_or_else(|| panic!("no daemon check: {report:#}"))
+            .clone();
+        assert_eq!(daemon["severity"], "ok", "gw{}: {daemon}", k + 1);
+        assert!(
+            daemon["detail"]
+                .as_str()
+                .unwrap()
+                .contains("has all 1 of the gateway's routes"),
+            "{daemon}"
+        );
+    }
+    // Without a daemon it is a warning, not a failure.
+    let out =
+        f.cl.exec(
+            BIN,
+            [
+                "check",
+                "--from-file",
+                &snap,
+                "--json",
+                "--bird-socket",
+                "/nonexistent/bird.ctl",
+            ],
+        )
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "routing daemon announces"
+                && c["severity"] == "warning"
+                && c["detail"].as_str().unwrap().contains("no BIRD or FRR")),
+        "{report:#}"
+    );
+
     // The status API and metrics say what is announced, and since when.
     let status_addr: SocketAddr = STATUS.parse().unwrap();
     let metrics = http_get(&f.gw[0], status_addr, "/metrics").unwrap().text();
@@ -687,6 +748,20 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
     assert!(
         wait_for(|| f.both_hops(), Duration::from_secs(30)),
         "gw1 was not announced again: {:?}",
+        f.hops(CIDR)
+    );
+
+    // The TUN device down: the gateway cannot forward, its route goes; up again: back.
+    f.gw[0].sh("ip link set dev cw0 down").unwrap();
+    assert!(
+        wait_for(|| f.hops(CIDR) == [GW_UPLINK[1]], Duration::from_secs(10)),
+        "gw1 stayed announced with its TUN device down: {:?}",
+        f.hops(CIDR)
+    );
+    f.gw[0].sh("ip link set dev cw0 up").unwrap();
+    assert!(
+        wait_for(|| f.both_hops(), Duration::from_secs(20)),
+        "gw1 was not announced again with its TUN device up: {:?}",
         f.hops(CIDR)
     );
 
