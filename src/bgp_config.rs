@@ -156,7 +156,8 @@ pub fn bird(opts: &BgpOptions) -> String {
     for (v, name) in [("4", "clusterway4"), ("6", "clusterway6")] {
         let _ = writeln!(
             out,
-            "# The gateway's IPv{v} routes, learned from the kernel, never written back.\n\
+            "# The gateway's IPv{v} routes, learned from the kernel, never written back. BIRD\n\
+             # follows the kernel's notifications; the scan is a safety net.\n\
              protocol kernel {name} {{\n  ipv{v} {{\n    import where krt_source = 75 && krt_metric = {ANNOUNCED_METRIC};\n    export none;\n  }};\n  learn;\n  scan time 10;\n{table}}}\n"
         );
     }

@@ -351,8 +351,9 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     // The announcement (src/host/announce.rs): routes exist exactly while this gateway can
-    // forward; the TUN device's state is looked at every `TUN_CHECK`, and the kernel is
-    // reconciled in full on a change of it and every `FULL_RECONCILE` checks.
+    // forward; the TUN device's state is looked at on each of its link events and every
+    // `TUN_CHECK`, and the kernel is reconciled in full on a change of it and every
+    // `FULL_RECONCILE` checks.
     const TUN_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
     const FULL_RECONCILE: u32 = 40;
     let mut announcer = Announcer::new(
@@ -364,6 +365,7 @@ async fn serve(
         ipv6,
         &health.announce,
     );
+    let mut link_events = crate::host::netlink::watch_links()?;
     let mut tun_check = tokio::time::interval(TUN_CHECK);
     tun_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u32;
@@ -438,6 +440,23 @@ async fn serve(
                     force = true;
                 }
                 if ticks % FULL_RECONCILE == 0 {
+                    force = true;
+                }
+            }
+            Some((index, now_up)) = link_events.recv() => {
+                // The kernel drops a link's routes when it goes down, silently; a flap shorter
+                // than TUN_CHECK is seen only here.
+                if index == device.index && now_up != tun_up {
+                    if now_up {
+                        tracing::info!(device = %device.name, "TUN device up again");
+                        // The kernel drops IPv6 addresses of a link that goes down.
+                        if let Err(e) = host.configure_link(device.index, &addrs, None).await {
+                            tracing::warn!(error = %e, label = e.label(), "could not restore the TUN device's addresses");
+                        }
+                    } else {
+                        tracing::warn!(device = %device.name, "TUN device down: withdrawing the routes");
+                    }
+                    tun_up = now_up;
                     force = true;
                 }
             }

@@ -752,17 +752,24 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
     );
 
     // The TUN device down: the gateway cannot forward, its route goes; up again: back.
+    let t0 = Instant::now();
     f.gw[0].sh("ip link set dev cw0 down").unwrap();
     assert!(
         wait_for(|| f.hops(CIDR) == [GW_UPLINK[1]], Duration::from_secs(10)),
         "gw1 stayed announced with its TUN device down: {:?}",
         f.hops(CIDR)
     );
+    let down = t0.elapsed();
+    let t0 = Instant::now();
     f.gw[0].sh("ip link set dev cw0 up").unwrap();
     assert!(
-        wait_for(|| f.both_hops(), Duration::from_secs(20)),
+        wait_for(|| f.both_hops(), Duration::from_secs(30)),
         "gw1 was not announced again with its TUN device up: {:?}",
         f.hops(CIDR)
+    );
+    eprintln!(
+        "TUN down: router dropped gw1 after {down:?}; up: announced again after {:?}",
+        t0.elapsed()
     );
 
     // SIGKILL of gw2 (FRR): the TUN device goes with the process, the kernel drops its routes,

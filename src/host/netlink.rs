@@ -533,6 +533,48 @@ impl Host {
     }
 }
 
+/// Link events (`RTNLGRP_LINK`: a link added, changed, going up or down, deleted) in the
+/// calling thread's namespace, as the index of the link concerned and whether it is up now
+/// (a deleted link is not).
+///
+/// The kernel drops the routes of a link that goes down without telling anyone, so the
+/// gateway reconciles its routes at each event of its TUN device. The receiver is bounded
+/// (`LINK_EVENTS` per burst, the extra ones dropped): an event only asks for a reconcile, and
+/// the gateway also reconciles in full now and then.
+pub fn watch_links() -> Result<tokio::sync::mpsc::Receiver<(u32, bool)>, HostError> {
+    const LINK_EVENTS: usize = 16;
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| HostError::NoRuntime)?;
+    let (connection, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])
+            .map_err(HostError::Connect)?;
+    runtime.spawn(connection);
+    let (tx, rx) = tokio::sync::mpsc::channel(LINK_EVENTS);
+    runtime.spawn(async move {
+        use futures::StreamExt;
+        use netlink_packet_route::RouteNetlinkMessage;
+        use rtnetlink::packet_core::NetlinkPayload;
+        while let Some((message, _)) = messages.next().await {
+            let event = match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => (
+                    l.header.index,
+                    l.header
+                        .flags
+                        .contains(netlink_packet_route::link::LinkFlags::Up),
+                ),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
+                    (l.header.index, false)
+                }
+                _ => continue,
+            };
+            match tx.try_send(event) {
+                Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => break,
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// A route of protocol [`ROUTE_PROTO`] as the kernel reported it.
 struct OwnedRoute {
     dst: IpNet,
