@@ -268,7 +268,10 @@ fn metrics_and_api_count_exactly_the_connections_made() {
                         "source",
                         "reason",
                         "method",
-                        "le"
+                        "le",
+                        // clusterway_route_announced: a Service CIDR or ClusterIP, from the
+                        // table, withdrawn ones bounded (src/host/announce.rs).
+                        "prefix"
                     ]
                     .contains(&k),
                     "unexpected label {k} in {line}"

@@ -298,12 +298,6 @@ impl Board {
         b.prefixes.values().cloned().collect()
     }
 
-    /// Changes after sequence number `seq`, oldest first.
-    pub fn changes_since(&self, seq: u64) -> Vec<Change> {
-        let b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        b.changes.iter().filter(|c| c.seq > seq).cloned().collect()
-    }
-
     /// Changes not yet handed out by this call before, oldest first (for the event log; the
     /// status server's sampler is its one caller).
     pub fn take_new(&self) -> Vec<Change> {
@@ -358,11 +352,6 @@ impl<'a> Announcer<'a> {
             board,
             installed: None,
         }
-    }
-
-    /// What is installed (as far as this process knows).
-    pub fn installed(&self) -> usize {
-        self.installed.as_ref().map_or(0, |(set, _)| set.len())
     }
 
     /// Makes the kernel hold what `gate` and `table` ask for. With `force`, reconciles even
@@ -603,8 +592,9 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].view.state, PrefixState::Draining);
         assert_eq!(b.changes_total(), 4);
-        assert_eq!(b.changes_since(2).len(), 2);
-        assert_eq!(b.take_new().len(), 4);
+        let new = b.take_new();
+        assert_eq!(new.len(), 4);
+        assert_eq!(new.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
         assert!(b.take_new().is_empty(), "each change is handed out once");
         let views = b.prefixes();
         assert_eq!(views.len(), 2);
@@ -624,6 +614,9 @@ mod tests {
         b.record(&many, false, "table", t0);
         b.record(&BTreeSet::new(), false, "endpoints", t0);
         assert_eq!(b.prefixes().len(), WITHDRAWN_MAX);
-        assert!(b.changes_since(0).len() <= CHANGES_KEPT);
+        assert!(
+            b.take_new().len() <= CHANGES_KEPT,
+            "the change log is bounded"
+        );
     }
 }
