@@ -33,10 +33,19 @@ command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
 command -v unbound >/dev/null 2>&1 || need+=(unbound)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# The fleet test (tests/fleet.rs) runs BIRD 2 and FRR inside its own namespaces (their
+# packaged services are not used).
+command -v bird >/dev/null 2>&1 || need+=(bird2)
+[ -x /usr/lib/frr/bgpd ] || need+=(frr)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  # bird2 and frr start their own services on install; the tests run their own daemons in
+  # namespaces, so stop the packaged ones we just started (on a host with systemd).
+  if [[ " ${need[*]} " == *" bird2 "* || " ${need[*]} " == *" frr "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now bird.service frr.service >/dev/null 2>&1 || true
+  fi
 fi
 [ -e /dev/net/tun ] || { echo "scripts/test.sh: /dev/net/tun is missing" >&2; exit 1; }
 if [ ! -d tests/browser/node_modules/playwright-core ]; then

@@ -10,12 +10,15 @@
 //! - `reach`: TCP connections to a sample of ready endpoints (is the pod network routed?);
 //! - `file`: with `--from-file`, the snapshot file instead of the API;
 //! - `routed`: with `--service-cidr`, whether every exposed ClusterIP is inside the ranges;
+//! - `daemon`: whether a BIRD or FRR on this host announces the gateway's routes (a warning,
+//!   never an error);
 //! - `report`: the result types and their rendering.
 //!
 //! Must not change the host: the only thing created is a TUN device under a temporary name,
 //! removed at once; sysctls are read, never written.
 
 pub mod api;
+pub mod daemon;
 pub mod file;
 pub mod host;
 #[cfg(test)]
@@ -74,6 +77,18 @@ pub struct CheckArgs {
     /// exposed ClusterIP is checked to be inside one of its family.
     #[arg(long = "service-cidr", value_name = "CIDR", value_parser = crate::config::parse_cidr)]
     pub service_cidrs: Vec<ipnet::IpNet>,
+
+    // --- The routing daemon (src/check/daemon.rs) ---
+    /// BIRD's control socket, to ask whether it has the gateway's routes (default
+    /// /run/bird/bird.ctl). The check is listed when a BIRD or FRR socket is found, or when
+    /// this or --frr-vty-dir is given.
+    #[arg(long, value_name = "PATH")]
+    pub bird_socket: Option<PathBuf>,
+
+    /// FRR's vty socket directory (vtysh --vty_socket; default /run/frr), to ask whether
+    /// BGP has the gateway's routes.
+    #[arg(long, value_name = "DIR")]
+    pub frr_vty_dir: Option<PathBuf>,
 }
 
 /// Whether this host can install IPv6 routes (as the gateway decides at start).
@@ -141,6 +156,22 @@ pub async fn checks(args: &CheckArgs) -> Report {
     out.push(host::tun(&args.tun_name_prefix));
     out.push(host::forwarding());
 
+    let asked = args.bird_socket.is_some() || args.frr_vty_dir.is_some();
+    let bird = (args.bird_socket.clone()).unwrap_or_else(|| "/run/bird/bird.ctl".into());
+    let frr = (args.frr_vty_dir.clone()).unwrap_or_else(|| "/run/frr".into());
+    if asked || bird.exists() || frr.join("bgpd.vty").exists() {
+        out.push(
+            tokio::task::spawn_blocking(move || daemon::check(&bird, &frr))
+                .await
+                .unwrap_or_else(|e| {
+                    Check::warn(
+                        daemon::NAME,
+                        format!("the check stopped: {e}"),
+                        "run it again",
+                    )
+                }),
+        );
+    }
     out.push(match targets {
         Ok(all) => {
             let sample = reach::pick(&all, reach::SAMPLE);

@@ -169,6 +169,24 @@ pub struct RunArgs {
     /// their ports, any other address in it is refused (TCP RST, ICMP unreachable).
     #[arg(long = "pod-cidr", value_name = "CIDR", value_parser = parse_cidr)]
     pub pod_cidrs: Vec<IpNet>,
+    // --- Advertising and the fleet (src/host/announce.rs) ---
+    /// Routing table of the gateway's routes (protocol 75): `main`, or a table of their own
+    /// (e.g. 100) for a routing daemon that imports it (FRR's `ip import-table` also copies
+    /// them into the main table). Traffic is forwarded by what the main table (or your
+    /// policy rules) say, so with another table something must bring them there.
+    #[arg(long, default_value = "main", value_parser = crate::host::announce::parse_route_table, value_name = "TABLE")]
+    pub route_table: u32,
+
+    /// What the routes announce: `aggregated` (the Service CIDRs) or `per-service` (a host
+    /// route per ClusterIP with at least one usable endpoint, withdrawn when it has none).
+    #[arg(long, value_enum, default_value = "aggregated", value_name = "MODE")]
+    pub announce: crate::host::announce::AnnounceMode,
+
+    /// On SIGTERM, withdraw the routes, answer `/readyz` with 503 `draining` and keep
+    /// forwarding this long before stopping (0: stop at once). A second SIGTERM or SIGINT
+    /// stops at once.
+    #[arg(long, env = "CLUSTERWAY_DRAIN_TIMEOUT", default_value = "5s", value_parser = crate::host::announce::parse_drain_timeout, value_name = "DURATION")]
+    pub drain_timeout: Duration,
 }
 
 /// Limits derived from the descriptor limit and the flags, shown at start.
@@ -439,6 +457,17 @@ mod tests {
             .unwrap_err()
             .contains("unknown unit"));
         assert!(args(&["--max-tcp-flows", "0"]).is_err());
+        let e = args(&["--route-table", "255"]).unwrap_err();
+        assert!(e.contains("--route-table") && e.contains("local"), "{e}");
+        assert!(args(&["--announce", "everything"])
+            .unwrap_err()
+            .contains("--announce"));
+        assert!(args(&["--drain-timeout", "later"])
+            .unwrap_err()
+            .contains("--drain-timeout"));
+        let a = args(&["--route-table", "100", "--announce", "per-service"]).unwrap();
+        assert_eq!(a.route_table, 100);
+        assert_eq!(a.drain_timeout, Duration::from_secs(5));
         let a = args(&["--service-cidr", "198.18.0.0/15"]).unwrap();
         assert!(a.validate().unwrap_err().contains("overlaps"));
     }

@@ -34,6 +34,7 @@ use crate::dataplane::stats::Stats;
 use crate::dataplane::tcp::{bind_listener, Acceptor, PendingFlows};
 use crate::dataplane::tun::{TunDevice, TunQueue};
 use crate::dataplane::worker::Worker;
+use crate::host::announce::{Announcer, Gate};
 use crate::host::netlink::Host;
 use crate::host::sysctl;
 use crate::web::{self, health::Health};
@@ -397,48 +398,125 @@ async fn serve(
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut installed = BTreeSet::new();
+    // The announcement (src/host/announce.rs): routes exist exactly while this gateway can
+    // forward; the TUN device's state is looked at on each of its link events and every
+    // `TUN_CHECK`, and the kernel is reconciled in full on a change of it and every
+    // `FULL_RECONCILE` checks.
+    const TUN_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+    const FULL_RECONCILE: u32 = 40;
+    let mut announcer = Announcer::new(
+        host,
+        device.index,
+        args.route_table,
+        args.announce,
+        &args.service_cidrs,
+        ipv6,
+        &health.announce,
+    );
+    let mut link_events = crate::host::netlink::watch_links()?;
+    let mut tun_check = tokio::time::interval(TUN_CHECK);
+    tun_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u32;
+    let mut tun_up = health.tun().is_ok();
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    let mut seen_generation = None;
+    let mut force = true;
     let result: Result<()> = loop {
-        let mut want = desired_routes(&args.service_cidrs, &table.load());
-        // Pod ranges are routed (and announced) like the Service CIDRs.
-        want.extend(args.pod_cidrs.iter().copied());
-        // ClusterIPs these routes cannot carry: a warning at start and on each change.
-        report_not_routed(&health, &want, ipv6, &table.load());
-        if !ipv6 {
-            want.retain(|net| matches!(net, IpNet::V4(_)));
-        }
         let generation = table.load().generation;
-        if generation == 0 {
+        let gate = Gate {
+            table: generation > 0,
+            tun_up,
+            draining: drain_until.is_some(),
+        };
+        if generation == 0 && seen_generation.is_none() {
             tracing::info!(
                 "waiting for the first complete table from the API server; nothing routed yet"
             );
-        } else if want != installed {
-            match host.reconcile_routes(device.index, &want).await {
-                Ok(diff) => {
-                    if !diff.is_empty() {
-                        tracing::info!(routes = want.len(), change = ?diff, "routes reconciled");
-                    }
-                    health.set_routes(Ok(want.len()));
-                    installed = want;
-                }
-                Err(e) => {
-                    health.set_routes(Err(format!("reconcile failed: {e}")));
-                    tracing::warn!(error = %e, "route reconcile failed; retrying on the next change")
-                }
-            }
-        } else {
-            health.set_routes(Ok(installed.len()));
         }
-        match generation {
-            0 => {}
-            1 => {
-                tracing::info!(device = %device.name, listener_ports = ?ports, generation, "gateway ready")
+        match announcer.apply(&table.load(), gate, force).await {
+            Ok(n) => {
+                health.set_routes(Ok(n));
+                force = false;
             }
-            _ => tracing::info!(generation, "table applied"),
+            Err(e) => {
+                health.set_routes(Err(format!("reconcile failed: {e}")));
+                tracing::warn!(error = %e, label = e.label(), "route reconcile failed; retrying");
+                force = true;
+            }
         }
+        if seen_generation != Some(generation) {
+            // ClusterIPs the aggregated routes cannot carry: a warning at start and on each
+            // change (IPv6 ones are judged against the host's IPv6 by `report_not_routed`).
+            let wanted = crate::host::announce::wanted(
+                crate::host::announce::AnnounceMode::Aggregated,
+                &args.service_cidrs,
+                &table.load(),
+                true,
+            );
+            report_not_routed(&health, &wanted, ipv6, &table.load());
+            match generation {
+                0 => {}
+                1 => {
+                    tracing::info!(device = %device.name, listener_ports = ?ports, generation, "gateway ready")
+                }
+                _ => tracing::info!(generation, "table applied"),
+            }
+            seen_generation = Some(generation);
+        }
+        let drain_deadline = drain_until.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             _ = sigint.recv() => break Ok(()),
-            _ = sigterm.recv() => break Ok(()),
+            _ = sigterm.recv() => {
+                if drain_until.is_some() || args.drain_timeout.is_zero() {
+                    break Ok(());
+                }
+                // Withdraw first (the next apply, with the gate closed), then keep forwarding
+                // what still arrives while the routers converge.
+                health.set_draining();
+                drain_until = Some(tokio::time::Instant::now() + args.drain_timeout);
+                tracing::info!(drain_timeout = ?args.drain_timeout, "SIGTERM: withdrawing the routes and draining (a second SIGTERM or SIGINT stops at once)");
+            }
+            _ = tokio::time::sleep_until(drain_deadline), if drain_until.is_some() => {
+                tracing::info!("drain time over");
+                break Ok(());
+            }
+            _ = tun_check.tick() => {
+                ticks = ticks.wrapping_add(1);
+                let now_up = health.tun().is_ok();
+                if now_up != tun_up {
+                    if now_up {
+                        tracing::info!(device = %device.name, "TUN device up again");
+                        // The kernel drops IPv6 addresses of a link that goes down.
+                        if let Err(e) = host.configure_link(device.index, &addrs, None).await {
+                            tracing::warn!(error = %e, label = e.label(), "could not restore the TUN device's addresses");
+                        }
+                    } else {
+                        tracing::warn!(device = %device.name, "TUN device down: withdrawing the routes");
+                    }
+                    tun_up = now_up;
+                    force = true;
+                }
+                if ticks % FULL_RECONCILE == 0 {
+                    force = true;
+                }
+            }
+            Some((index, now_up)) = link_events.recv() => {
+                // The kernel drops a link's routes when it goes down, silently; a flap shorter
+                // than TUN_CHECK is seen only here.
+                if index == device.index && now_up != tun_up {
+                    if now_up {
+                        tracing::info!(device = %device.name, "TUN device up again");
+                        // The kernel drops IPv6 addresses of a link that goes down.
+                        if let Err(e) = host.configure_link(device.index, &addrs, None).await {
+                            tracing::warn!(error = %e, label = e.label(), "could not restore the TUN device's addresses");
+                        }
+                    } else {
+                        tracing::warn!(device = %device.name, "TUN device down: withdrawing the routes");
+                    }
+                    tun_up = now_up;
+                    force = true;
+                }
+            }
             r = changed_rx.changed() => {
                 if r.is_err() { break Err(anyhow::anyhow!("the file source stopped")); }
             }
@@ -451,6 +529,13 @@ async fn serve(
             }
         }
     };
+    // Routes go first: the daemon withdraws them while the rest stops.
+    let reason = if result.is_err() {
+        "worker_gone"
+    } else {
+        "stop"
+    };
+    announcer.withdraw(false, reason).await;
     tracing::info!("shutting down");
     shutdown.store(true, Ordering::Relaxed);
     source_task.abort();

@@ -4,6 +4,7 @@
 //! (`dataplane`) reads them and moves packets; `host` owns the TUN device's addresses and
 //! routes; `lab` builds the demo topology in network namespaces.
 
+pub mod bgp_config;
 pub mod check;
 pub mod cluster;
 pub mod config;

@@ -47,9 +47,55 @@ pub struct RoutesArgs {
     #[arg(long = "gateway-address", value_name = "IP")]
     pub gateway_addresses: Vec<IpAddr>,
 
-    /// Print only this configuration (default: all of them).
+    /// Print only this configuration (default: all of them). `bird-bgp` and `frr-bgp` print
+    /// the configuration of the *gateway host's* routing daemon instead, which announces the
+    /// gateway's routes over BGP (with --peer, --peer-as, --local-as).
     #[arg(long, value_enum)]
     pub format: Option<Format>,
+
+    // --- The gateway host's BGP daemon (--format bird-bgp|frr-bgp; src/bgp_config.rs) ---
+    /// A router to peer with (repeatable).
+    #[arg(long = "peer", value_name = "ADDRESS", value_parser = crate::bgp_config::parse_peer)]
+    pub peers: Vec<IpAddr>,
+
+    /// The routers' AS number.
+    #[arg(long, value_name = "N", value_parser = crate::bgp_config::parse_asn)]
+    pub peer_as: Option<u32>,
+
+    /// This gateway's AS number (the same on every gateway of a fleet).
+    #[arg(long, value_name = "N", value_parser = crate::bgp_config::parse_asn)]
+    pub local_as: Option<u32>,
+
+    /// The daemon's router ID (default: this host's primary IPv4 address).
+    #[arg(long, value_name = "IPV4")]
+    pub router_id: Option<Ipv4Addr>,
+
+    /// The table the gateway puts its routes in (`clusterway run --route-table`).
+    #[arg(long, default_value = "main", value_parser = crate::host::announce::parse_route_table, value_name = "TABLE")]
+    pub route_table: u32,
+
+    /// Run BFD with each peer (the daemon's BFD; routers then drop a dead gateway within
+    /// interval × multiplier).
+    #[arg(long)]
+    pub bfd: bool,
+
+    /// BFD transmit and receive interval.
+    #[arg(long, default_value = "300ms", value_parser = crate::bgp_config::parse_bfd_interval, value_name = "DURATION")]
+    pub bfd_interval: std::time::Duration,
+
+    /// BFD detection multiplier.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=50), value_name = "N")]
+    pub bfd_multiplier: u8,
+
+    /// BGP hold time in seconds (keepalive a third of it); without BFD, how long a router
+    /// waits for a gateway whose link died.
+    #[arg(long, default_value_t = 9, value_name = "SECONDS")]
+    pub hold_time: u16,
+
+    /// The gateway's TUN device (`clusterway run --tun-name`): FRR announces the kernel
+    /// routes through it.
+    #[arg(long, default_value = "cw0", value_parser = crate::config::parse_ifname)]
+    pub tun_name: String,
 }
 
 /// A router configuration dialect.
@@ -65,6 +111,10 @@ pub enum Format {
     Frr,
     /// BIRD 2 (`protocol static { ipv4; route … via …; }`).
     Bird,
+    /// The gateway host's BIRD 2: learn the gateway's routes, announce them over BGP.
+    BirdBgp,
+    /// The gateway host's FRR: import the gateway's table, announce it over BGP.
+    FrrBgp,
 }
 
 impl Format {
@@ -84,14 +134,16 @@ impl Format {
             Format::Junos => "Juniper Junos (configure)",
             Format::Frr => "FRR (vtysh, configure terminal)",
             Format::Bird => "BIRD 2 (bird.conf)",
+            Format::BirdBgp => "BIRD 2 on the gateway host (bird.conf)",
+            Format::FrrBgp => "FRR on the gateway host (frr.conf)",
         }
     }
 
     /// The comment leader of the dialect.
     fn comment(self) -> &'static str {
         match self {
-            Format::Ios | Format::Frr => "!",
-            Format::Linux | Format::Junos | Format::Bird => "#",
+            Format::Ios | Format::Frr | Format::FrrBgp => "!",
+            Format::Linux | Format::Junos | Format::Bird | Format::BirdBgp => "#",
         }
     }
 }
@@ -216,6 +268,15 @@ pub fn render(format: Format, routes: &BTreeSet<IpNet>, hops: NextHops) -> Strin
         })
         .collect();
     let c = format.comment();
+    if matches!(format, Format::BirdBgp | Format::FrrBgp) {
+        // Not a list of static routes: the daemon learns the routes from the kernel.
+        let _ = writeln!(
+            out,
+            "{c} the gateway host's daemon announces these: see `clusterway routes --format {} --peer …`",
+            if format == Format::BirdBgp { "bird-bgp" } else { "frr-bgp" }
+        );
+        return out;
+    }
     let missing = |out: &mut String, family: u8, nets: &[String]| {
         let _ = writeln!(
             out,
@@ -265,7 +326,9 @@ pub fn render(format: Format, routes: &BTreeSet<IpNet>, hops: NextHops) -> Strin
                             writeln!(out, "set routing-options static route {n} next-hop {gw}")
                         }
                         Format::Frr => writeln!(out, "ip route {n} {gw}"),
-                        Format::Bird => unreachable!("handled above"),
+                        Format::Bird | Format::BirdBgp | Format::FrrBgp => {
+                            unreachable!("handled above")
+                        }
                     };
                 }
             }
@@ -283,7 +346,9 @@ pub fn render(format: Format, routes: &BTreeSet<IpNet>, hops: NextHops) -> Strin
                             out,
                             "set routing-options rib inet6.0 static route {n} next-hop {gw}"
                         ),
-                        Format::Bird => unreachable!("handled above"),
+                        Format::Bird | Format::BirdBgp | Format::FrrBgp => {
+                            unreachable!("handled above")
+                        }
                     };
                 }
             }
@@ -309,8 +374,47 @@ pub fn render_all(format: Option<Format>, routes: &BTreeSet<IpNet>, hops: NextHo
     }
 }
 
+/// The BGP options from the flags, checked (the error names the flag).
+pub fn bgp_options(args: &RoutesArgs, frr: bool) -> Result<crate::bgp_config::BgpOptions> {
+    let peer_as = args
+        .peer_as
+        .context("the BGP formats need --peer-as N (the routers' AS number)")?;
+    let local_as = args
+        .local_as
+        .context("the BGP formats need --local-as N (this gateway's AS number)")?;
+    let router_id = match args.router_id.or(NextHops::detect().v4) {
+        Some(id) => id,
+        None => bail!("no IPv4 address on this host to use as router ID: pass --router-id"),
+    };
+    let opts = crate::bgp_config::BgpOptions {
+        peers: args.peers.clone(),
+        peer_as,
+        local_as,
+        router_id,
+        route_table: args.route_table,
+        bfd: args.bfd.then_some(crate::bgp_config::Bfd {
+            interval: args.bfd_interval,
+            multiplier: args.bfd_multiplier,
+        }),
+        hold_time: args.hold_time,
+    };
+    crate::bgp_config::check(&opts, frr).map_err(anyhow::Error::msg)?;
+    Ok(opts)
+}
+
 /// `clusterway routes`.
 pub fn run(args: RoutesArgs) -> Result<()> {
+    if let Some(f @ (Format::BirdBgp | Format::FrrBgp)) = args.format {
+        let frr = f == Format::FrrBgp;
+        let opts = bgp_options(&args, frr)?;
+        let text = if frr {
+            crate::bgp_config::frr(&opts, &args.tun_name)
+        } else {
+            crate::bgp_config::bird(&opts)
+        };
+        print!("{text}");
+        return Ok(());
+    }
     // Flags first (STYLE 4): a bad address is an error before any file is read.
     let given = NextHops::from_addresses(&args.gateway_addresses).map_err(anyhow::Error::msg)?;
     let routes = routes_for(&args).context("cannot work out the routes")?;

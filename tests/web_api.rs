@@ -269,7 +269,10 @@ fn metrics_and_api_count_exactly_the_connections_made() {
                         "reason",
                         "method",
                         "table",
-                        "le"
+                        "le",
+                        // clusterway_route_announced: a Service CIDR or ClusterIP, from the
+                        // table, withdrawn ones bounded (src/host/announce.rs).
+                        "prefix"
                     ]
                     .contains(&k),
                     "unexpected label {k} in {line}"

@@ -90,6 +90,20 @@ function renderStatus(s) {
   $('k-gen-sub').textContent = num(s.table.ports) + ' ports · ' + num(s.table.exposed) + ' exposed';
   if (s.history) { state.history = s.history.slice(); drawCharts(); }
   if (s.latest) renderLatest(s.latest);
+  renderAnnounce(s.announce);
+}
+// The announcement: each prefix the gateway's routing daemon announces (or stopped
+// announcing), and since when.
+function renderAnnounce(a) {
+  const box = $('announce');
+  if (!a || !a.prefixes.length) { box.hidden = true; return; }
+  box.hidden = false;
+  const cls = { announced: 'ok', draining: 'warn', withdrawn: 'bad' };
+  $('announce-sub').textContent = (a.draining ? 'draining · ' : '') + num(a.changes) + ' changes';
+  $('announce-list').innerHTML = a.prefixes.map((p) =>
+    '<li><code>' + esc(p.prefix) + '</code> <span class="pill ' + cls[p.state] + '">' + esc(p.state) +
+    '</span> <span class="sub">since ' + esc(clock(p.since)) + ' (' + esc(ago(p.since)) + ') · ' +
+    esc(p.reason.replace(/_/g, ' ')) + '</span></li>').join('');
 }
 function renderLatest(p) {
   $('k-rate').textContent = rate(p.new_per_s);

@@ -1,7 +1,8 @@
 //! The TUN device's addresses, link state and routes, through one rtnetlink handle.
 //!
 //! Owns, on the link it is given (`cw0`): the link's global addresses, its MTU and its up
-//! state; and, in the main table, every route whose route protocol is [`ROUTE_PROTO`].
+//! state; and, in the main table or the one `--route-table` names, every route whose route
+//! protocol is [`ROUTE_PROTO`].
 //! Everything is desired state: callers say what should exist, [`Host`] reads what the kernel
 //! has and changes only the difference, so every call is idempotent and a crashed run is
 //! cleaned up by the next one ([`Host::remove_owned`], [`Host::delete_link`]).
@@ -43,6 +44,10 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 ///   `filter { if krt_source = 75 then accept; reject; }`;
 /// - anything else reading the kernel table: match `protocol == 75`.
 pub const ROUTE_PROTO: u8 = 75;
+
+/// The main routing table (`RT_TABLE_MAIN`), where the routes go unless `--route-table`
+/// names another.
+pub const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
 /// `errno` values the reconcilers treat as "already in the wanted state".
 const EEXIST: i32 = libc::EEXIST;
@@ -340,24 +345,47 @@ impl Host {
         ifindex: u32,
         desired: &BTreeSet<IpNet>,
     ) -> Result<RouteDiff, HostError> {
+        self.reconcile_routes_in(ifindex, MAIN_TABLE, None, desired)
+            .await
+    }
+
+    /// [`Host::reconcile_routes`] in routing table `table` (`--route-table`; 254 is main),
+    /// with route metric `metric` (`None`: the kernel's default, and any metric counts).
+    /// Routes of ours in other tables are left alone ([`Host::remove_owned`] clears them).
+    ///
+    /// Wanted routes are added before unwanted ones are deleted, so a change of metric (the
+    /// drain: [`super::announce`]) never leaves a prefix without a route; only a route that
+    /// would clash with a wanted one (same destination and metric, another link) goes first.
+    pub async fn reconcile_routes_in(
+        &self,
+        ifindex: u32,
+        table: u32,
+        metric: Option<u32>,
+        desired: &BTreeSet<IpNet>,
+    ) -> Result<RouteDiff, HostError> {
         let desired: BTreeSet<IpNet> = desired.iter().map(IpNet::trunc).collect();
         let current = self.owned_routes().await?;
         let mut diff = RouteDiff::default();
+        let same_metric = |route: &OwnedRoute| metric.is_none_or(|m| route.metric == m);
 
         let mut present = BTreeSet::new();
-        let main = current
-            .iter()
-            .filter(|route| route.table == u32::from(RouteHeader::RT_TABLE_MAIN));
-        for route in main {
-            if route.via(ifindex) && desired.contains(&route.dst) {
+        let mut unwanted = Vec::new();
+        for route in current.iter().filter(|route| route.table == table) {
+            if route.via(ifindex) && desired.contains(&route.dst) && same_metric(route) {
                 present.insert(route.dst);
-            } else {
+            } else if desired.contains(&route.dst) && same_metric(route) {
+                // Same key as a wanted route: it must go before that one can be added.
                 self.delete_route(route, &mut diff).await?;
+            } else {
+                unwanted.push(route);
             }
         }
-
         for dst in desired.difference(&present) {
-            self.add_route(ifindex, *dst, &mut diff).await?;
+            self.add_route(ifindex, table, metric, *dst, &mut diff)
+                .await?;
+        }
+        for route in unwanted {
+            self.delete_route(route, &mut diff).await?;
         }
         Ok(diff)
     }
@@ -456,10 +484,15 @@ impl Host {
     async fn add_route(
         &self,
         ifindex: u32,
+        table: u32,
+        metric: Option<u32>,
         dst: IpNet,
         diff: &mut RouteDiff,
     ) -> Result<(), HostError> {
-        let message = route_message(ifindex, dst);
+        let mut message = route_message(ifindex, table, dst);
+        if let Some(m) = metric {
+            message.attributes.push(RouteAttribute::Priority(m));
+        }
         match self.handle.route().add(message).execute().await {
             Ok(()) => diff.added.push(dst),
             Err(e) if errno(&e) == Some(EEXIST) => diff.already_present.push(dst),
@@ -500,10 +533,54 @@ impl Host {
     }
 }
 
+/// Link events (`RTNLGRP_LINK`: a link added, changed, going up or down, deleted) in the
+/// calling thread's namespace, as the index of the link concerned and whether it is up now
+/// (a deleted link is not).
+///
+/// The kernel drops the routes of a link that goes down without telling anyone, so the
+/// gateway reconciles its routes at each event of its TUN device. The receiver is bounded
+/// (`LINK_EVENTS` per burst, the extra ones dropped): an event only asks for a reconcile, and
+/// the gateway also reconciles in full now and then.
+pub fn watch_links() -> Result<tokio::sync::mpsc::Receiver<(u32, bool)>, HostError> {
+    const LINK_EVENTS: usize = 16;
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| HostError::NoRuntime)?;
+    let (connection, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])
+            .map_err(HostError::Connect)?;
+    runtime.spawn(connection);
+    let (tx, rx) = tokio::sync::mpsc::channel(LINK_EVENTS);
+    runtime.spawn(async move {
+        use futures::StreamExt;
+        use netlink_packet_route::RouteNetlinkMessage;
+        use rtnetlink::packet_core::NetlinkPayload;
+        while let Some((message, _)) = messages.next().await {
+            let event = match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => (
+                    l.header.index,
+                    l.header
+                        .flags
+                        .contains(netlink_packet_route::link::LinkFlags::Up),
+                ),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
+                    (l.header.index, false)
+                }
+                _ => continue,
+            };
+            match tx.try_send(event) {
+                Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => break,
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// A route of protocol [`ROUTE_PROTO`] as the kernel reported it.
 struct OwnedRoute {
     dst: IpNet,
     table: u32,
+    /// `RTA_PRIORITY` (0 when absent).
+    metric: u32,
     /// Output links: `RTA_OIF`, or the links of a multipath route's next hops.
     links: Vec<u32>,
     /// The request that deletes exactly this route (and no other owner's).
@@ -518,6 +595,7 @@ impl OwnedRoute {
         let prefix_len = message.header.destination_prefix_length;
         let mut dst = None;
         let mut table = u32::from(message.header.table);
+        let mut metric = 0;
         let mut links = Vec::new();
         for attribute in &message.attributes {
             match attribute {
@@ -528,6 +606,7 @@ impl OwnedRoute {
                     dst = IpNet::new(IpAddr::V6(*a), prefix_len).ok();
                 }
                 RouteAttribute::Table(t) => table = *t,
+                RouteAttribute::Priority(m) => metric = *m,
                 RouteAttribute::Oif(i) => links.push(*i),
                 RouteAttribute::MultiPath(hops) => {
                     links.extend(hops.iter().map(|hop| hop.interface_index));
@@ -563,6 +642,7 @@ impl OwnedRoute {
         Some(OwnedRoute {
             dst,
             table,
+            metric,
             links,
             deletion,
         })
@@ -573,8 +653,9 @@ impl OwnedRoute {
     }
 }
 
-/// The request that adds `dst` via link `ifindex` with our protocol, in the main table.
-fn route_message(ifindex: u32, dst: IpNet) -> RouteMessage {
+/// The request that adds `dst` via link `ifindex` with our protocol, in routing table `table`
+/// (in the header when it fits in a byte, as iproute2 does, and always in `RTA_TABLE`).
+fn route_message(ifindex: u32, table: u32, dst: IpNet) -> RouteMessage {
     let (family, address, scope) = match dst.addr() {
         // As `ip route add … dev cw0` does: an IPv4 route without a gateway is link-scoped.
         IpAddr::V4(a) => (AddressFamily::Inet, RouteAddress::Inet(a), RouteScope::Link),
@@ -587,13 +668,14 @@ fn route_message(ifindex: u32, dst: IpNet) -> RouteMessage {
     let mut message = RouteMessage::default();
     message.header.address_family = family;
     message.header.destination_prefix_length = dst.prefix_len();
-    message.header.table = RouteHeader::RT_TABLE_MAIN;
+    message.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
     message.header.protocol = RouteProtocol::from(ROUTE_PROTO);
     message.header.scope = scope;
     message.header.kind = RouteType::Unicast;
     message.attributes = vec![
         RouteAttribute::Destination(address),
         RouteAttribute::Oif(ifindex),
+        RouteAttribute::Table(table),
     ];
     message
 }
@@ -667,24 +749,24 @@ mod tests {
 
     #[test]
     fn route_message_carries_our_protocol_and_link() {
-        let message = route_message(7, "10.96.0.0/12".parse().unwrap());
+        let message = route_message(7, MAIN_TABLE, "10.96.0.0/12".parse().unwrap());
         assert_eq!(u8::from(message.header.protocol), ROUTE_PROTO);
         assert_eq!(message.header.table, RouteHeader::RT_TABLE_MAIN);
         assert_eq!(message.header.scope, RouteScope::Link);
         assert!(message.attributes.contains(&RouteAttribute::Oif(7)));
 
-        let message = route_message(7, "fd00:96::/112".parse().unwrap());
+        let message = route_message(7, MAIN_TABLE, "fd00:96::/112".parse().unwrap());
         assert_eq!(message.header.address_family, AddressFamily::Inet6);
         assert_eq!(message.header.scope, RouteScope::Universe);
     }
 
     #[test]
     fn owned_route_ignores_other_protocols() {
-        let mut message = route_message(3, "10.0.0.0/8".parse().unwrap());
+        let mut message = route_message(3, MAIN_TABLE, "10.0.0.0/8".parse().unwrap());
         message.header.protocol = RouteProtocol::Static;
         assert!(OwnedRoute::from_message(message).is_none());
 
-        let message = route_message(3, "10.0.0.0/8".parse().unwrap());
+        let message = route_message(3, MAIN_TABLE, "10.0.0.0/8".parse().unwrap());
         let route = OwnedRoute::from_message(message).expect("ours");
         assert_eq!(route.dst, "10.0.0.0/8".parse::<IpNet>().unwrap());
         assert!(route.via(3));

@@ -398,6 +398,9 @@ pub async fn run(args: LabArgs) -> Result<()> {
     // Names: the gateway answers the cluster zone on its address towards the client.
     gw_args.push("--dns-listen".into());
     gw_args.push(LAB_DNS.into());
+    // One gateway and no routing daemon: nothing to drain towards, stop at once.
+    gw_args.push("--drain-timeout".into());
+    gw_args.push("0".into());
     let gateway = topo
         .gateway()
         .exec(&exe, &gw_args)

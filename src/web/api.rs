@@ -382,6 +382,7 @@ pub fn service(status: &Status, ns: &str, name: &str) -> Option<Value> {
         .collect();
     let id = format!("{ns}/{name}");
     super::observe::drain_notices(status);
+    super::observe::drain_announcements(status);
     let failures: Vec<_> = status
         .events
         .recent(Some(&id), 500)
@@ -408,6 +409,7 @@ pub fn service(status: &Status, ns: &str, name: &str) -> Option<Value> {
 /// `/api/v1/events`.
 pub fn events(status: &Status, service: Option<&str>, limit: usize) -> Value {
     super::observe::drain_notices(status);
+    super::observe::drain_announcements(status);
     let items = status.events.recent(service, limit.clamp(1, MAX_LIMIT));
     json!({"items": items})
 }
@@ -472,6 +474,11 @@ pub fn status(status: &Status, with_history: bool) -> Value {
                 .map(|n| json!({"ip": n.ip, "service": n.service.to_string(),
                                 "reason": n.reason.label(), "detail": n.to_string()}))
                 .collect::<Vec<_>>(),
+        },
+        "announce": {
+            "draining": status.health.draining(),
+            "changes": status.health.announce.changes_total(),
+            "prefixes": status.health.announce.prefixes(),
         },
         "ready": readiness,
         "table": {

@@ -32,7 +32,8 @@ pub struct Event {
     pub level: Level,
     /// `endpoint_added`, `endpoint_removed`, `endpoint_changed`, `service_added`,
     /// `service_removed`, `reload`, `sync`, `watch_reconnect`, `dial_failed`,
-    /// `no_endpoints`, `rejected_policy`, `table_full`, `dns_failed`.
+    /// `no_endpoints`, `rejected_policy`, `table_full`, `dns_failed`, `route` (a prefix
+    /// announced, withdrawn or draining).
     pub kind: &'static str,
     /// `namespace/name` when the event concerns one Service.
     #[serde(skip_serializing_if = "Option::is_none")]

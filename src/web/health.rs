@@ -1,6 +1,6 @@
 //! Readiness: what `/readyz` and the dashboard header report.
 //!
-//! The gateway is ready when all three hold:
+//! The gateway is ready when all of these hold:
 //! - **table**: the source has applied a complete table and it is fresh — synced, or stale
 //!   (API server unreachable, or a broken file on reload) for less than `--ready-max-stale`.
 //!   A stale table keeps serving either way; readiness only tells the operator (and a
@@ -10,6 +10,8 @@
 //! - **routes**: the last route reconcile succeeded and installed what the table asks for.
 //!   ClusterIPs those routes cannot carry ([`crate::cluster::routed`]) are named in its
 //!   detail; they do not make the gateway unready (the other Services are served).
+//! - **drain**: no graceful stop has begun (SIGTERM: `/readyz` answers 503 `draining` while
+//!   the routes are withdrawn and flows drain).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -28,6 +30,10 @@ pub struct Health {
     route_error: Mutex<Option<String>>,
     /// Exposed ClusterIPs the routes do not carry (set with every reconcile).
     not_routed: Mutex<Vec<NotRouted>>,
+    /// A graceful stop has begun.
+    draining: AtomicBool,
+    /// Per-prefix announcement state (written by the gateway's loop).
+    pub announce: crate::host::announce::Board,
 }
 
 /// One part of readiness.
@@ -46,10 +52,13 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// The `/readyz` body: `ready` or `not ready: table, routes`, then one line per check.
+    /// The `/readyz` body: `ready`, `draining`, or `not ready: table, routes`, then one line
+    /// per check.
     pub fn text(&self) -> String {
         let mut out = if self.ready {
             "ready\n".to_string()
+        } else if self.checks.iter().any(|c| c.name == "drain" && !c.ok) {
+            "draining\n".to_string()
         } else {
             let failing: Vec<&str> = self
                 .checks
@@ -76,6 +85,8 @@ impl Health {
             routes_installed: AtomicUsize::new(0),
             route_error: Mutex::new(Some("not reconciled yet".into())),
             not_routed: Mutex::new(Vec::new()),
+            draining: AtomicBool::new(false),
+            announce: Default::default(),
         }
     }
 
@@ -123,6 +134,15 @@ impl Health {
         )
     }
 
+    /// Marks the start of a graceful stop (never undone: the process is on its way out).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// Whether the TUN device exists and is up, or why not.
     pub fn tun(&self) -> Result<(), String> {
         match link_flags(&self.tun_name) {
@@ -160,7 +180,14 @@ impl Health {
             routes.detail.push_str("; ");
             routes.detail.push_str(&routed::summary(&not_routed, 5));
         }
-        let checks = vec![table, tun, routes];
+        let mut checks = vec![table, tun, routes];
+        if self.draining() {
+            checks.push(Check {
+                name: "drain",
+                ok: false,
+                detail: "draining: routes withdrawn, flows finishing before the stop".into(),
+            });
+        }
         Readiness {
             ready: checks.iter().all(|c| c.ok),
             checks,
@@ -286,6 +313,17 @@ mod tests {
             "{}",
             r.text()
         );
+        // A drain makes it unready, and says so first.
+        let lo = Health::new("lo", Duration::from_secs(60));
+        lo.set_routes(Ok(1));
+        let synced = SyncState::Synced {
+            at: SystemTime::now(),
+        };
+        assert!(lo.readiness(&synced, 1, SystemTime::now()).ready);
+        lo.set_draining();
+        let r = lo.readiness(&synced, 1, SystemTime::now());
+        assert!(!r.ready);
+        assert!(r.text().starts_with("draining\n"), "{}", r.text());
         // The loopback device exists and is up in any namespace.
         let lo = Health::new("lo", Duration::from_secs(60));
         assert!(lo.tun().is_ok());

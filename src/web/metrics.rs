@@ -456,6 +456,32 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
         .gauge(&[], stats.tcp_pending.load(Ordering::Relaxed) as f64)
         .0,
     );
+    // --- The announcement (src/host/announce.rs) ---
+    let mut announced = Family::new(
+        "route_announced",
+        "1 while the gateway's route for this prefix is announced; 0 when withdrawn or draining.",
+        MetricType::GAUGE,
+    );
+    for v in status.health.announce.prefixes() {
+        let prefix = v.prefix.to_string();
+        announced = announced.gauge(
+            &[("prefix", &prefix)],
+            f64::from(u8::from(
+                v.state == crate::host::announce::PrefixState::Announced,
+            )),
+        );
+    }
+    out.push(announced.0);
+    out.push(
+        Family::new(
+            "route_changes_total",
+            "Changes of the announcement (a prefix announced, withdrawn or set draining).",
+            MetricType::COUNTER,
+        )
+        .counter(&[], status.health.announce.changes_total() as f64)
+        .0,
+    );
+
     out.push(
         Family::new(
             "uptime_seconds",

@@ -206,6 +206,31 @@ pub fn drain_notices(status: &Status) {
     }
 }
 
+/// Move the announcement's changes (a prefix announced, withdrawn, draining) into the event
+/// ring and to live clients.
+pub fn drain_announcements(status: &Status) {
+    for c in status.health.announce.take_new() {
+        let v = &c.view;
+        let level = match v.state {
+            crate::host::announce::PrefixState::Announced => Level::Info,
+            _ => Level::Warn,
+        };
+        let ev = status.events.push(
+            v.since,
+            level,
+            "route",
+            None,
+            format!(
+                "{} {} ({})",
+                v.prefix,
+                v.state.label(),
+                v.reason.replace('_', " ")
+            ),
+        );
+        broadcast_event(status, &ev);
+    }
+}
+
 /// Run until the runtime stops. `changed` fires on each published table.
 pub async fn run(status: Arc<Status>, mut changed: watch::Receiver<u64>) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
@@ -286,6 +311,7 @@ pub async fn run(status: Arc<Status>, mut changed: watch::Receiver<u64>) {
         }
 
         drain_notices(&status);
+        drain_announcements(&status);
 
         if last_sample.elapsed() >= SAMPLE_EVERY - Duration::from_millis(50) {
             last_sample = Instant::now();

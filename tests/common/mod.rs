@@ -141,6 +141,12 @@ impl Gateway {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // One gateway, no routing daemon: SIGTERM stops at once unless a test asks for a
+            // drain (tests/fleet.rs).
+            .env(
+                "CLUSTERWAY_DRAIN_TIMEOUT",
+                std::env::var("CLUSTERWAY_DRAIN_TIMEOUT").unwrap_or_else(|_| "0".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_out))
             .stderr(Stdio::from(log_file))
