@@ -38,6 +38,9 @@ pub struct EngineConfig {
     pub reassembly_bytes: usize,
     pub reassembly_datagrams: usize,
     pub reassembly_timeout: Duration,
+    /// Flow offload (`--dataplane offload`): a new TCP flow the engine accepts becomes a
+    /// [`Verdict::Offload`] instead of a proxied flow.
+    pub offload: bool,
 }
 
 impl EngineConfig {
@@ -51,6 +54,7 @@ impl EngineConfig {
             reassembly_bytes: 4 << 20,
             reassembly_datagrams: 256,
             reassembly_timeout: Duration::from_secs(5),
+            offload: false,
         }
     }
 }
@@ -86,6 +90,16 @@ pub enum Verdict<'e, T> {
     },
     /// Nothing to send (counted under `reason`).
     Drop(Reason),
+    /// Flow offload: a new TCP flow to `endpoint`, decided. The worker hands it to the
+    /// kernel (a conntrack entry with the NAT) and re-injects `buf[..len]`, unchanged, to
+    /// take that entry; then [`Engine::offloaded`], or [`Engine::refuse_tcp`] when the
+    /// kernel would not take it.
+    Offload {
+        len: usize,
+        key: FlowKey,
+        port: Arc<ServicePort>,
+        endpoint: SocketAddr,
+    },
 }
 
 /// Token bucket for the errors the gateway generates.
@@ -140,6 +154,8 @@ pub struct Engine<T> {
     worker: usize,
     stats: Arc<Stats>,
     generation: u64,
+    /// See [`EngineConfig::offload`].
+    offload: bool,
 }
 
 impl<T> Engine<T> {
@@ -186,6 +202,7 @@ impl<T> Engine<T> {
             worker,
             stats,
             generation: 0,
+            offload: config.offload,
         }
     }
 
@@ -394,6 +411,14 @@ impl<T> Engine<T> {
                 .tcp_conn(&port, key.client, ConnResult::NoEndpoints);
             return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
         };
+        if self.offload {
+            return Verdict::Offload {
+                len: pkt.len,
+                key,
+                port,
+                endpoint: candidates.first(),
+            };
+        }
         match self.nat.insert(key, self.worker, now) {
             Ok(virt) => {
                 packet::rewrite(buf, pkt, virt, self.listener(&virt), csum);
@@ -538,6 +563,53 @@ impl<T> Engine<T> {
             return 0;
         };
         match self.unreachable(buf, &pkt, Unreachable::Port, now, scratch) {
+            Verdict::Reply { len } => len,
+            _ => 0,
+        }
+    }
+
+    /// Flow offload: the flow of a [`Verdict::Offload`] was handed to the kernel. ClientIP
+    /// affinity follows the endpoint; the connection is counted once (a retransmitted SYN
+    /// of a flow already handed over is not a new one: `new` false).
+    pub fn offloaded(
+        &mut self,
+        key: FlowKey,
+        port: &ServicePort,
+        endpoint: SocketAddr,
+        new: bool,
+        now: Instant,
+    ) {
+        self.nat.served(port, key.client.ip(), endpoint, now);
+        if new {
+            self.stats.tcp_conn(port, key.client, ConnResult::Ok);
+        }
+    }
+
+    /// Flow offload: the kernel would not take the flow of a [`Verdict::Offload`] (its
+    /// table is full, or the request failed): count it as `result` and answer the SYN in
+    /// `buf[..len]` with a RST (rate limited). Returns the RST's length in `scratch`, 0 when
+    /// nothing should be sent.
+    pub fn refuse_tcp(
+        &mut self,
+        buf: &[u8],
+        len: usize,
+        port: &ServicePort,
+        result: ConnResult,
+        now: Instant,
+        scratch: &mut [u8],
+    ) -> usize {
+        let Ok(pkt) = packet::parse(&buf[..len.min(buf.len())]) else {
+            return 0;
+        };
+        let Transport::Tcp {
+            src_port, flags, ..
+        } = pkt.transport
+        else {
+            return 0;
+        };
+        self.stats
+            .tcp_conn(port, SocketAddr::new(pkt.src, src_port), result);
+        match self.rst(&pkt, flags, now, scratch, Reason::NoFlow) {
             Verdict::Reply { len } => len,
             _ => 0,
         }

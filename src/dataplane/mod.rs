@@ -5,6 +5,7 @@ pub mod engine;
 pub mod flows;
 pub mod memory;
 pub mod nat;
+pub mod offload;
 pub mod packet;
 pub mod shared;
 pub mod splice;

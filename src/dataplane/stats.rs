@@ -111,6 +111,8 @@ pub struct Stats {
     pub notices: Notices,
     /// How proxied bytes moved (splice or copy) and how the pipe pool fared.
     pub splice: Arc<SpliceStats>,
+    /// Flows handed to the kernel (`--dataplane offload`).
+    pub offload: super::offload::OffloadStats,
 }
 
 /// Counters of the proxy's byte path (`dataplane::splice`): which way bytes went, pipes

@@ -4,4 +4,5 @@
 pub mod conntrack;
 pub mod netlink;
 pub mod nftables;
+pub mod offload;
 pub mod sysctl;

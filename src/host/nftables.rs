@@ -9,7 +9,11 @@
 //!   created); later packets of the flow are tracked and meet the gateway's entry;
 //! - a loop guard: a packet the gateway re-injected (socket mark [`INJECT_MARK`]) that would
 //!   leave through the TUN device again — it found no entry, so nothing translated it — is
-//!   dropped and counted, instead of circling through the gateway at full speed.
+//!   dropped and counted, instead of circling through the gateway at full speed;
+//! - counters of the packets and bytes the kernel forwards for the gateway's entries, each
+//!   way (`ct mark`). They are also what makes the kernel track packets here at all: empty
+//!   NAT chains register the NAT hooks but not connection tracking, which only a rule with
+//!   a `ct` expression asks for; without one a re-injected SYN meets no entry at OUTPUT.
 //!
 //! Desired state: [`Ruleset::render`] gives the whole table for the ranges routed now, and
 //! [`apply`] replaces the table in one transaction (`nft -f -`: create, delete, create), so
@@ -28,6 +32,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
+
+use super::conntrack::{MARK_OWNER, MARK_OWNER_MASK};
 
 /// Family and name of the table.
 pub const TABLE: &str = "inet clusterway";
@@ -113,11 +119,44 @@ impl Ruleset {
         }
         s.push_str(&format!(
             "  chain loop_guard {{\n    type filter hook postrouting priority 0; policy accept;\n    \
-             meta mark {INJECT_MARK:#x} oifname {tun} counter drop\n  }}\n}}\n"
+             meta mark {INJECT_MARK:#x} oifname {tun} counter drop\n  }}\n"
+        ));
+        let ours = format!("ct mark and {MARK_OWNER_MASK:#x} == {MARK_OWNER:#x}");
+        s.push_str(&format!(
+            "  counter {TO_ENDPOINT} {{ }}\n  counter {TO_CLIENT} {{ }}\n  \
+             chain offloaded {{\n    type filter hook forward priority 0; policy accept;\n    \
+             {ours} ct direction original counter name \"{TO_ENDPOINT}\"\n    \
+             {ours} ct direction reply counter name \"{TO_CLIENT}\"\n  }}\n}}\n"
         ));
         s
     }
+
+    /// The `nft -f` script that puts this ruleset's routed ranges in the table's sets,
+    /// leaving the rest (and its counters) as it is.
+    pub fn render_sets(&self) -> String {
+        let mut s = String::new();
+        for (set, v6) in [("routed4", false), ("routed6", true)] {
+            s.push_str(&format!("flush set {TABLE} {set}\n"));
+            let elems: Vec<String> = self
+                .routed
+                .iter()
+                .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+                .map(ToString::to_string)
+                .collect();
+            if !elems.is_empty() {
+                s.push_str(&format!(
+                    "add element {TABLE} {set} {{ {} }}\n",
+                    elems.join(", ")
+                ));
+            }
+        }
+        s
+    }
 }
+
+/// The named counters of the bytes the kernel forwarded for our entries, each way.
+pub const TO_ENDPOINT: &str = "offloaded_to_endpoint";
+pub const TO_CLIENT: &str = "offloaded_to_client";
 
 /// A name as an nft string literal (interface names hold no quote: see
 /// `config::parse_ifname`; anything else is dropped rather than let out of the quotes).
@@ -155,6 +194,36 @@ fn run_nft(script: &str) -> Result<(), NftError> {
 /// Replace the table with `rules` (atomically).
 pub fn apply(rules: &Ruleset) -> Result<(), NftError> {
     run_nft(&rules.render())
+}
+
+/// Put `rules`' routed ranges in the existing table (its counters go on).
+pub fn update_sets(rules: &Ruleset) -> Result<(), NftError> {
+    run_nft(&rules.render_sets())
+}
+
+/// `(packets, bytes)` of the named counter `name` of the table, when it exists.
+pub fn counter(name: &str) -> Option<(u64, u64)> {
+    let out = Command::new("nft")
+        .args(["list", "counter", "inet", "clusterway", name])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    parse_counter(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The `packets N bytes M` of `nft list counter` output.
+fn parse_counter(text: &str) -> Option<(u64, u64)> {
+    let mut words = text.split_whitespace();
+    let mut packets = None;
+    let mut bytes = None;
+    while let Some(w) = words.next() {
+        match w {
+            "packets" => packets = words.next().and_then(|n| n.parse().ok()),
+            "bytes" => bytes = words.next().and_then(|n| n.parse().ok()),
+            _ => {}
+        }
+    }
+    Some((packets?, bytes?))
 }
 
 /// Delete the table (nothing to do when it is not there).
@@ -209,6 +278,13 @@ table inet clusterway {
     type filter hook postrouting priority 0; policy accept;
     meta mark 0x63770001 oifname \"cw0\" counter drop
   }
+  counter offloaded_to_endpoint { }
+  counter offloaded_to_client { }
+  chain offloaded {
+    type filter hook forward priority 0; policy accept;
+    ct mark and 0xffff0000 == 0x63770000 ct direction original counter name \"offloaded_to_endpoint\"
+    ct mark and 0xffff0000 == 0x63770000 ct direction reply counter name \"offloaded_to_client\"
+  }
 }
 ";
         assert_eq!(r.render(), want);
@@ -223,5 +299,26 @@ table inet clusterway {
         let s = r.render();
         assert!(s.contains("set routed4 { type ipv4_addr; flags interval; }"));
         assert!(s.contains("iifname \"cw0\" return"), "{s}");
+    }
+
+    #[test]
+    fn set_updates_and_counters() {
+        let r = Ruleset {
+            tun: "cw0".into(),
+            routed: ["10.96.0.10/32", "fd00::/112"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+        };
+        assert_eq!(
+            r.render_sets(),
+            "flush set inet clusterway routed4\n\
+             add element inet clusterway routed4 { 10.96.0.10/32 }\n\
+             flush set inet clusterway routed6\n\
+             add element inet clusterway routed6 { fd00::/112 }\n"
+        );
+        let listed = "table inet clusterway {\n\tcounter offloaded_to_client {\n\t\tpackets 12 bytes 7000\n\t}\n}\n";
+        assert_eq!(parse_counter(listed), Some((12, 7000)));
+        assert_eq!(parse_counter("Error: No such file or directory"), None);
     }
 }

@@ -386,7 +386,53 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
         .gauge(&[], status.uptime().as_secs_f64())
         .0,
     );
+    offload_families(status, &mut out);
     out
+}
+
+/// Flow offload (`--dataplane offload`): flows handed to the kernel, retransmitted SYNs
+/// re-injected, hand-overs that failed by reason, and the dataplane in use.
+fn offload_families(status: &Status, out: &mut Vec<MetricFamily>) {
+    let off = &status.stats.offload;
+    out.push(
+        Family::new(
+            "offload_flows_total",
+            "TCP flows handed to the kernel's connection tracking (entry created, first packet \
+             re-injected).",
+            MetricType::COUNTER,
+        )
+        .counter(&[], off.flows.load(Ordering::Relaxed) as f64)
+        .0,
+    );
+    out.push(
+        Family::new(
+            "offload_retransmits_total",
+            "Retransmitted SYNs of flows already handed over, re-injected on their entry.",
+            MetricType::COUNTER,
+        )
+        .counter(&[], off.retransmits.load(Ordering::Relaxed) as f64)
+        .0,
+    );
+    let mut failed = Family::new(
+        "offload_failures_total",
+        "New flows the kernel would not take (the client is reset), by reason.",
+        MetricType::COUNTER,
+    );
+    for (reason, n) in off.failures() {
+        failed.push_counter(&[("reason", reason)], n as f64);
+    }
+    out.push(failed.0);
+    if let Some(d) = status.health.dataplane() {
+        out.push(
+            Family::new(
+                "dataplane",
+                "The dataplane carrying TCP flows (1), and the one asked for.",
+                MetricType::GAUGE,
+            )
+            .gauge(&[("dataplane", d.name), ("requested", d.requested)], 1.0)
+            .0,
+        );
+    }
 }
 
 /// The text exposition.

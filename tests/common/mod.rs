@@ -39,6 +39,19 @@ pub fn offload_expected() -> bool {
     )
 }
 
+/// The dataplane the gateways of this test run use unless a test passes `--dataplane`:
+/// `CLUSTERWAY_DATAPLANE` (scripts/test.sh runs the dataplane suite with `offload`), else
+/// `proxy`, which the tests of the proxy's own behaviour (its flow list and byte counters,
+/// dial retries, descriptor bounds) were written for.
+pub fn dataplane_under_test() -> String {
+    std::env::var("CLUSTERWAY_DATAPLANE").unwrap_or_else(|_| "proxy".into())
+}
+
+/// Whether this run's gateways offload flows (see [`dataplane_under_test`]).
+pub fn offload_under_test() -> bool {
+    dataplane_under_test() == "offload"
+}
+
 pub fn wait_for(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -135,6 +148,7 @@ impl Gateway {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env("CLUSTERWAY_DATAPLANE", dataplane_under_test())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_out))
             .stderr(Stdio::from(log_file))
@@ -185,6 +199,15 @@ impl Gateway {
             let want = format!("queues={n} ");
             assert!(
                 gw.logged(&want),
+                "the gateway did not log {want:?}; log:\n{}",
+                gw.logs()
+            );
+        }
+        // And for the dataplane (CLUSTERWAY_DATAPLANE; a `--dataplane` flag overrides it).
+        if !extra_args.contains(&"--dataplane") {
+            let want = format!("dataplane: {}", dataplane_under_test());
+            assert!(
+                wait_for(|| gw.logged(&want), Duration::from_secs(5)),
                 "the gateway did not log {want:?}; log:\n{}",
                 gw.logs()
             );
