@@ -24,6 +24,10 @@ command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# Flow offload: the gateway programs its table with nft; tests/offload.rs reads the
+# gateway's conntrack entries with conntrack(8).
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   apt-get update -qq
@@ -49,6 +53,8 @@ echo "==> cargo test --test dataplane, offloads on, 4 queues"
 CLUSTERWAY_QUEUES=4 cargo test --test dataplane 2>&1
 echo "==> cargo test --test dataplane, proxy on the workers, 2 queues"
 CLUSTERWAY_PROXY_ON_WORKERS=1 CLUSTERWAY_QUEUES=2 cargo test --test dataplane 2>&1
+echo "==> cargo test --test dataplane, flow offload (the dataplane suite's default is proxy)"
+CLUSTERWAY_DATAPLANE=offload cargo test --test dataplane 2>&1
 left=$(ip netns list | grep -c '^cw' || true)
 if [ "$left" != 0 ]; then
   echo "scripts/test.sh: $left test network namespace(s) left behind:" >&2
