@@ -88,27 +88,6 @@ fn get(topo: &Topology, addr: &str) -> String {
         .to_owned()
 }
 
-/// One request on a kept-alive connection; the answer's body (the pod's name).
-fn request(s: &mut TcpStream) -> std::io::Result<String> {
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
-    let mut buf = [0u8; 1024];
-    let mut got = Vec::new();
-    while !got.ends_with(b"\n") || !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&got).into_owned();
-    Ok(text
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .trim()
-        .to_owned())
-}
-
 #[test]
 fn offloaded_flows_round_robin_both_families_and_bulk_bytes_skip_the_tun() {
     let topo = topology(2);
@@ -174,4 +153,279 @@ fn offloaded_flows_round_robin_both_families_and_bulk_bytes_skip_the_tun() {
         .run(|| TcpStream::connect_timeout(&sa("10.96.0.99:80"), Duration::from_secs(2)))
         .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+}
+
+/// One request on a kept-alive connection; the answer's body (the pod's name).
+fn request(s: &mut TcpStream) -> std::io::Result<String> {
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut buf = [0u8; 1024];
+    let mut got = Vec::new();
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got.extend_from_slice(&buf[..n]);
+        if let Ok(r) = parse_response(&got) {
+            return Ok(r.text().trim().to_owned());
+        }
+    }
+}
+
+#[test]
+fn strict_rp_filter_in_the_gateway_namespace() {
+    let topo = topology(2);
+    let _b = start_backends(&topo);
+    // Strict reverse-path filtering everywhere, the TUN device included (it takes the
+    // default when it is made).
+    topo.gateway()
+        .sh("for k in $(sysctl -aN 2>/dev/null | grep '^net.ipv4.conf.*.rp_filter$'); do sysctl -qw $k=1; done; \
+             sysctl -qw net.ipv4.conf.default.rp_filter=1 net.ipv4.conf.all.rp_filter=1")
+        .unwrap();
+    let gw = start(&topo, &[]);
+    let rp = topo
+        .gateway()
+        .sh("sysctl -n net.ipv4.conf.all.rp_filter net.ipv4.conf.cw0.rp_filter net.ipv4.conf.veth-cl.rp_filter")
+        .unwrap();
+    assert_eq!(rp.split_whitespace().collect::<Vec<_>>(), ["1", "1", "1"]);
+    let answers: Vec<String> = (0..4).map(|_| get(&topo, WEB)).collect();
+    assert!(answers.contains(&"pod-1".into()) && answers.contains(&"pod-2".into()));
+    let big = http_get(topo.client(), sa(WEB), "/bytes/2000000").unwrap();
+    assert_eq!(big.body.len(), 2_000_000);
+    assert!(gw.logged("dataplane: offload"));
+}
+
+#[test]
+fn established_flows_survive_sigkill_and_the_restarted_gateway_adopts_them() {
+    let topo = topology(2);
+    let _b = start_backends(&topo);
+    let mut gw = start(&topo, &[]);
+    let mut held = topo
+        .client()
+        .run(|| TcpStream::connect_timeout(&sa(WEB), Duration::from_secs(2)))
+        .unwrap();
+    let pod = request(&mut held).unwrap();
+    assert!(pod.starts_with("pod-"), "{pod}");
+
+    // Killed: no cleanup runs. The device (and the routes through it) go with the process;
+    // the table and the entries stay, and the kernel keeps carrying the flow.
+    let pid = gw.pid().unwrap() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_for(|| gw.has_exited(), Duration::from_secs(5)));
+    assert!(!gw.routes_via_tun("10.96.0.10".parse().unwrap()));
+    let table = topo.gateway().sh("nft list table inet clusterway").unwrap();
+    assert!(table.contains("first_packet"), "{table}");
+    assert!(!our_entries(&topo).is_empty());
+    for _ in 0..3 {
+        assert_eq!(request(&mut held).unwrap(), pod, "while no gateway runs");
+    }
+
+    // A new gateway (an upgrade, a restart after a crash): replaces the table, adopts the
+    // entries, and the flow goes on.
+    let gw2 = start(&topo, &[]);
+    assert!(
+        wait_for(|| gw2.logged("adopted="), Duration::from_secs(5)),
+        "{}",
+        gw2.logs()
+    );
+    assert!(!gw2.logged("adopted=0"), "{}", gw2.logs());
+    let tables = topo.gateway().sh("nft list tables").unwrap();
+    assert_eq!(tables.matches("inet clusterway").count(), 1, "{tables}");
+    assert_eq!(request(&mut held).unwrap(), pod);
+    // New flows are offloaded by the new gateway; the probe left no entry behind.
+    assert!(get(&topo, WEB).starts_with("pod-"));
+    let entries = our_entries(&topo);
+    assert!(
+        entries.iter().all(|e| !e.contains("192.0.2.")),
+        "{entries:?}"
+    );
+}
+
+#[test]
+fn a_graceful_stop_removes_the_table_and_the_entries() {
+    let topo = topology(1);
+    let _b = start_backends(&topo);
+    let mut gw = start(&topo, &[]);
+    assert_eq!(get(&topo, WEB), "pod-1");
+    assert!(!our_entries(&topo).is_empty());
+    let status = gw.stop_sigterm();
+    assert!(status.success(), "{status}: {}", gw.logs());
+    let tables = topo.gateway().sh("nft list tables").unwrap();
+    assert!(!tables.contains("clusterway"), "{tables}");
+    assert_eq!(our_entries(&topo), Vec::<String>::new());
+}
+
+#[test]
+fn several_thousand_concurrent_flows_are_offloaded_and_counted() {
+    const FLOWS: usize = 3000;
+    let topo = topology(2);
+    let _b = start_backends(&topo);
+    let _gw = start(&topo, &[]);
+    let before = sample(&metrics(&topo), "clusterway_offload_flows_total", "");
+    let mut held: Vec<TcpStream> = topo.client().run(|| {
+        (0..FLOWS)
+            .map(|i| {
+                TcpStream::connect_timeout(&sa(WEB), Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+            })
+            .collect()
+    });
+    let m = metrics(&topo);
+    let handed = sample(&m, "clusterway_offload_flows_total", "") - before;
+    assert!(handed >= FLOWS as f64, "{handed} handed over: {m}");
+    let ok = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("clusterway_connections_total{")
+                && l.contains(r#"service="web""#)
+                && l.contains(r#"result="ok""#)
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>();
+    assert!(ok >= FLOWS as f64, "{ok} counted: {m}");
+    let established = our_entries(&topo)
+        .iter()
+        .filter(|e| e.contains("ESTABLISHED"))
+        .count();
+    assert!(established >= FLOWS, "{established} established entries");
+    // Every tenth connection still answers.
+    for s in held.iter_mut().step_by(10) {
+        assert!(request(s).unwrap().starts_with("pod-"));
+    }
+}
+
+/// `AUDIT_ARCH_X86_64` (`EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE`; not in libc).
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
+/// A seccomp filter that refuses `socket(AF_NETLINK, _, NETLINK_NETFILTER)` with EPERM:
+/// a kernel where ctnetlink is not available, as far as the process can tell.
+#[cfg(target_arch = "x86_64")]
+fn refuse_netfilter_netlink() -> std::io::Result<()> {
+    use libc::{sock_filter, sock_fprog, BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    let ld = |k: u32| sock_filter {
+        code: (BPF_LD | BPF_W | BPF_ABS) as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    // Equal: go on; else jump to the final ALLOW (`skip` instructions ahead).
+    let jeq = |k: u32, skip: u8| sock_filter {
+        code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+        jt: 0,
+        jf: skip,
+        k,
+    };
+    let ret = |k: u32| sock_filter {
+        code: (BPF_RET | BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    // struct seccomp_data: nr at 0, arch at 4, args[i] at 16 + 8 i (low half first).
+    let prog = [
+        ld(4),
+        jeq(AUDIT_ARCH_X86_64, 7),
+        ld(0),
+        jeq(libc::SYS_socket as u32, 5),
+        ld(16),
+        jeq(libc::AF_NETLINK as u32, 3),
+        ld(32),
+        jeq(libc::NETLINK_NETFILTER as u32, 1),
+        ret(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        ret(libc::SECCOMP_RET_ALLOW),
+    ];
+    let fprog = sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut sock_filter,
+    };
+    // SAFETY: prctl with a filter program that lives across the call.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const sock_fprog,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The gateway process of the fallback test, stopped on drop.
+struct Refused(std::process::Child, std::path::PathBuf);
+
+impl Drop for Refused {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        if !wait_for(
+            || matches!(self.0.try_wait(), Ok(Some(_))),
+            Duration::from_secs(10),
+        ) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", std::fs::read_to_string(&self.1).unwrap_or_default());
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn refused_ctnetlink_falls_back_to_the_proxy_with_the_reason_shown() {
+    use std::os::unix::process::CommandExt;
+    let topo = topology(2);
+    let _b = start_backends(&topo);
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("snapshot.yaml");
+    std::fs::write(&snapshot, demo_snapshot(&topo.pod_addrs())).unwrap();
+    let log = dir.path().join("gateway.log");
+    let mut args = vec!["run", "--from-file", snapshot.to_str().unwrap()];
+    args.extend(offload_args());
+    let mut cmd = topo.gateway().exec(BIN, &args);
+    cmd.env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+    unsafe { cmd.pre_exec(refuse_netfilter_netlink) };
+    let child = cmd.spawn().unwrap();
+    let _gw = Refused(child, log.clone());
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_for(|| logs().contains("gateway ready"), Duration::from_secs(15)),
+        "{}",
+        logs()
+    );
+    let text = logs();
+    assert!(
+        text.contains("flow offload unavailable; falling back to the proxy dataplane")
+            && text.contains("Operation not permitted")
+            && text.contains("dataplane: proxy"),
+        "{text}"
+    );
+    // The proxy carries the flows.
+    let answers: Vec<String> = (0..2).map(|_| get(&topo, WEB)).collect();
+    assert!(answers.iter().all(|a| a.starts_with("pod-")), "{answers:?}");
+    let api = http_get(topo.gateway(), sa(GATEWAY_STATUS), "/api/v1/status")
+        .unwrap()
+        .text();
+    assert!(
+        api.contains(r#""name":"proxy""#)
+            && api.contains(r#""requested":"offload""#)
+            && api.contains("Operation not permitted"),
+        "{api}"
+    );
+    assert!(
+        metrics(&topo).contains(r#"clusterway_dataplane{dataplane="proxy",requested="offload"} 1"#)
+    );
+    // Nothing of offload's was left on the host.
+    let tables = topo.gateway().sh("nft list tables").unwrap();
+    assert!(!tables.contains("clusterway"), "{tables}");
 }
