@@ -7,14 +7,17 @@
 //! - `api`: kubeconfig, API server version, permissions (SelfSubjectAccessReview), and the
 //!   endpoints to try;
 //! - `host`: TUN device creation, forwarding sysctls;
+//! - `dataplane`: flow offload or the proxy, and why;
 //! - `reach`: TCP connections to a sample of ready endpoints (is the pod network routed?);
 //! - `file`: with `--from-file`, the snapshot file instead of the API;
 //! - `report`: the result types and their rendering.
 //!
 //! Must not change the host: the only thing created is a TUN device under a temporary name,
-//! removed at once; sysctls are read, never written.
+//! removed at once, and a probe conntrack entry, deleted at once; sysctls are read, never
+//! written.
 
 pub mod api;
+pub mod dataplane;
 pub mod file;
 pub mod host;
 #[cfg(test)]
@@ -67,6 +70,10 @@ pub struct CheckArgs {
     /// Print the report as JSON (each check: name, ok, severity, detail, fix).
     #[arg(long)]
     pub json: bool,
+
+    /// The dataplane `run` would be asked for: say whether it can be used here.
+    #[arg(long, env = "CLUSTERWAY_DATAPLANE", value_enum, default_value_t = crate::config::Dataplane::Offload)]
+    pub dataplane: crate::config::Dataplane,
 }
 
 /// Runs every check and returns the report (never fails: failures are checks).
@@ -95,6 +102,7 @@ pub async fn checks(args: &CheckArgs) -> Report {
 
     out.push(host::tun(&args.tun_name_prefix));
     out.push(host::forwarding());
+    out.push(dataplane::check(args.dataplane));
 
     out.push(match targets {
         Ok(all) => {

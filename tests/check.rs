@@ -254,6 +254,19 @@ fn all_green_when_the_file_s_pods_are_routed_here() {
     line(&text, "✔", "snapshot file loads");
     line(&text, "✔", "TUN device can be created");
     line(&text, "✔", "forwarding can be enabled");
+    // Flow offload: the namespace's conntrack takes NAT entries (the probe's is gone).
+    let dataplane = line(&text, "✔", "dataplane");
+    assert!(
+        dataplane.contains("offload: conntrack takes NAT entries"),
+        "{dataplane}"
+    );
+    assert!(
+        !env.ns
+            .sh("conntrack -L 2>/dev/null")
+            .unwrap()
+            .contains("192.0.2."),
+        "the probe's entry was left"
+    );
     let reach = line(&text, "✔", "endpoints reachable");
     assert!(
         reach.contains(&format!(
@@ -263,7 +276,7 @@ fn all_green_when_the_file_s_pods_are_routed_here() {
     );
     assert!(text.contains("10.96.0.20:80"), "ports listed: {text}");
     assert!(
-        text.contains("ready: 4 passed, 0 warnings, 0 failed"),
+        text.contains("ready: 5 passed, 0 warnings, 0 failed"),
         "{text}"
     );
 }
@@ -940,7 +953,7 @@ fn json_output_has_every_field_for_every_check() {
     let (_, report) = env.check_json(&["--from-file", FIXTURE]);
     assert!(report.0["ok"].is_boolean());
     let checks = report.0["checks"].as_array().expect("checks");
-    assert_eq!(checks.len(), 4, "{:#}", report.0);
+    assert_eq!(checks.len(), 5, "{:#}", report.0);
     for c in checks {
         assert!(c["name"].is_string(), "{c}");
         assert!(c["ok"].is_boolean(), "{c}");
