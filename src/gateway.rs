@@ -25,6 +25,7 @@ use crate::cluster::kube::{load_config, KubeSource};
 use crate::cluster::sync::SyncStatus;
 use crate::cluster::table::ServiceTable;
 use crate::config::{nofile_limit, Dataplane, RunArgs};
+use crate::dataplane::ctevents::{Accounting, Reader as EventReader};
 use crate::dataplane::engine::{Engine, EngineConfig};
 use crate::dataplane::nat::{NatConfig, Partition};
 use crate::dataplane::offload::Offloader;
@@ -319,6 +320,33 @@ async fn serve(
     let mut config = EngineConfig::new(nat, limits.udp_flows as usize);
     config.udp_idle = args.udp_idle_timeout;
     config.offload = offload.host.is_ok();
+    // Offload: the accounting of the kernel's flows (conntrack events) on a thread of its
+    // own, subscribed before the first entry is made; it adopts an earlier run's entries.
+    let mut events_thread = None;
+    if offload.host.is_ok() {
+        let outliers = Arc::new(crate::dataplane::outlier::Outliers::new());
+        config.outliers = Some(outliers.clone());
+        let accounting = Accounting::new(table.clone(), stats.clone(), outliers);
+        match EventReader::open(accounting) {
+            Ok(reader) => {
+                tracing::info!(
+                    active = stats.tcp_active.load(Ordering::Relaxed),
+                    listed = reader.accounting.listed(),
+                    "reading conntrack events; earlier entries adopted"
+                );
+                let stop = shutdown.clone();
+                events_thread = Some(
+                    std::thread::Builder::new()
+                        .name("cw-ctevents".into())
+                        .spawn(move || reader.run(stop))
+                        .context("cannot start the conntrack event thread")?,
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read conntrack events: offloaded flows are carried but not counted or listed")
+            }
+        }
+    }
     // One worker per queue, each on a thread of its own reading its queue directly (see
     // dataplane::tun); the first that stops ends the gateway.
     let (worker_done_tx, mut worker_done) = mpsc::channel(device.queues.len());
@@ -475,7 +503,7 @@ async fn serve(
     web_task.abort();
     // The workers notice within their idle poll interval.
     let _ = tokio::task::spawn_blocking(move || {
-        for t in worker_threads {
+        for t in worker_threads.into_iter().chain(events_thread) {
             let _ = t.join();
         }
     })

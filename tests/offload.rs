@@ -231,6 +231,15 @@ fn established_flows_survive_sigkill_and_the_restarted_gateway_adopts_them() {
         gw2.logs()
     );
     assert!(!gw2.logged("adopted=0"), "{}", gw2.logs());
+    // The adopted flow is on the status page again.
+    let port = held.local_addr().unwrap().port();
+    let flows = http_get(topo.gateway(), sa(GATEWAY_STATUS), "/api/v1/flows")
+        .unwrap()
+        .text();
+    assert!(
+        flows.contains(&format!("192.168.77.2:{port}")),
+        "held flow not listed after the restart: {flows}"
+    );
     let tables = topo.gateway().sh("nft list tables").unwrap();
     assert_eq!(tables.matches("inet clusterway").count(), 1, "{tables}");
     assert_eq!(request(&mut held).unwrap(), pod);
@@ -241,6 +250,97 @@ fn established_flows_survive_sigkill_and_the_restarted_gateway_adopts_them() {
         entries.iter().all(|e| !e.contains("192.0.2.")),
         "{entries:?}"
     );
+}
+
+#[test]
+fn a_failing_endpoint_is_counted_and_ejected_and_flows_are_listed_with_their_bytes() {
+    let topo = topology(2);
+    let mut b = start_backends(&topo);
+    b.stop_pod(1);
+    let gw = start(&topo, &[]);
+    // pod-1 refuses (its kernel resets the SYN): the first flow sent there fails, the
+    // endpoint is ejected, and the next flows all go to pod-2.
+    let answers: Vec<Option<String>> = (0..8)
+        .map(|_| {
+            tcp_get(topo.client(), sa(WEB))
+                .ok()
+                .map(|a| a.trim().to_owned())
+        })
+        .collect();
+    let failed = answers.iter().filter(|a| a.is_none()).count();
+    assert!(failed <= 1, "{answers:?}");
+    assert!(
+        answers.iter().flatten().all(|a| a == "pod-2"),
+        "{answers:?}"
+    );
+    let counted = |m: &str, result: &str| {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("clusterway_connections_total{")
+                    && l.contains(r#"service="web""#)
+                    && l.contains(&format!(r#"result="{result}""#))
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(
+        wait_for(
+            || {
+                let m = metrics(&topo);
+                counted(&m, "ok") >= (8 - failed) as f64
+                    && counted(&m, "dial_failed") >= failed as f64
+            },
+            Duration::from_secs(10)
+        ),
+        "{}",
+        metrics(&topo)
+    );
+    if failed == 1 {
+        let m = metrics(&topo);
+        assert_eq!(
+            sample(&m, "clusterway_offload_ejections_total", ""),
+            1.0,
+            "{m}"
+        );
+        let events = http_get(topo.gateway(), sa(GATEWAY_STATUS), "/api/v1/events")
+            .unwrap()
+            .text();
+        assert!(events.contains("ejected"), "{events}");
+    }
+    // A held flow is listed live, with the endpoint it went to.
+    let held = topo
+        .client()
+        .run(|| TcpStream::connect_timeout(&sa(WEB), Duration::from_secs(2)))
+        .unwrap();
+    let port = held.local_addr().unwrap().port();
+    assert!(
+        wait_for(
+            || http_get(topo.gateway(), sa(GATEWAY_STATUS), "/api/v1/flows")
+                .is_ok_and(|r| r.text().contains(&format!("192.168.77.2:{port}"))
+                    && r.text().contains("10.244.2.10:8080")),
+            Duration::from_secs(5)
+        ),
+        "{}",
+        http_get(topo.gateway(), sa(GATEWAY_STATUS), "/api/v1/flows")
+            .unwrap()
+            .text()
+    );
+    // Bytes of offloaded flows, from the table's counters.
+    let big = http_get(topo.client(), sa(WEB), "/bytes/3000000").unwrap();
+    assert_eq!(big.body.len(), 3_000_000);
+    assert!(
+        wait_for(
+            || sample(
+                &metrics(&topo),
+                "clusterway_offload_bytes_total",
+                r#"direction="to_client""#
+            ) >= 3_000_000.0,
+            Duration::from_secs(15)
+        ),
+        "{}",
+        metrics(&topo)
+    );
+    drop(gw);
 }
 
 #[test]
@@ -275,16 +375,31 @@ fn several_thousand_concurrent_flows_are_offloaded_and_counted() {
     let m = metrics(&topo);
     let handed = sample(&m, "clusterway_offload_flows_total", "") - before;
     assert!(handed >= FLOWS as f64, "{handed} handed over: {m}");
-    let ok = m
-        .lines()
-        .filter(|l| {
-            l.starts_with("clusterway_connections_total{")
-                && l.contains(r#"service="web""#)
-                && l.contains(r#"result="ok""#)
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum::<f64>();
-    assert!(ok >= FLOWS as f64, "{ok} counted: {m}");
+    // Counted as connections when conntrack reports them established (events).
+    let ok = |m: &str| {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("clusterway_connections_total{")
+                    && l.contains(r#"service="web""#)
+                    && l.contains(r#"result="ok""#)
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(
+        wait_for(
+            || ok(&metrics(&topo)) >= FLOWS as f64,
+            Duration::from_secs(20)
+        ),
+        "{} counted: {}",
+        ok(&metrics(&topo)),
+        metrics(&topo)
+    );
+    let m = metrics(&topo);
+    assert!(
+        sample(&m, "clusterway_active_flows", r#"protocol="TCP""#) >= FLOWS as f64,
+        "{m}"
+    );
     let established = our_entries(&topo)
         .iter()
         .filter(|e| e.contains("ESTABLISHED"))

@@ -41,6 +41,8 @@ pub struct EngineConfig {
     /// Flow offload (`--dataplane offload`): a new TCP flow the engine accepts becomes a
     /// [`Verdict::Offload`] instead of a proxied flow.
     pub offload: bool,
+    /// Flow offload: endpoints ejected for failing flows, skipped by new ones.
+    pub outliers: Option<Arc<super::outlier::Outliers>>,
 }
 
 impl EngineConfig {
@@ -55,6 +57,7 @@ impl EngineConfig {
             reassembly_datagrams: 256,
             reassembly_timeout: Duration::from_secs(5),
             offload: false,
+            outliers: None,
         }
     }
 }
@@ -156,6 +159,7 @@ pub struct Engine<T> {
     generation: u64,
     /// See [`EngineConfig::offload`].
     offload: bool,
+    outliers: Option<Arc<super::outlier::Outliers>>,
 }
 
 impl<T> Engine<T> {
@@ -203,6 +207,7 @@ impl<T> Engine<T> {
             stats,
             generation: 0,
             offload: config.offload,
+            outliers: config.outliers.clone(),
         }
     }
 
@@ -412,11 +417,15 @@ impl<T> Engine<T> {
             return self.unreachable(buf, pkt, Unreachable::Port, now, scratch);
         };
         if self.offload {
+            let endpoint = match &self.outliers {
+                Some(o) => o.choose(&candidates, now),
+                None => candidates.first(),
+            };
             return Verdict::Offload {
                 len: pkt.len,
                 key,
                 port,
-                endpoint: candidates.first(),
+                endpoint,
             };
         }
         match self.nat.insert(key, self.worker, now) {
@@ -568,21 +577,17 @@ impl<T> Engine<T> {
         }
     }
 
-    /// Flow offload: the flow of a [`Verdict::Offload`] was handed to the kernel. ClientIP
-    /// affinity follows the endpoint; the connection is counted once (a retransmitted SYN
-    /// of a flow already handed over is not a new one: `new` false).
+    /// Flow offload: the flow of a [`Verdict::Offload`] was handed to the kernel; ClientIP
+    /// affinity follows the endpoint. (The connection is counted when conntrack reports
+    /// how it went: `dataplane::ctevents`.)
     pub fn offloaded(
         &mut self,
         key: FlowKey,
         port: &ServicePort,
         endpoint: SocketAddr,
-        new: bool,
         now: Instant,
     ) {
         self.nat.served(port, key.client.ip(), endpoint, now);
-        if new {
-            self.stats.tcp_conn(port, key.client, ConnResult::Ok);
-        }
     }
 
     /// Flow offload: the kernel would not take the flow of a [`Verdict::Offload`] (its

@@ -116,8 +116,14 @@ pub struct OffloadStats {
     /// Retransmitted SYNs re-injected on an existing entry.
     pub retransmits: AtomicU64,
     failures: [AtomicU64; FAILURE_LABELS.len()],
-    /// Entries of ours the kernel holds, from the last count (dump or start).
-    pub entries: AtomicU64,
+    /// Endpoint ejections (an offloaded flow to it failed before it was established).
+    pub ejections: AtomicU64,
+    /// Times conntrack events were lost (the reader resynced from a dump).
+    pub events_lost: AtomicU64,
+    /// Bytes the kernel forwarded for offloaded flows, each way (the netfilter table's
+    /// counters, read every few seconds).
+    pub bytes_to_endpoint: AtomicU64,
+    pub bytes_to_client: AtomicU64,
 }
 
 impl OffloadStats {

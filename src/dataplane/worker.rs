@@ -400,7 +400,7 @@ impl Worker {
             Ok(how) => {
                 let new = how == super::offload::HandedOver::New;
                 self.stats.offload.handed_over(new);
-                self.engine.offloaded(key, &port, endpoint, new, now);
+                self.engine.offloaded(key, &port, endpoint, now);
                 tracing::trace!(client = %key.client, service = %key.service, endpoint = %endpoint, new, "flow handed to conntrack");
                 None
             }

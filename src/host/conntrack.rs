@@ -753,6 +753,84 @@ impl Conntrack {
     }
 }
 
+/// What an event says happened to an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Created, or changed (state, status): `IPCTNL_MSG_CT_NEW`.
+    NewOrUpdate,
+    /// Destroyed: `IPCTNL_MSG_CT_DELETE`.
+    Destroy,
+}
+
+/// A socket subscribed to conntrack events (new, update, destroy) of every entry in the
+/// namespace; the reader keeps those of ours.
+pub struct Events {
+    sock: Socket,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    /// Subscribe in the calling thread's namespace. `wait` bounds each [`Events::recv`].
+    pub fn open(wait: Duration) -> Result<Events, ConntrackError> {
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(ConntrackError::Socket)?;
+        sock.bind_auto().map_err(ConntrackError::Socket)?;
+        for group in [
+            libc::NFNLGRP_CONNTRACK_NEW,
+            libc::NFNLGRP_CONNTRACK_UPDATE,
+            libc::NFNLGRP_CONNTRACK_DESTROY,
+        ] {
+            sock.add_membership(group as u32)
+                .map_err(ConntrackError::Socket)?;
+        }
+        // Room for bursts of events (the kernel caps it at rmem_max unless forced).
+        let _ = sock.set_rx_buf_sz(8 << 20);
+        set_rcvtimeo(&sock, wait).map_err(ConntrackError::Socket)?;
+        Ok(Events {
+            sock,
+            buf: vec![0u8; 1 << 16],
+        })
+    }
+
+    /// The events of one datagram (none when `wait` passed). ENOBUFS (events were lost,
+    /// the reader fell behind) comes back as [`ConntrackError::Io`] with that errno.
+    pub fn recv(&mut self) -> Result<Vec<(EventKind, Entry)>, ConntrackError> {
+        let n = {
+            let mut slice = &mut self.buf[..];
+            match self.sock.recv(&mut slice, 0) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    return Ok(Vec::new())
+                }
+                Err(source) => {
+                    return Err(ConntrackError::Io {
+                        op: "events",
+                        source,
+                    })
+                }
+            }
+        };
+        let mut out = Vec::new();
+        for m in wire::parse(&self.buf[..n]) {
+            if let wire::Message::Entry { msg, entry, .. } = m? {
+                let kind = if msg == wire::MSG_DELETE {
+                    EventKind::Destroy
+                } else {
+                    EventKind::NewOrUpdate
+                };
+                out.push((kind, entry));
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn set_rcvtimeo(sock: &Socket, d: Duration) -> io::Result<()> {
     let tv = libc::timeval {
         tv_sec: d.as_secs() as libc::time_t,

@@ -422,6 +422,42 @@ fn offload_families(status: &Status, out: &mut Vec<MetricFamily>) {
         failed.push_counter(&[("reason", reason)], n as f64);
     }
     out.push(failed.0);
+    out.push(
+        Family::new(
+            "offload_bytes_total",
+            "Bytes the kernel forwarded for offloaded flows (the netfilter table's counters, \
+             read every 5 s).",
+            MetricType::COUNTER,
+        )
+        .counter(
+            &[("direction", "to_endpoint")],
+            off.bytes_to_endpoint.load(Ordering::Relaxed) as f64,
+        )
+        .counter(
+            &[("direction", "to_client")],
+            off.bytes_to_client.load(Ordering::Relaxed) as f64,
+        )
+        .0,
+    );
+    out.push(
+        Family::new(
+            "offload_ejections_total",
+            "Endpoints ejected for a while because an offloaded flow to them failed before \
+             it was established (passive outlier detection).",
+            MetricType::COUNTER,
+        )
+        .counter(&[], off.ejections.load(Ordering::Relaxed) as f64)
+        .0,
+    );
+    out.push(
+        Family::new(
+            "offload_events_lost_total",
+            "Times conntrack events were lost (the reader resynced from a dump).",
+            MetricType::COUNTER,
+        )
+        .counter(&[], off.events_lost.load(Ordering::Relaxed) as f64)
+        .0,
+    );
     if let Some(d) = status.health.dataplane() {
         out.push(
             Family::new(
