@@ -163,16 +163,15 @@ impl Accounting {
                     tracing::info!(endpoint = %ep, why, ejected_s = ejected.as_secs(), "offloaded flow failed before it was established; endpoint ejected");
                 }
             }
-            Some(Outcome::Ended { assured }) => {
-                if assured {
-                    let _ = self.stats.tcp_active.fetch_update(
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                        |n| Some(n.saturating_sub(1)),
-                    );
-                }
+            Some(Outcome::Ended { assured: true }) => {
+                let _ =
+                    self.stats
+                        .tcp_active
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                            Some(n.saturating_sub(1))
+                        });
             }
-            None => {}
+            Some(Outcome::Ended { assured: false }) | None => {}
         }
         match kind {
             EventKind::NewOrUpdate => self.list(orig, e, &table),

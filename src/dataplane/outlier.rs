@@ -105,7 +105,7 @@ impl Outliers {
             .as_slice()
             .iter()
             .copied()
-            .find(|c| !map.get(c).is_some_and(|r| r.until > now))
+            .find(|c| map.get(c).is_none_or(|r| r.until <= now))
             .unwrap_or(candidates.first())
     }
 

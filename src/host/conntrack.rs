@@ -398,7 +398,12 @@ pub mod wire {
         /// The end of a dump.
         Done { seq: u32 },
         /// An entry: a dump line, a GET answer or an event (`msg` tells NEW from DELETE).
-        Entry { seq: u32, msg: u16, entry: Entry },
+        /// Boxed: an entry is large, acknowledgements are many.
+        Entry {
+            seq: u32,
+            msg: u16,
+            entry: Box<Entry>,
+        },
         /// Anything else (skipped).
         Other,
     }
@@ -446,7 +451,7 @@ pub mod wire {
                 Ok(Message::Entry {
                     seq,
                     msg: kind & 0xff,
-                    entry: entry(attrs)?,
+                    entry: Box::new(entry(attrs)?),
                 })
             }
             _ => Ok(Message::Other),
@@ -688,7 +693,7 @@ impl Conntrack {
                         };
                     }
                     wire::Message::Done { seq: s } if s == seq => return Ok(entries),
-                    wire::Message::Entry { seq: s, entry, .. } if s == seq => entries.push(entry),
+                    wire::Message::Entry { seq: s, entry, .. } if s == seq => entries.push(*entry),
                     // An answer to an earlier request that timed out: skip it.
                     _ => {}
                 }
@@ -824,7 +829,7 @@ impl Events {
                 } else {
                     EventKind::NewOrUpdate
                 };
-                out.push((kind, entry));
+                out.push((kind, *entry));
             }
         }
         Ok(out)
