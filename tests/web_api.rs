@@ -268,7 +268,10 @@ fn metrics_and_api_count_exactly_the_connections_made() {
                         "source",
                         "reason",
                         "method",
-                        "le"
+                        "le",
+                        // clusterway_dataplane: which one runs, which one was asked for.
+                        "dataplane",
+                        "requested"
                     ]
                     .contains(&k),
                     "unexpected label {k} in {line}"
