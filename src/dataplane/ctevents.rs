@@ -13,7 +13,8 @@
 //!   namespace keeps them (`net.netfilter.nf_conntrack_acct`, the operator's choice; the
 //!   gateway does not change it), and for all offloaded flows together from the netfilter
 //!   table's counters (`host::nftables`), always.
-//! - the status page's live flows: up to [`LISTED`] entries alive, the oldest first taken.
+//! - the status page's live flows: up to [`LISTED`] entries alive and not closed, the oldest
+//!   first taken.
 //!
 //! The per-flow state kept here is only that bounded list: the kernel owns the flows.
 //! [`classify`] is the pure core; [`Reader`] is the thread that reads the events socket and
@@ -174,6 +175,12 @@ impl Accounting {
             Some(Outcome::Ended { assured: false }) | None => {}
         }
         match kind {
+            // Closed (or closing for good): off the live list; its bytes come at the end.
+            EventKind::NewOrUpdate
+                if matches!(e.tcp_state, Some(tcp_state::CLOSE | tcp_state::TIME_WAIT)) =>
+            {
+                self.listed.remove(&orig);
+            }
             EventKind::NewOrUpdate => self.list(orig, e, &table),
             EventKind::Destroy => {
                 let guard = self.listed.remove(&orig);
@@ -397,6 +404,9 @@ mod tests {
         assert_eq!(a.stats.tcp_count(ConnResult::Ok), 1);
         assert_eq!(a.stats.tcp_active.load(Ordering::Relaxed), 1);
         assert_eq!(a.listed(), 1);
+        // Closed: no longer live; its bytes still count when the entry ends.
+        a.apply(EventKind::NewOrUpdate, &entry(tcp_state::TIME_WAIT, A), now);
+        assert_eq!(a.listed(), 0);
         let mut end = entry(tcp_state::TIME_WAIT, A);
         end.counters_orig = Some((10, 1000));
         end.counters_reply = Some((12, 70_000));
