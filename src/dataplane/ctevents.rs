@@ -1,5 +1,5 @@
 //! Flow offload's accounting: what happened to the flows the kernel carries, from its
-//! conntrack events (new, update, destroy) of the gateway's entries.
+//! conntrack events (update, destroy) of the gateway's entries.
 //!
 //! - a flow whose entry reaches ESTABLISHED (ASSURED) is a connection `ok` for its Service
 //!   port, and clears its endpoint's failures;

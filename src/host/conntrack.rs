@@ -767,7 +767,7 @@ pub enum EventKind {
     Destroy,
 }
 
-/// A socket subscribed to conntrack events (new, update, destroy) of every entry in the
+/// A socket subscribed to conntrack events (update, destroy) of every entry in the
 /// namespace; the reader keeps those of ours.
 pub struct Events {
     sock: Socket,
@@ -779,8 +779,9 @@ impl Events {
     pub fn open(wait: Duration) -> Result<Events, ConntrackError> {
         let mut sock = Socket::new(NETLINK_NETFILTER).map_err(ConntrackError::Socket)?;
         sock.bind_auto().map_err(ConntrackError::Socket)?;
+        // Not NEW: the gateway creates its entries itself (and reads an earlier run's with
+        // a dump); each event wakes the reader, a few per connection already.
         for group in [
-            libc::NFNLGRP_CONNTRACK_NEW,
             libc::NFNLGRP_CONNTRACK_UPDATE,
             libc::NFNLGRP_CONNTRACK_DESTROY,
         ] {
