@@ -214,7 +214,11 @@ fn established_flows_survive_sigkill_and_the_restarted_gateway_adopts_them() {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert!(wait_for(|| gw.has_exited(), Duration::from_secs(5)));
-    assert!(!gw.routes_via_tun("10.96.0.10".parse().unwrap()));
+    // The kernel unregisters the device shortly after its last descriptor closes.
+    assert!(wait_for(
+        || !gw.routes_via_tun("10.96.0.10".parse().unwrap()),
+        Duration::from_secs(10)
+    ));
     let table = topo.gateway().sh("nft list table inet clusterway").unwrap();
     assert!(table.contains("first_packet"), "{table}");
     assert!(!our_entries(&topo).is_empty());
