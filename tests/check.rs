@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 /// The watch path's test API server (read-only: it serves no SelfSubjectAccessReview, so
 /// the permission checks are tested against the stub below).
 mod apiserver;
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_clusterway");
 const FIXTURE: &str = concat!(
@@ -971,4 +972,33 @@ fn json_output_has_every_field_for_every_check() {
             "{c}"
         );
     }
+}
+
+/// `clusterway check` says which dataplane `run` would use and why: the proxy, with the
+/// reason, where ctnetlink is refused (a seccomp filter on the check process); the proxy
+/// as asked for with `--dataplane proxy`.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_dataplane_line_names_the_proxy_and_why_when_ctnetlink_is_refused() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let mut cmd = env
+        .ns
+        .exec(BIN, ["check", "--from-file", FIXTURE, "--json"]);
+    cmd.env("NO_COLOR", "1").env("RUST_LOG", "warn");
+    // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+    unsafe { cmd.pre_exec(common::refuse_netfilter_netlink) };
+    let out = cmd.output().unwrap();
+    let report = Report(serde_json::from_slice(&out.stdout).expect("JSON report"));
+    assert_eq!(report.severity("dataplane"), "warning", "{:#}", report.0);
+    let detail = report.detail("dataplane");
+    assert!(
+        detail.contains("proxy will be used") && detail.contains("Operation not permitted"),
+        "{detail}"
+    );
+    assert!(report.fix("dataplane").contains("nf_nat"), "{:#}", report.0);
+
+    let (_, report) = env.check_json(&["--from-file", FIXTURE, "--dataplane", "proxy"]);
+    assert_eq!(report.severity("dataplane"), "ok");
+    assert!(report.detail("dataplane").contains("asked for"));
 }

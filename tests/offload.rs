@@ -415,66 +415,6 @@ fn several_thousand_concurrent_flows_are_offloaded_and_counted() {
     }
 }
 
-/// `AUDIT_ARCH_X86_64` (`EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE`; not in libc).
-#[cfg(target_arch = "x86_64")]
-const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-
-/// A seccomp filter that refuses `socket(AF_NETLINK, _, NETLINK_NETFILTER)` with EPERM:
-/// a kernel where ctnetlink is not available, as far as the process can tell.
-#[cfg(target_arch = "x86_64")]
-fn refuse_netfilter_netlink() -> std::io::Result<()> {
-    use libc::{sock_filter, sock_fprog, BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
-    let ld = |k: u32| sock_filter {
-        code: (BPF_LD | BPF_W | BPF_ABS) as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    // Equal: go on; else jump to the final ALLOW (`skip` instructions ahead).
-    let jeq = |k: u32, skip: u8| sock_filter {
-        code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
-        jt: 0,
-        jf: skip,
-        k,
-    };
-    let ret = |k: u32| sock_filter {
-        code: (BPF_RET | BPF_K) as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    // struct seccomp_data: nr at 0, arch at 4, args[i] at 16 + 8 i (low half first).
-    let prog = [
-        ld(4),
-        jeq(AUDIT_ARCH_X86_64, 7),
-        ld(0),
-        jeq(libc::SYS_socket as u32, 5),
-        ld(16),
-        jeq(libc::AF_NETLINK as u32, 3),
-        ld(32),
-        jeq(libc::NETLINK_NETFILTER as u32, 1),
-        ret(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
-        ret(libc::SECCOMP_RET_ALLOW),
-    ];
-    let fprog = sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut sock_filter,
-    };
-    // SAFETY: prctl with a filter program that lives across the call.
-    unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-            || libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &fprog as *const sock_fprog,
-            ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// The gateway process of the fallback test, stopped on drop.
 struct Refused(std::process::Child, std::path::PathBuf);
 
