@@ -302,7 +302,11 @@ async fn serve(
             kind,
             health.clone(),
             args.status_token.clone(),
-            limits.tcp_flows,
+            // Offload: TCP flows are bounded by the conntrack table, not by descriptors.
+            match (&offload.host, offload.info.flow_ceiling) {
+                (Ok(_), Some(ceiling)) => ceiling,
+                _ => limits.tcp_flows,
+            },
             limits.udp_flows,
         );
         web::server::spawn(listener, status, changed_tx.subscribe())
