@@ -5,8 +5,9 @@
 # creates, and a trap removes them on exit, also after a failure or Ctrl-C.
 #
 # Environment: REPS (5) repetitions, DUR (5) seconds per measurement, PATHS ("route dnat
-# haproxy tunnat clusterway workers"; tunnat is the TUN leg alone, examples/tun_nat.rs;
-# workers is clusterway run --proxy-on-workers), CLUSTERWAY (target/release/clusterway),
+# haproxy tunnat clusterway workers offload"; tunnat is the TUN leg alone, examples/tun_nat.rs;
+# clusterway is the proxy dataplane, workers is it with --proxy-on-workers, offload is
+# clusterway run --dataplane offload), CLUSTERWAY (target/release/clusterway),
 # TUN_NAT (target/release/examples/tun_nat), OUT (bench/results/<date>), IDLE_FLOWS (8000; 0 skips the
 # idle-flow memory runs), IDLE_PATHS ("haproxy clusterway"; workers may be added), FIGURES
 # ("tcp1 tcp4 rtt http_ka http_close"; a subset for quick A/B runs).
@@ -14,9 +15,9 @@ set -euo pipefail
 
 REPS=${REPS:-5}
 DUR=${DUR:-5}
-PATHS=${PATHS:-"route dnat haproxy tunnat clusterway workers"}
+PATHS=${PATHS:-"route dnat haproxy tunnat clusterway workers offload"}
 IDLE_FLOWS=${IDLE_FLOWS:-8000}
-IDLE_PATHS=${IDLE_PATHS:-"haproxy clusterway"}
+IDLE_PATHS=${IDLE_PATHS:-"haproxy clusterway offload"}
 FIGURES=${FIGURES:-"tcp1 tcp4 rtt http_ka http_close"}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
@@ -257,7 +258,7 @@ clusterway_available() {
 }
 
 # clusterway; further arguments are passed to `clusterway run`.
-setup_clusterway() {
+start_clusterway() {
     local dir=$1
     shift
     cat >"$dir/snapshot.yaml" <<EOF
@@ -308,8 +309,19 @@ EOF
     die "clusterway did not route $VIP via cw0 in 10 s; log: $(tail -20 "$dir/clusterway.log")"
 }
 
+# clusterway's proxy dataplane (offload is its default where the kernel allows).
+setup_clusterway() { start_clusterway "$1" --dataplane proxy; }
+
 # clusterway with each flow's proxy on the dataplane thread that reads its packets.
-setup_workers() { setup_clusterway "$1" --proxy-on-workers; }
+setup_workers() { start_clusterway "$1" --dataplane proxy --proxy-on-workers; }
+
+# clusterway with flow offload: the first packet of each flow crosses the TUN device, the
+# kernel's connection tracking carries the rest (it logs the dataplane it ended up with).
+setup_offload() {
+    start_clusterway "$1" --dataplane offload
+    grep -q 'dataplane: offload' "$1/clusterway.log" \
+        || die "offload: the gateway did not take the offload dataplane: $(grep dataplane "$1/clusterway.log")"
+}
 
 # --- measurements ----------------------------------------------------------------------------
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$SAMPLES"; }
@@ -497,7 +509,7 @@ for path in $PATHS; do
                 "cargo build --release --example tun_nat)"
         fi
         ;;
-    clusterway | workers)
+    clusterway | workers | offload)
         if clusterway_available; then
             run_paths+=("$path")
         else
@@ -505,7 +517,7 @@ for path in $PATHS; do
                 "(build it with: cargo build --release)"
         fi
         ;;
-    *) die "unknown path '$path' (route dnat haproxy tunnat clusterway workers)" ;;
+    *) die "unknown path '$path' (route dnat haproxy tunnat clusterway workers offload)" ;;
     esac
 done
 # Idle-flow runs: only gateways that are a process (RSS), and only paths selected above.
@@ -513,9 +525,9 @@ idle_paths=()
 if [ "$IDLE_FLOWS" -gt 0 ]; then
     for path in $IDLE_PATHS; do
         case $path in
-        haproxy | clusterway | workers)
+        haproxy | clusterway | workers | offload)
             if [[ " ${run_paths[*]} " == *" $path "* ]]; then idle_paths+=("$path"); fi ;;
-        *) die "IDLE_PATHS: '$path' is not a gateway process (haproxy clusterway workers)" ;;
+        *) die "IDLE_PATHS: '$path' is not a gateway process (haproxy clusterway workers offload)" ;;
         esac
     done
 fi

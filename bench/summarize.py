@@ -15,6 +15,7 @@ PATHS = [
     ("tunnat", "TUN 1:1 NAT alone"),
     ("clusterway", "clusterway"),
     ("workers", "clusterway --proxy-on-workers"),
+    ("offload", "clusterway --dataplane offload"),
 ]
 # (metric, label, better, ratio to DNAT?, format)
 METRICS = [

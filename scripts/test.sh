@@ -37,6 +37,10 @@ command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 # packaged services are not used).
 command -v bird >/dev/null 2>&1 || need+=(bird2)
 [ -x /usr/lib/frr/bgpd ] || need+=(frr)
+# Flow offload: the gateway programs its table with nft; tests/offload.rs reads the
+# gateway's conntrack entries with conntrack(8).
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   apt-get update -qq
@@ -67,6 +71,8 @@ echo "==> cargo test --test dataplane, offloads on, 4 queues"
 CLUSTERWAY_QUEUES=4 cargo test --test dataplane 2>&1
 echo "==> cargo test --test dataplane, proxy on the workers, 2 queues"
 CLUSTERWAY_PROXY_ON_WORKERS=1 CLUSTERWAY_QUEUES=2 cargo test --test dataplane 2>&1
+echo "==> cargo test --test dataplane, flow offload (the dataplane suite's default is proxy)"
+CLUSTERWAY_DATAPLANE=offload cargo test --test dataplane 2>&1
 # The floods again with two workers sharing the NAT (each evicts from its own shards).
 echo "==> cargo test --test adversarial, proxy on the workers, 2 queues"
 CLUSTERWAY_PROXY_ON_WORKERS=1 CLUSTERWAY_QUEUES=2 cargo test --test adversarial 2>&1

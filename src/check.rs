@@ -7,6 +7,7 @@
 //! - `api`: kubeconfig, API server version, permissions (SelfSubjectAccessReview), and the
 //!   endpoints to try;
 //! - `host`: TUN device creation, forwarding sysctls;
+//! - `dataplane`: flow offload or the proxy, and why;
 //! - `reach`: TCP connections to a sample of ready endpoints (is the pod network routed?);
 //! - `file`: with `--from-file`, the snapshot file instead of the API;
 //! - `routed`: with `--service-cidr`, whether every exposed ClusterIP is inside the ranges;
@@ -15,10 +16,12 @@
 //! - `report`: the result types and their rendering.
 //!
 //! Must not change the host: the only thing created is a TUN device under a temporary name,
-//! removed at once; sysctls are read, never written.
+//! removed at once, and a probe conntrack entry, deleted at once; sysctls are read, never
+//! written.
 
 pub mod api;
 pub mod daemon;
+pub mod dataplane;
 pub mod file;
 pub mod host;
 #[cfg(test)]
@@ -89,6 +92,10 @@ pub struct CheckArgs {
     /// BGP has the gateway's routes.
     #[arg(long, value_name = "DIR")]
     pub frr_vty_dir: Option<PathBuf>,
+
+    /// The dataplane `run` would be asked for: say whether it can be used here.
+    #[arg(long, env = "CLUSTERWAY_DATAPLANE", value_enum, default_value_t = crate::config::Dataplane::Offload)]
+    pub dataplane: crate::config::Dataplane,
 }
 
 /// Whether this host can install IPv6 routes (as the gateway decides at start).
@@ -155,6 +162,7 @@ pub async fn checks(args: &CheckArgs) -> Report {
 
     out.push(host::tun(&args.tun_name_prefix));
     out.push(host::forwarding());
+    out.push(dataplane::check(args.dataplane));
 
     let asked = args.bird_socket.is_some() || args.frr_vty_dir.is_some();
     let bird = (args.bird_socket.clone()).unwrap_or_else(|| "/run/bird/bird.ctl".into());

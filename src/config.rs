@@ -187,6 +187,30 @@ pub struct RunArgs {
     /// stops at once.
     #[arg(long, env = "CLUSTERWAY_DRAIN_TIMEOUT", default_value = "5s", value_parser = crate::host::announce::parse_drain_timeout, value_name = "DURATION")]
     pub drain_timeout: Duration,
+    /// Which dataplane carries TCP flows. `offload`: the gateway decides each flow on its
+    /// first packet and hands it to the kernel's connection tracking with the NAT decided
+    /// (kernel-DNAT speed, no descriptor per flow, flows outlive the process); falls back
+    /// to `proxy`, saying why, where the kernel cannot. `proxy`: the gateway's kernel
+    /// terminates each connection and a userspace proxy dials the endpoint (retries the next
+    /// endpoint on a failed dial).
+    #[arg(long, env = "CLUSTERWAY_DATAPLANE", value_enum, default_value_t = Dataplane::Offload)]
+    pub dataplane: Dataplane,
+}
+
+/// `--dataplane`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dataplane {
+    Offload,
+    Proxy,
+}
+
+impl Dataplane {
+    pub fn label(self) -> &'static str {
+        match self {
+            Dataplane::Offload => "offload",
+            Dataplane::Proxy => "proxy",
+        }
+    }
 }
 
 /// Limits derived from the descriptor limit and the flags, shown at start.

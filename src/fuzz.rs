@@ -18,7 +18,7 @@ use crate::cluster::table::{Lookup, ServiceTable};
 use crate::dataplane::engine::{Engine, EngineConfig, Verdict};
 use crate::dataplane::nat::{NatConfig, Partition};
 use crate::dataplane::packet::{parse, Checksum, MAX_PACKET};
-use crate::dataplane::stats::Stats;
+use crate::dataplane::stats::{ConnResult, Stats};
 
 const TABLE: &str = r#"
 apiVersion: v1
@@ -91,12 +91,10 @@ pub fn engine(data: &[u8]) {
         "fdc7:7779::/64".parse().unwrap(),
         4,
     );
-    let mut engine: Engine<u32> = Engine::new(
-        EngineConfig::new(nat, 4),
-        4000,
-        Arc::new(Stats::default()),
-        t0,
-    );
+    let mut config = EngineConfig::new(nat, 4);
+    // Both dataplanes' decisions: an odd-length input runs the engine as flow offload does.
+    config.offload = data.len() % 2 == 1;
+    let mut engine: Engine<u32> = Engine::new(config, 4000, Arc::new(Stats::default()), t0);
     let mut buf = vec![0u8; MAX_PACKET];
     let mut scratch = vec![0u8; 2048];
     let mut rest = data;
@@ -133,6 +131,35 @@ pub fn engine(data: &[u8]) {
                 assert!(payload.end <= MAX_PACKET);
                 handle_id += 1;
                 engine.udp_insert(key, port, endpoint, handle_id, now);
+            }
+            Verdict::Offload {
+                len,
+                key,
+                port,
+                endpoint,
+            } => {
+                assert!(len <= MAX_PACKET);
+                if let Err(e) = parse(&buf[..len]) {
+                    panic!("a packet to re-inject does not parse: {e}");
+                }
+                // The kernel takes the flow, or refuses it (its table full): both paths.
+                if step % 2 == 0 {
+                    engine.offloaded(key, &port, endpoint, now);
+                } else {
+                    let rst = engine.refuse_tcp(
+                        &buf,
+                        len,
+                        &port,
+                        ConnResult::TableFull,
+                        now,
+                        &mut scratch,
+                    );
+                    if rst > 0 {
+                        if let Err(e) = parse(&scratch[..rst]) {
+                            panic!("a RST the gateway built does not parse: {e}");
+                        }
+                    }
+                }
             }
             Verdict::Drop(_) => {}
         }

@@ -25,9 +25,11 @@ use crate::cluster::kube::{load_config, KubeSource};
 use crate::cluster::routed;
 use crate::cluster::sync::SyncStatus;
 use crate::cluster::table::ServiceTable;
-use crate::config::{nofile_limit, RunArgs};
+use crate::config::{nofile_limit, Dataplane, RunArgs};
+use crate::dataplane::ctevents::{Accounting, Reader as EventReader};
 use crate::dataplane::engine::{Engine, EngineConfig};
 use crate::dataplane::nat::{NatConfig, Partition};
+use crate::dataplane::offload::Offloader;
 use crate::dataplane::shared::SharedFlows;
 use crate::dataplane::splice::{PipePool, PIPE_SIZE};
 use crate::dataplane::stats::Stats;
@@ -36,7 +38,9 @@ use crate::dataplane::tun::{TunDevice, TunQueue};
 use crate::dataplane::worker::Worker;
 use crate::host::announce::{Announcer, Gate};
 use crate::host::netlink::Host;
+use crate::host::offload::OffloadHost;
 use crate::host::sysctl;
+use crate::web::health::DataplaneInfo;
 use crate::web::{self, health::Health};
 
 /// Where the table comes from.
@@ -154,6 +158,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tracing::info!(routes = ?stale, "removed routes left by an earlier run");
     }
 
+    // Flow offload: probe the kernel, put the netfilter table in place, adopt what a
+    // previous run left; else the proxy, saying why.
+    let offload = choose_dataplane(&args);
+
     let queues = args.queue_count();
     let device = TunDevice::open(&args.tun_name, queues, !args.no_offload)?;
     let threads = args.runtime_threads();
@@ -166,10 +174,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
             tracing::info!(device = %device.name, queues, runtime_threads = threads, proxy, "TUN device created without offloads")
         }
     }
-    let result = serve(&args, limits, &host, &device, source).await;
+    let result = serve(&args, limits, &host, &device, source, &offload).await;
     // Routes first, then the device (closing its queues removes it).
     if let Err(e) = host.remove_owned(Some(device.index)).await {
         tracing::warn!(error = %e, "could not remove routes on shutdown");
+    }
+    if let Ok(off) = &offload.host {
+        off.stop();
     }
     let name = device.name.clone();
     drop(device);
@@ -199,12 +210,55 @@ fn bind_listeners(
     Ok((listeners, port))
 }
 
+/// The dataplane chosen at start: the offload host state, or why there is none.
+struct Chosen {
+    host: std::result::Result<OffloadHost, String>,
+    info: DataplaneInfo,
+}
+
+/// `--dataplane offload` when the kernel can (probe, table, adoption), else `proxy` with
+/// the reason, logged once.
+fn choose_dataplane(args: &RunArgs) -> Chosen {
+    let requested = args.dataplane.label();
+    let host = match args.dataplane {
+        Dataplane::Proxy => Err(String::new()),
+        Dataplane::Offload => OffloadHost::start(&args.tun_name).map_err(|e| {
+            let reason = e.reason();
+            tracing::warn!(reason = %reason, label = e.label(), "flow offload unavailable; falling back to the proxy dataplane");
+            reason
+        }),
+    };
+    let info = match &host {
+        Ok(h) => {
+            let ceiling = crate::host::conntrack::table_size();
+            tracing::info!(dataplane = "offload", flow_ceiling = ?ceiling, adopted = h.adopted, "dataplane: offload (TCP flows carried by the kernel's connection tracking; the ceiling is its table size)");
+            DataplaneInfo {
+                name: "offload",
+                requested,
+                reason: String::new(),
+                flow_ceiling: ceiling,
+            }
+        }
+        Err(reason) => {
+            tracing::info!(dataplane = "proxy", requested, reason = %reason, "dataplane: proxy");
+            DataplaneInfo {
+                name: "proxy",
+                requested,
+                reason: reason.clone(),
+                flow_ceiling: None,
+            }
+        }
+    };
+    Chosen { host, info }
+}
+
 async fn serve(
     args: &RunArgs,
     limits: crate::config::Limits,
     host: &Host,
     device: &TunDevice,
     source: Source,
+    offload: &Chosen,
 ) -> Result<()> {
     // The Kubernetes source starts empty (generation 0): nothing is routed until its first
     // complete table.
@@ -272,6 +326,7 @@ async fn serve(
     let (changed_tx, mut changed_rx) = watch::channel(0u64);
     // The status page, API and metrics: read-only views of the table, counters and state.
     let health = Arc::new(Health::new(&device.name, args.ready_max_stale));
+    health.set_dataplane(offload.info.clone());
     let web_task = {
         let listener = web::server::bind(args.status_addr, args.status_token.is_some()).await?;
         let kind = match &source {
@@ -285,7 +340,11 @@ async fn serve(
             kind,
             health.clone(),
             args.status_token.clone(),
-            limits.tcp_flows,
+            // Offload: TCP flows are bounded by the conntrack table, not by descriptors.
+            match (&offload.host, offload.info.flow_ceiling) {
+                (Ok(_), Some(ceiling)) => ceiling,
+                _ => limits.tcp_flows,
+            },
             limits.udp_flows,
         );
         web::server::spawn(listener, status, changed_tx.subscribe())
@@ -312,6 +371,34 @@ async fn serve(
     let mut config = EngineConfig::new(nat, limits.udp_flows as usize);
     config.udp_idle = args.udp_idle_timeout;
     config.service_cidrs = args.service_cidrs.clone();
+    config.offload = offload.host.is_ok();
+    // Offload: the accounting of the kernel's flows (conntrack events) on a thread of its
+    // own, subscribed before the first entry is made; it adopts an earlier run's entries.
+    let mut events_thread = None;
+    if offload.host.is_ok() {
+        let outliers = Arc::new(crate::dataplane::outlier::Outliers::new());
+        config.outliers = Some(outliers.clone());
+        let accounting = Accounting::new(table.clone(), stats.clone(), outliers);
+        match EventReader::open(accounting) {
+            Ok(reader) => {
+                tracing::info!(
+                    active = stats.tcp_active.load(Ordering::Relaxed),
+                    listed = reader.accounting.listed(),
+                    "reading conntrack events; earlier entries adopted"
+                );
+                let stop = shutdown.clone();
+                events_thread = Some(
+                    std::thread::Builder::new()
+                        .name("cw-ctevents".into())
+                        .spawn(move || reader.run(stop))
+                        .context("cannot start the conntrack event thread")?,
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read conntrack events: offloaded flows are carried but not counted or listed")
+            }
+        }
+    }
     // One worker per queue, each on a thread of its own reading its queue directly (see
     // dataplane::tun); the first that stops ends the gateway.
     let (worker_done_tx, mut worker_done) = mpsc::channel(device.queues.len());
@@ -345,6 +432,12 @@ async fn serve(
                 count: device.queues.len(),
             },
             busy_poll: args.busy_poll,
+            offload: match offload.host {
+                Ok(_) => {
+                    Some(Offloader::open(ipv6).context("cannot open the sockets of flow offload")?)
+                }
+                Err(_) => None,
+            },
         };
         let done = worker_done_tx.clone();
         let runtime = runtime.clone();
@@ -432,6 +525,21 @@ async fn serve(
             tracing::info!(
                 "waiting for the first complete table from the API server; nothing routed yet"
             );
+        }
+        // Offload: the netfilter table's first-packet rule follows the routed ranges, before
+        // the routes bring traffic.
+        if let Ok(off) = &offload.host {
+            if seen_generation != Some(generation) || force {
+                let want = crate::host::announce::wanted(
+                    args.announce,
+                    &args.service_cidrs,
+                    &table.load(),
+                    ipv6,
+                );
+                if let Err(e) = off.set_routed(&want) {
+                    tracing::warn!(error = %e, "cannot update the netfilter table's routed ranges");
+                }
+            }
         }
         match announcer.apply(&table.load(), gate, force).await {
             Ok(n) => {
@@ -547,7 +655,7 @@ async fn serve(
     }
     // The workers notice within their idle poll interval.
     let _ = tokio::task::spawn_blocking(move || {
-        for t in worker_threads {
+        for t in worker_threads.into_iter().chain(events_thread) {
             let _ = t.join();
         }
     })

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 /// The watch path's test API server (read-only: it serves no SelfSubjectAccessReview, so
 /// the permission checks are tested against the stub below).
 mod apiserver;
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_clusterway");
 const FIXTURE: &str = concat!(
@@ -254,6 +255,19 @@ fn all_green_when_the_file_s_pods_are_routed_here() {
     line(&text, "✔", "snapshot file loads");
     line(&text, "✔", "TUN device can be created");
     line(&text, "✔", "forwarding can be enabled");
+    // Flow offload: the namespace's conntrack takes NAT entries (the probe's is gone).
+    let dataplane = line(&text, "✔", "dataplane");
+    assert!(
+        dataplane.contains("offload: conntrack takes NAT entries"),
+        "{dataplane}"
+    );
+    assert!(
+        !env.ns
+            .sh("conntrack -L 2>/dev/null")
+            .unwrap()
+            .contains("192.0.2."),
+        "the probe's entry was left"
+    );
     let reach = line(&text, "✔", "endpoints reachable");
     assert!(
         reach.contains(&format!(
@@ -263,7 +277,7 @@ fn all_green_when_the_file_s_pods_are_routed_here() {
     );
     assert!(text.contains("10.96.0.20:80"), "ports listed: {text}");
     assert!(
-        text.contains("ready: 4 passed, 0 warnings, 0 failed"),
+        text.contains("ready: 5 passed, 0 warnings, 0 failed"),
         "{text}"
     );
 }
@@ -940,7 +954,7 @@ fn json_output_has_every_field_for_every_check() {
     let (_, report) = env.check_json(&["--from-file", FIXTURE]);
     assert!(report.0["ok"].is_boolean());
     let checks = report.0["checks"].as_array().expect("checks");
-    assert_eq!(checks.len(), 4, "{:#}", report.0);
+    assert_eq!(checks.len(), 5, "{:#}", report.0);
     for c in checks {
         assert!(c["name"].is_string(), "{c}");
         assert!(c["ok"].is_boolean(), "{c}");
@@ -1135,4 +1149,33 @@ fn a_pod_behind_only_the_default_route_is_not_dialled() {
         report.0
     );
     assert_eq!(tx(), before, "a probe left through the default route");
+}
+
+/// `clusterway check` says which dataplane `run` would use and why: the proxy, with the
+/// reason, where ctnetlink is refused (a seccomp filter on the check process); the proxy
+/// as asked for with `--dataplane proxy`.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_dataplane_line_names_the_proxy_and_why_when_ctnetlink_is_refused() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let mut cmd = env
+        .ns
+        .exec(BIN, ["check", "--from-file", FIXTURE, "--json"]);
+    cmd.env("NO_COLOR", "1").env("RUST_LOG", "warn");
+    // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+    unsafe { cmd.pre_exec(common::refuse_netfilter_netlink) };
+    let out = cmd.output().unwrap();
+    let report = Report(serde_json::from_slice(&out.stdout).expect("JSON report"));
+    assert_eq!(report.severity("dataplane"), "warning", "{:#}", report.0);
+    let detail = report.detail("dataplane");
+    assert!(
+        detail.contains("proxy will be used") && detail.contains("Operation not permitted"),
+        "{detail}"
+    );
+    assert!(report.fix("dataplane").contains("nf_nat"), "{:#}", report.0);
+
+    let (_, report) = env.check_json(&["--from-file", FIXTURE, "--dataplane", "proxy"]);
+    assert_eq!(report.severity("dataplane"), "ok");
+    assert!(report.detail("dataplane").contains("asked for"));
 }

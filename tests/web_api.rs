@@ -272,7 +272,10 @@ fn metrics_and_api_count_exactly_the_connections_made() {
                         "le",
                         // clusterway_route_announced: a Service CIDR or ClusterIP, from the
                         // table, withdrawn ones bounded (src/host/announce.rs).
-                        "prefix"
+                        "prefix",
+                        // clusterway_dataplane: which one runs, which one was asked for.
+                        "dataplane",
+                        "requested"
                     ]
                     .contains(&k),
                     "unexpected label {k} in {line}"

@@ -62,6 +62,14 @@ function pill(id, cls, text, title) {
   el.title = title || text;
   el.hidden = false;
 }
+// The dataplane in use (flow offload or the proxy), and why when it is not the one asked for.
+function renderDataplane(d) {
+  if (!d) { $('h-dataplane').hidden = true; return; }
+  const fallback = d.name !== d.requested;
+  const ceiling = d.flow_ceiling ? ' · up to ' + num(d.flow_ceiling) + ' flows' : '';
+  pill('h-dataplane', fallback ? 'warn' : 'ok', 'dataplane ' + d.name + (fallback ? ' (fallback)' : ''),
+    fallback ? d.requested + ' unavailable: ' + d.reason : 'dataplane ' + d.name + ceiling);
+}
 function renderStatus(s) {
   state.status = s;
   $('version').textContent = 'v' + s.version;
@@ -81,6 +89,7 @@ function renderStatus(s) {
   const nr = s.routes.not_routed || [];
   if (s.routes.ok && nr.length) pill('h-routes', 'warn', s.routes.installed + ' routes installed · ' + nr.length + ' ClusterIP' + (nr.length === 1 ? '' : 's') + ' not routed', nr.map((n) => n.detail).join('\n'));
   pill('h-uptime', 'muted', 'up ' + dur(s.uptime_s));
+  renderDataplane(s.dataplane);
 
   $('k-services').textContent = num(s.table.services);
   const t = s.totals;

@@ -48,6 +48,11 @@ pub struct EngineConfig {
     pub reassembly_bytes: usize,
     pub reassembly_datagrams: usize,
     pub reassembly_timeout: Duration,
+    /// Flow offload (`--dataplane offload`): a new TCP flow the engine accepts becomes a
+    /// [`Verdict::Offload`] instead of a proxied flow.
+    pub offload: bool,
+    /// Flow offload: endpoints ejected for failing flows, skipped by new ones.
+    pub outliers: Option<Arc<super::outlier::Outliers>>,
 }
 
 impl EngineConfig {
@@ -61,6 +66,8 @@ impl EngineConfig {
             reassembly_bytes: 4 << 20,
             reassembly_datagrams: 256,
             reassembly_timeout: Duration::from_secs(5),
+            offload: false,
+            outliers: None,
         }
     }
 }
@@ -96,6 +103,16 @@ pub enum Verdict<'e, T> {
     },
     /// Nothing to send (counted under `reason`).
     Drop(Reason),
+    /// Flow offload: a new TCP flow to `endpoint`, decided. The worker hands it to the
+    /// kernel (a conntrack entry with the NAT) and re-injects `buf[..len]`, unchanged, to
+    /// take that entry; then [`Engine::offloaded`], or [`Engine::refuse_tcp`] when the
+    /// kernel would not take it.
+    Offload {
+        len: usize,
+        key: FlowKey,
+        port: Arc<ServicePort>,
+        endpoint: SocketAddr,
+    },
 }
 
 pub struct Engine<T> {
@@ -119,6 +136,9 @@ pub struct Engine<T> {
     worker: usize,
     stats: Arc<Stats>,
     generation: u64,
+    /// See [`EngineConfig::offload`].
+    offload: bool,
+    outliers: Option<Arc<super::outlier::Outliers>>,
 }
 
 impl<T> Engine<T> {
@@ -167,6 +187,8 @@ impl<T> Engine<T> {
             worker,
             stats,
             generation: 0,
+            offload: config.offload,
+            outliers: config.outliers.clone(),
         }
     }
 
@@ -382,6 +404,18 @@ impl<T> Engine<T> {
                 scratch,
             );
         };
+        if self.offload {
+            let endpoint = match &self.outliers {
+                Some(o) => o.choose(&candidates, now),
+                None => candidates.first(),
+            };
+            return Verdict::Offload {
+                len: pkt.len,
+                key,
+                port,
+                endpoint,
+            };
+        }
         match self.nat.insert(key, self.worker, now) {
             Ok(virt) => {
                 packet::rewrite(buf, pkt, virt, self.listener(&virt), csum);
@@ -633,6 +667,53 @@ impl<T> Engine<T> {
             now,
             scratch,
         ) {
+            Verdict::Reply { len } => len,
+            _ => 0,
+        }
+    }
+
+    /// Flow offload: the flow of a [`Verdict::Offload`] was handed to the kernel; ClientIP
+    /// affinity follows the endpoint. (The connection is counted when conntrack reports
+    /// how it went: `dataplane::ctevents`.)
+    pub fn offloaded(
+        &mut self,
+        key: FlowKey,
+        port: &ServicePort,
+        endpoint: SocketAddr,
+        now: Instant,
+    ) {
+        self.nat.served(port, key.client.ip(), endpoint, now);
+    }
+
+    /// Flow offload: the kernel would not take the flow of a [`Verdict::Offload`] (its
+    /// table is full, or the request failed): count it as `result` and answer the SYN in
+    /// `buf[..len]` with a RST (rate limited). Returns the RST's length in `scratch`, 0 when
+    /// nothing should be sent.
+    pub fn refuse_tcp(
+        &mut self,
+        buf: &[u8],
+        len: usize,
+        port: &ServicePort,
+        result: ConnResult,
+        now: Instant,
+        scratch: &mut [u8],
+    ) -> usize {
+        let Ok(pkt) = packet::parse(&buf[..len.min(buf.len())]) else {
+            return 0;
+        };
+        let Transport::Tcp {
+            src_port, flags, ..
+        } = pkt.transport
+        else {
+            return 0;
+        };
+        self.stats
+            .tcp_conn(port, SocketAddr::new(pkt.src, src_port), result);
+        let refusal = match result {
+            ConnResult::TableFull => Refusal::TableFull,
+            _ => Refusal::DialFailed,
+        };
+        match self.rst(&pkt, flags, now, scratch, refusal) {
             Verdict::Reply { len } => len,
             _ => 0,
         }

@@ -168,6 +168,8 @@ pub struct Stats {
     pub splice: Arc<SpliceStats>,
     /// The DNS server's counters and failed queries (`crate::dns`).
     pub dns: Arc<crate::dns::stats::DnsStats>,
+    /// Flows handed to the kernel (`--dataplane offload`).
+    pub offload: super::offload::OffloadStats,
 }
 
 /// Counters of the proxy's byte path (`dataplane::splice`): which way bytes went, pipes

@@ -83,6 +83,9 @@ pub struct Worker {
     /// After its last packet, keep reading the queue this long before sleeping in poll(2)
     /// (zero: sleep at once). Spares the wake-up of a request/response exchange.
     pub busy_poll: Duration,
+    /// Flow offload (`--dataplane offload`): this worker's ctnetlink and raw sockets, which
+    /// apply the engine's `Verdict::Offload`. None with the proxy dataplane.
+    pub offload: Option<super::offload::Offloader>,
 }
 
 /// What one worker keeps between batches: its buffers and clocks.
@@ -346,6 +349,12 @@ impl Worker {
                 self.stats.count_drop(reason);
                 None
             }
+            Verdict::Offload {
+                len,
+                key,
+                port,
+                endpoint,
+            } => self.hand_over(buf, len, &hdr, key, port, endpoint, scratch),
         };
         if let Some((from_scratch, n, owner)) = write {
             let pkt = if from_scratch {
@@ -371,6 +380,53 @@ impl Worker {
                     self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => tracing::trace!(error = %e, "TUN write failed"),
+            }
+        }
+    }
+
+    /// Apply a `Verdict::Offload`: hand the flow to the kernel and re-inject its SYN
+    /// (`buf[..len]`); when the kernel will not take it, answer with a RST (written from
+    /// `scratch`, as the returned write says).
+    #[allow(clippy::too_many_arguments)]
+    fn hand_over(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        hdr: &VirtioNetHdr,
+        key: FlowKey,
+        port: Arc<ServicePort>,
+        endpoint: SocketAddr,
+        scratch: &mut [u8],
+    ) -> Option<(bool, usize, Option<usize>)> {
+        let now = Instant::now();
+        // The raw socket sends the packet as it is: its checksum must be whole.
+        if hdr.needs_csum() && hdr.complete_checksum(&mut buf[..len]).is_err() {
+            self.stats
+                .count_drop(Reason::Malformed(packet::DropReason::BadVnetHeader));
+            return None;
+        }
+        let result = match self.offload.as_mut() {
+            Some(off) => off.hand_over(key, endpoint, &buf[..len], now),
+            None => Err(super::offload::OffloadError::NoFamily),
+        };
+        match result {
+            Ok(how) => {
+                let new = how == super::offload::HandedOver::New;
+                self.stats.offload.handed_over(new);
+                self.engine.offloaded(key, &port, endpoint, now);
+                tracing::trace!(client = %key.client, service = %key.service, endpoint = %endpoint, new, "flow handed to conntrack");
+                None
+            }
+            Err(e) => {
+                self.stats.offload.failed(e.label());
+                tracing::debug!(client = %key.client, service = %port.service, endpoint = %endpoint, error = ?e, reason = e.label(), "flow not offloaded; resetting the client");
+                let r = if e.is_table_full() {
+                    ConnResult::TableFull
+                } else {
+                    ConnResult::DialFailed
+                };
+                let n = self.engine.refuse_tcp(buf, len, &port, r, now, scratch);
+                (n > 0).then_some((true, n, None))
             }
         }
     }

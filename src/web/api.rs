@@ -468,6 +468,7 @@ pub fn status(status: &Status, with_history: bool) -> Value {
         "sync": sync_json(&state),
         "api": api,
         "tun": {"name": status.health.tun_name, "up": status.health.tun().is_ok()},
+        "dataplane": status.health.dataplane(),
         "routes": {
             "ok": routes_ok, "installed": routes, "error": route_error,
             "not_routed": status.health.not_routed().iter()

@@ -34,6 +34,21 @@ pub struct Health {
     draining: AtomicBool,
     /// Per-prefix announcement state (written by the gateway's loop).
     pub announce: crate::host::announce::Board,
+    /// The dataplane in use and why (`--dataplane`, and the reason of a fallback).
+    dataplane: Mutex<Option<DataplaneInfo>>,
+}
+
+/// Which dataplane carries the flows, as the status page and `/api/v1/status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DataplaneInfo {
+    /// `offload` or `proxy`.
+    pub name: &'static str,
+    /// What was asked for (`--dataplane`).
+    pub requested: &'static str,
+    /// Why this one: empty when it is the one asked for, else the fallback's reason.
+    pub reason: String,
+    /// The most flows it can carry (the conntrack table's size for offload).
+    pub flow_ceiling: Option<u64>,
 }
 
 /// One part of readiness.
@@ -87,7 +102,21 @@ impl Health {
             not_routed: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
             announce: Default::default(),
+            dataplane: Mutex::new(None),
         }
+    }
+
+    /// Record the dataplane in use (once, at start).
+    pub fn set_dataplane(&self, info: DataplaneInfo) {
+        *self.dataplane.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
+    }
+
+    /// The dataplane in use (None before start-up chose it).
+    pub fn dataplane(&self) -> Option<DataplaneInfo> {
+        self.dataplane
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The exposed ClusterIPs the routes cannot carry; returns whether the list changed.

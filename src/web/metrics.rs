@@ -492,6 +492,7 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
         .0,
     );
     dns_families(&stats.dns, table.names.len(), &mut out);
+    offload_families(status, &mut out);
     out
 }
 
@@ -578,6 +579,87 @@ fn dns_families(dns: &crate::dns::stats::DnsStats, names: usize, out: &mut Vec<M
         .gauge(&[], names as f64)
         .0,
     );
+}
+
+/// Flow offload (`--dataplane offload`): flows handed to the kernel, retransmitted SYNs
+/// re-injected, hand-overs that failed by reason, and the dataplane in use.
+fn offload_families(status: &Status, out: &mut Vec<MetricFamily>) {
+    let off = &status.stats.offload;
+    out.push(
+        Family::new(
+            "offload_flows_total",
+            "TCP flows handed to the kernel's connection tracking (entry created, first packet \
+             re-injected).",
+            MetricType::COUNTER,
+        )
+        .counter(&[], off.flows.load(Ordering::Relaxed) as f64)
+        .0,
+    );
+    out.push(
+        Family::new(
+            "offload_retransmits_total",
+            "Retransmitted SYNs of flows already handed over, re-injected on their entry.",
+            MetricType::COUNTER,
+        )
+        .counter(&[], off.retransmits.load(Ordering::Relaxed) as f64)
+        .0,
+    );
+    let mut failed = Family::new(
+        "offload_failures_total",
+        "New flows the kernel would not take (the client is reset), by reason.",
+        MetricType::COUNTER,
+    );
+    for (reason, n) in off.failures() {
+        failed.push_counter(&[("reason", reason)], n as f64);
+    }
+    out.push(failed.0);
+    out.push(
+        Family::new(
+            "offload_bytes_total",
+            "Bytes the kernel forwarded for offloaded flows (the netfilter table's counters, \
+             read every 5 s).",
+            MetricType::COUNTER,
+        )
+        .counter(
+            &[("direction", "to_endpoint")],
+            off.bytes_to_endpoint.load(Ordering::Relaxed) as f64,
+        )
+        .counter(
+            &[("direction", "to_client")],
+            off.bytes_to_client.load(Ordering::Relaxed) as f64,
+        )
+        .0,
+    );
+    out.push(
+        Family::new(
+            "offload_ejections_total",
+            "Endpoints ejected for a while because an offloaded flow to them failed before \
+             it was established (passive outlier detection).",
+            MetricType::COUNTER,
+        )
+        .counter(&[], off.ejections.load(Ordering::Relaxed) as f64)
+        .0,
+    );
+    out.push(
+        Family::new(
+            "offload_events_lost_total",
+            "Times conntrack events were lost (the reader resynced from a dump).",
+            MetricType::COUNTER,
+        )
+        .counter(&[], off.events_lost.load(Ordering::Relaxed) as f64)
+        .0,
+    );
+    if let Some(d) = status.health.dataplane() {
+        out.push(
+            Family::new(
+                "dataplane",
+                "The dataplane carrying TCP flows (1), and the one asked for.",
+                MetricType::GAUGE,
+            )
+            .gauge(&[("dataplane", d.name), ("requested", d.requested)], 1.0)
+            .0,
+        );
+    }
 }
 
 /// The text exposition.

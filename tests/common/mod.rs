@@ -45,6 +45,19 @@ pub fn offload_expected() -> bool {
     )
 }
 
+/// The dataplane the gateways of this test run use unless a test passes `--dataplane`:
+/// `CLUSTERWAY_DATAPLANE` (scripts/test.sh runs the dataplane suite with `offload`), else
+/// `proxy`, which the tests of the proxy's own behaviour (its flow list and byte counters,
+/// dial retries, descriptor bounds) were written for.
+pub fn dataplane_under_test() -> String {
+    std::env::var("CLUSTERWAY_DATAPLANE").unwrap_or_else(|_| "proxy".into())
+}
+
+/// Whether this run's gateways offload flows (see [`dataplane_under_test`]).
+pub fn offload_under_test() -> bool {
+    dataplane_under_test() == "offload"
+}
+
 pub fn wait_for(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -147,6 +160,7 @@ impl Gateway {
                 "CLUSTERWAY_DRAIN_TIMEOUT",
                 std::env::var("CLUSTERWAY_DRAIN_TIMEOUT").unwrap_or_else(|_| "0".into()),
             )
+            .env("CLUSTERWAY_DATAPLANE", dataplane_under_test())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_out))
             .stderr(Stdio::from(log_file))
@@ -197,6 +211,15 @@ impl Gateway {
             let want = format!("queues={n} ");
             assert!(
                 gw.logged(&want),
+                "the gateway did not log {want:?}; log:\n{}",
+                gw.logs()
+            );
+        }
+        // And for the dataplane (CLUSTERWAY_DATAPLANE; a `--dataplane` flag overrides it).
+        if !extra_args.contains(&"--dataplane") {
+            let want = format!("dataplane: {}", dataplane_under_test());
+            assert!(
+                wait_for(|| gw.logged(&want), Duration::from_secs(5)),
                 "the gateway did not log {want:?}; log:\n{}",
                 gw.logs()
             );
@@ -676,4 +699,64 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 pub fn gateway_metrics(topo: &Topology) -> String {
     let addr: SocketAddr = "127.0.0.1:9310".parse().expect("a socket address");
     http_get(topo.gateway(), addr, "/metrics").map_or_else(|_| String::new(), |r| r.text())
+}
+
+/// `AUDIT_ARCH_X86_64` (`EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE`; not in libc).
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
+/// A seccomp filter that refuses `socket(AF_NETLINK, _, NETLINK_NETFILTER)` with EPERM:
+/// a kernel where ctnetlink is not available, as far as the process can tell.
+#[cfg(target_arch = "x86_64")]
+pub fn refuse_netfilter_netlink() -> std::io::Result<()> {
+    use libc::{sock_filter, sock_fprog, BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    let ld = |k: u32| sock_filter {
+        code: (BPF_LD | BPF_W | BPF_ABS) as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    // Equal: go on; else jump to the final ALLOW (`skip` instructions ahead).
+    let jeq = |k: u32, skip: u8| sock_filter {
+        code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+        jt: 0,
+        jf: skip,
+        k,
+    };
+    let ret = |k: u32| sock_filter {
+        code: (BPF_RET | BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    // struct seccomp_data: nr at 0, arch at 4, args[i] at 16 + 8 i (low half first).
+    let prog = [
+        ld(4),
+        jeq(AUDIT_ARCH_X86_64, 7),
+        ld(0),
+        jeq(libc::SYS_socket as u32, 5),
+        ld(16),
+        jeq(libc::AF_NETLINK as u32, 3),
+        ld(32),
+        jeq(libc::NETLINK_NETFILTER as u32, 1),
+        ret(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        ret(libc::SECCOMP_RET_ALLOW),
+    ];
+    let fprog = sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut sock_filter,
+    };
+    // SAFETY: prctl with a filter program that lives across the call.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const sock_fprog,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

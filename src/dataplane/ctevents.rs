@@ -1,0 +1,478 @@
+//! Flow offload's accounting: what happened to the flows the kernel carries, from its
+//! conntrack events (update, destroy) of the gateway's entries.
+//!
+//! - a flow whose entry reaches ESTABLISHED (ASSURED) is a connection `ok` for its Service
+//!   port, and clears its endpoint's failures;
+//! - one reset by the endpoint before it was established, or whose entry ends without any
+//!   reply (the endpoint never answered; seen when the kernel drops the entry, two minutes
+//!   after the last SYN), is a `dial_failed` connection, a notice on the status page, and
+//!   an ejection of the endpoint (`outlier`);
+//! - active TCP flows are the established entries alive; at start the entries of an
+//!   earlier run are adopted (counted active, listed, not counted again as connections);
+//! - bytes: per flow and Service port from the entry's counters when it ends, if the
+//!   namespace keeps them (`net.netfilter.nf_conntrack_acct`, the operator's choice; the
+//!   gateway does not change it), and for all offloaded flows together from the netfilter
+//!   table's counters (`host::nftables`), always.
+//! - the status page's live flows: up to [`LISTED`] entries alive and not closed, the oldest
+//!   first taken.
+//!
+//! The per-flow state kept here is only that bounded list: the kernel owns the flows.
+//! [`classify`] is the pure core; [`Reader`] is the thread that reads the events socket and
+//! applies them. Losing events (the reader fell behind: ENOBUFS) is counted and answered with
+//! a dump of the entries, from which the list and the active count are rebuilt.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use super::flows::FlowGuard;
+use super::outlier::Outliers;
+use super::stats::{ConnResult, NoticeKind, Stats};
+use crate::cluster::table::{Lookup, Protocol, ServicePort, ServiceTable};
+use crate::host::conntrack::{
+    self, status, tcp_state, Conntrack, ConntrackError, Entry, EventKind, Events, Tuple,
+};
+use crate::host::nftables;
+
+/// Live offloaded flows listed on the status page at most.
+pub const LISTED: usize = 4096;
+/// How often the table's byte counters are read.
+const COUNTERS_EVERY: Duration = Duration::from_secs(5);
+/// How long one wait for events lasts (the shutdown flag is checked in between).
+const WAIT: Duration = Duration::from_millis(500);
+
+/// What one event of ours means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The flow was established: a connection `ok`.
+    Established,
+    /// The flow failed before it was established (`reset`, `unreplied`).
+    Failed(&'static str),
+    /// The entry is gone (`assured`: it had been established, so it was active).
+    Ended { assured: bool },
+}
+
+/// The outcome an event reports, if any (pure).
+pub fn classify(kind: EventKind, e: &Entry) -> Option<Outcome> {
+    let assured = e.status & status::ASSURED != 0;
+    let replied = e.status & status::SEEN_REPLY != 0;
+    match kind {
+        EventKind::NewOrUpdate => match e.tcp_state {
+            Some(tcp_state::ESTABLISHED) if assured => Some(Outcome::Established),
+            // A RST from the endpoint while the handshake was on.
+            Some(tcp_state::CLOSE) if !assured && replied => Some(Outcome::Failed("reset")),
+            _ => None,
+        },
+        EventKind::Destroy if !replied => Some(Outcome::Failed("unreplied")),
+        EventKind::Destroy => Some(Outcome::Ended { assured }),
+    }
+}
+
+/// Whether an entry is one of the gateway's flows (ours, TCP, not the start-up probe).
+fn is_flow(e: &Entry) -> bool {
+    e.is_ours()
+        && e.mark & !conntrack::MARK_OWNER_MASK == 0
+        && e.orig.is_some_and(|t| t.proto == libc::IPPROTO_TCP as u8)
+}
+
+/// The Service port a flow's original destination is (None once the Service is gone).
+fn port_of(table: &ServiceTable, orig: &Tuple) -> Option<Arc<ServicePort>> {
+    match table.lookup(orig.dst.ip(), orig.dst.port(), Protocol::Tcp) {
+        Lookup::Port(p) => Some(p.clone()),
+        _ => None,
+    }
+}
+
+/// Applies events to the counters, the outliers and the listed flows.
+pub struct Accounting {
+    pub table: Arc<ArcSwap<ServiceTable>>,
+    pub stats: Arc<Stats>,
+    pub outliers: Arc<Outliers>,
+    listed: HashMap<Tuple, FlowGuard>,
+}
+
+impl Accounting {
+    pub fn new(
+        table: Arc<ArcSwap<ServiceTable>>,
+        stats: Arc<Stats>,
+        outliers: Arc<Outliers>,
+    ) -> Accounting {
+        Accounting {
+            table,
+            stats,
+            outliers,
+            listed: HashMap::new(),
+        }
+    }
+
+    /// Flows listed now.
+    pub fn listed(&self) -> usize {
+        self.listed.len()
+    }
+
+    fn list(&mut self, orig: Tuple, e: &Entry, table: &ServiceTable) {
+        if self.listed.len() >= LISTED || self.listed.contains_key(&orig) {
+            return;
+        }
+        if matches!(e.tcp_state, Some(tcp_state::CLOSE | tcp_state::TIME_WAIT)) {
+            return;
+        }
+        let (Some(port), Some(endpoint)) = (port_of(table, &orig), e.endpoint()) else {
+            return;
+        };
+        let svc = self.stats.services.get(&port);
+        let guard = self.stats.flows.register(&port, orig.src, endpoint, svc);
+        self.listed.insert(orig, guard);
+    }
+
+    /// One event.
+    pub fn apply(&mut self, kind: EventKind, e: &Entry, now: Instant) {
+        if !is_flow(e) {
+            return;
+        }
+        let Some(orig) = e.orig else { return };
+        let table = self.table.load();
+        let port = port_of(&table, &orig);
+        let endpoint = e.endpoint();
+        match classify(kind, e) {
+            Some(Outcome::Established) => {
+                if let Some(p) = &port {
+                    self.stats.tcp_conn(p, orig.src, ConnResult::Ok);
+                }
+                self.stats.tcp_active.fetch_add(1, Ordering::Relaxed);
+                if let Some(ep) = endpoint {
+                    self.outliers.succeeded(ep);
+                }
+            }
+            Some(Outcome::Failed(why)) => {
+                if let Some(p) = &port {
+                    self.stats.tcp_conn(p, orig.src, ConnResult::DialFailed);
+                }
+                if let Some(ep) = endpoint {
+                    let ejected = self.outliers.failed(ep, now);
+                    self.stats.offload.ejections.fetch_add(1, Ordering::Relaxed);
+                    if let Some(p) = &port {
+                        let kind = NoticeKind::DialAttempt {
+                            endpoint: ep,
+                            error: format!("{why}; endpoint ejected for {}s", ejected.as_secs()),
+                        };
+                        self.stats.notices.push(p, orig.src, kind);
+                    }
+                    tracing::info!(endpoint = %ep, why, ejected_s = ejected.as_secs(), "offloaded flow failed before it was established; endpoint ejected");
+                }
+            }
+            Some(Outcome::Ended { assured: true }) => {
+                let _ =
+                    self.stats
+                        .tcp_active
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                            Some(n.saturating_sub(1))
+                        });
+            }
+            Some(Outcome::Ended { assured: false }) | None => {}
+        }
+        match kind {
+            // Closed (or closing for good): off the live list; its bytes come at the end.
+            EventKind::NewOrUpdate
+                if matches!(e.tcp_state, Some(tcp_state::CLOSE | tcp_state::TIME_WAIT)) =>
+            {
+                self.listed.remove(&orig);
+            }
+            EventKind::NewOrUpdate => self.list(orig, e, &table),
+            EventKind::Destroy => {
+                let guard = self.listed.remove(&orig);
+                self.count_bytes(e, port.as_deref(), guard.as_ref());
+            }
+        }
+    }
+
+    /// An ended entry's counters (present when the namespace keeps them).
+    fn count_bytes(&self, e: &Entry, port: Option<&ServicePort>, guard: Option<&FlowGuard>) {
+        let (Some((_, to_ep)), Some((_, to_cl))) = (e.counters_orig, e.counters_reply) else {
+            return;
+        };
+        self.stats
+            .bytes_to_endpoint
+            .fetch_add(to_ep, Ordering::Relaxed);
+        self.stats
+            .bytes_to_client
+            .fetch_add(to_cl, Ordering::Relaxed);
+        match (guard, port) {
+            (Some(g), _) => {
+                g.info().sent(to_ep);
+                g.info().received(to_cl);
+            }
+            (None, Some(p)) => {
+                let svc = self.stats.services.get(p);
+                svc.bytes_to_endpoint.fetch_add(to_ep, Ordering::Relaxed);
+                svc.bytes_to_client.fetch_add(to_cl, Ordering::Relaxed);
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Rebuild from a dump of our entries (at start: an earlier run's flows, adopted; after
+    /// lost events: what is alive now). The active count becomes the established entries.
+    pub fn resync(&mut self, entries: &[Entry]) {
+        let table = self.table.load();
+        let alive: std::collections::HashSet<Tuple> =
+            entries.iter().filter_map(|e| e.orig).collect();
+        self.listed.retain(|t, _| alive.contains(t));
+        let mut active = 0;
+        for e in entries.iter().filter(|e| is_flow(e)) {
+            if e.status & status::ASSURED != 0
+                && !matches!(e.tcp_state, Some(tcp_state::CLOSE | tcp_state::TIME_WAIT))
+            {
+                active += 1;
+            }
+            if let Some(orig) = e.orig {
+                self.list(orig, e, &table);
+            }
+        }
+        self.stats.tcp_active.store(active, Ordering::Relaxed);
+    }
+}
+
+/// The thread that reads conntrack events and applies them.
+pub struct Reader {
+    events: Events,
+    dump: Conntrack,
+    pub accounting: Accounting,
+}
+
+impl Reader {
+    /// Subscribe (in the calling thread's namespace) and adopt the entries alive now. The
+    /// subscription comes first: an entry is created with events only while someone
+    /// listens (`nf_conntrack_events` = 2).
+    pub fn open(accounting: Accounting) -> Result<Reader, ConntrackError> {
+        let events = Events::open(WAIT)?;
+        let dump = Conntrack::open()?;
+        let mut r = Reader {
+            events,
+            dump,
+            accounting,
+        };
+        let entries = r.dump.dump_ours()?;
+        r.accounting.resync(&entries);
+        Ok(r)
+    }
+
+    /// Read and apply events until `shutdown` is set.
+    pub fn run(mut self, shutdown: Arc<AtomicBool>) {
+        let mut last_counters = Instant::now() - COUNTERS_EVERY;
+        while !shutdown.load(Ordering::Relaxed) {
+            match self.events.recv() {
+                Ok(events) => {
+                    let now = Instant::now();
+                    for (kind, e) in &events {
+                        self.accounting.apply(*kind, e, now);
+                    }
+                }
+                Err(ConntrackError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOBUFS) =>
+                {
+                    self.accounting
+                        .stats
+                        .offload
+                        .events_lost
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "conntrack events were lost (reader behind); resyncing from a dump"
+                    );
+                    match self.dump.dump_ours() {
+                        Ok(entries) => self.accounting.resync(&entries),
+                        Err(e) => tracing::warn!(error = %e, "conntrack dump failed"),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, reason = e.label(), "reading conntrack events failed");
+                    std::thread::sleep(WAIT);
+                }
+            }
+            if last_counters.elapsed() >= COUNTERS_EVERY {
+                last_counters = Instant::now();
+                let off = &self.accounting.stats.offload;
+                if let Some((_, b)) = nftables::counter(nftables::TO_ENDPOINT) {
+                    off.bytes_to_endpoint.store(b, Ordering::Relaxed);
+                }
+                if let Some((_, b)) = nftables::counter(nftables::TO_CLIENT) {
+                    off.bytes_to_client.store(b, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::conntrack::MARK_OWNER;
+    use std::net::SocketAddr;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn entry(state: u8, st: u32) -> Entry {
+        Entry {
+            orig: Some(Tuple::tcp(sa("192.168.77.2:40000"), sa("10.96.0.10:80"))),
+            reply: Some(Tuple::tcp(sa("10.244.1.10:8080"), sa("10.244.1.1:40000"))),
+            status: st,
+            mark: MARK_OWNER,
+            tcp_state: Some(state),
+            ..Entry::default()
+        }
+    }
+
+    const A: u32 = status::ASSURED | status::SEEN_REPLY;
+
+    #[test]
+    fn outcomes_of_events() {
+        use EventKind::*;
+        let c = |k, s, st| classify(k, &entry(s, st));
+        assert_eq!(c(NewOrUpdate, tcp_state::SYN_SENT, 0), None);
+        assert_eq!(
+            c(NewOrUpdate, tcp_state::SYN_RECV, status::SEEN_REPLY),
+            None
+        );
+        assert_eq!(
+            c(NewOrUpdate, tcp_state::ESTABLISHED, A),
+            Some(Outcome::Established)
+        );
+        assert_eq!(
+            c(NewOrUpdate, tcp_state::CLOSE, status::SEEN_REPLY),
+            Some(Outcome::Failed("reset"))
+        );
+        // A client giving up before any reply: counted when the entry ends.
+        assert_eq!(c(NewOrUpdate, tcp_state::CLOSE, 0), None);
+        assert_eq!(
+            c(Destroy, tcp_state::SYN_SENT, 0),
+            Some(Outcome::Failed("unreplied"))
+        );
+        // An established flow closing is not a failure.
+        assert_eq!(c(NewOrUpdate, tcp_state::CLOSE, A), None);
+        assert_eq!(
+            c(Destroy, tcp_state::TIME_WAIT, A),
+            Some(Outcome::Ended { assured: true })
+        );
+        assert_eq!(
+            c(Destroy, tcp_state::CLOSE, status::SEEN_REPLY),
+            Some(Outcome::Ended { assured: false })
+        );
+    }
+
+    fn accounting() -> Accounting {
+        let eps = ["10.244.1.10:8080"];
+        let port = Arc::new(ServicePort::for_test(
+            "t",
+            "web",
+            Protocol::Tcp,
+            "10.96.0.10:80",
+            &eps,
+        ));
+        let service = crate::cluster::table::ServiceEntry {
+            id: port.service.clone(),
+            cluster_ips: vec![port.cluster_ip],
+            type_: "ClusterIP".into(),
+            ports: vec![port],
+            not_exposed: None,
+            unsupported_ports: vec![],
+        };
+        let table = ServiceTable::new(1, vec![service], vec![]);
+        Accounting::new(
+            Arc::new(ArcSwap::from_pointee(table)),
+            Arc::new(Stats::default()),
+            Arc::new(Outliers::new()),
+        )
+    }
+
+    #[test]
+    fn a_flow_is_listed_counted_once_and_unlisted_when_it_ends() {
+        let mut a = accounting();
+        let now = Instant::now();
+        a.apply(EventKind::NewOrUpdate, &entry(tcp_state::SYN_SENT, 0), now);
+        assert_eq!(a.listed(), 1);
+        assert_eq!(a.stats.tcp_count(ConnResult::Ok), 0);
+        a.apply(
+            EventKind::NewOrUpdate,
+            &entry(tcp_state::ESTABLISHED, A),
+            now,
+        );
+        assert_eq!(a.stats.tcp_count(ConnResult::Ok), 1);
+        assert_eq!(a.stats.tcp_active.load(Ordering::Relaxed), 1);
+        assert_eq!(a.listed(), 1);
+        // Closed: no longer live; its bytes still count when the entry ends.
+        a.apply(EventKind::NewOrUpdate, &entry(tcp_state::TIME_WAIT, A), now);
+        assert_eq!(a.listed(), 0);
+        let mut end = entry(tcp_state::TIME_WAIT, A);
+        end.counters_orig = Some((10, 1000));
+        end.counters_reply = Some((12, 70_000));
+        a.apply(EventKind::Destroy, &end, now);
+        assert_eq!(a.listed(), 0);
+        assert_eq!(a.stats.tcp_active.load(Ordering::Relaxed), 0);
+        assert_eq!(a.stats.bytes_to_client.load(Ordering::Relaxed), 70_000);
+        assert_eq!(a.stats.tcp_count(ConnResult::Ok), 1);
+        assert_eq!(a.stats.tcp_count(ConnResult::DialFailed), 0);
+    }
+
+    #[test]
+    fn a_reset_before_established_is_a_dial_failure_and_ejects_the_endpoint() {
+        let mut a = accounting();
+        let now = Instant::now();
+        a.apply(EventKind::NewOrUpdate, &entry(tcp_state::SYN_SENT, 0), now);
+        a.apply(
+            EventKind::NewOrUpdate,
+            &entry(tcp_state::CLOSE, status::SEEN_REPLY),
+            now,
+        );
+        assert_eq!(a.stats.tcp_count(ConnResult::DialFailed), 1);
+        assert!(a.outliers.is_ejected(sa("10.244.1.10:8080"), now));
+        a.apply(
+            EventKind::Destroy,
+            &entry(tcp_state::CLOSE, status::SEEN_REPLY),
+            now,
+        );
+        assert_eq!(a.stats.tcp_count(ConnResult::DialFailed), 1, "counted once");
+        assert_eq!(a.listed(), 0);
+    }
+
+    #[test]
+    fn foreign_and_probe_entries_are_ignored_and_the_list_is_bounded() {
+        let mut a = accounting();
+        let now = Instant::now();
+        let mut foreign = entry(tcp_state::ESTABLISHED, A);
+        foreign.mark = 0;
+        a.apply(EventKind::NewOrUpdate, &foreign, now);
+        let mut probe = entry(tcp_state::ESTABLISHED, A);
+        probe.mark = MARK_OWNER | 0xffff;
+        a.apply(EventKind::NewOrUpdate, &probe, now);
+        assert_eq!(a.stats.tcp_count(ConnResult::Ok), 0);
+        assert_eq!(a.listed(), 0);
+        for i in 0..(LISTED + 10) {
+            let mut e = entry(tcp_state::SYN_SENT, 0);
+            e.orig = Some(Tuple::tcp(
+                SocketAddr::from(([192, 168, (i / 60000) as u8, 2], (i % 60000) as u16 + 1)),
+                sa("10.96.0.10:80"),
+            ));
+            a.apply(EventKind::NewOrUpdate, &e, now);
+        }
+        assert_eq!(a.listed(), LISTED);
+    }
+
+    #[test]
+    fn resync_adopts_alive_entries_and_drops_gone_ones() {
+        let mut a = accounting();
+        let now = Instant::now();
+        a.apply(EventKind::NewOrUpdate, &entry(tcp_state::SYN_SENT, 0), now);
+        let mut other = entry(tcp_state::ESTABLISHED, A);
+        other.orig = Some(Tuple::tcp(sa("192.168.77.2:40001"), sa("10.96.0.10:80")));
+        a.resync(&[other.clone()]);
+        assert_eq!(a.listed(), 1);
+        assert_eq!(a.stats.tcp_active.load(Ordering::Relaxed), 1);
+        // Adopted flows are not counted again as connections.
+        assert_eq!(a.stats.tcp_count(ConnResult::Ok), 0);
+    }
+}

@@ -1,0 +1,324 @@
+//! The gateway's own netfilter table, for flow offload: `table inet clusterway`.
+//!
+//! Owns: that table and everything in it, nothing else. It holds
+//! - empty NAT chains at prerouting, output and postrouting: a NAT binding that ctnetlink
+//!   puts on an entry is applied only while NAT hooks are registered in the namespace;
+//! - at raw priority in prerouting, `notrack` for pure TCP SYNs to the routed ranges that do
+//!   not arrive from the TUN device: the kernel must not track the first packet on its way
+//!   into the TUN (it would confirm an entry of its own for the tuple, and ours could not be
+//!   created); later packets of the flow are tracked and meet the gateway's entry;
+//! - a loop guard: a packet the gateway re-injected (socket mark [`INJECT_MARK`]) that would
+//!   leave through the TUN device again — it found no entry, so nothing translated it — is
+//!   dropped and counted, instead of circling through the gateway at full speed;
+//! - counters of the packets and bytes the kernel forwards for the gateway's entries, each
+//!   way (`ct mark`). They are also what makes the kernel track packets here at all: empty
+//!   NAT chains register the NAT hooks but not connection tracking, which only a rule with
+//!   a `ct` expression asks for; without one a re-injected SYN meets no entry at OUTPUT.
+//!
+//! Desired state: [`Ruleset::render`] gives the whole table for the ranges routed now, and
+//! [`apply`] replaces the table in one transaction (`nft -f -`: create, delete, create), so
+//! a crashed run's table is replaced on start and the NAT hooks never go away in between.
+//! [`remove`] deletes it on a graceful stop.
+//!
+//! Programmed with Debian's `nft` (package `nftables`), fed on stdin: the netlink crates for
+//! nftables cover tables and chains but not the expressions these rules need, and the
+//! ruleset as text is what an operator reads back with `nft list table inet clusterway`.
+//!
+//! Must not touch: any other table (the host's firewall, kube-proxy's, Docker's), the
+//! conntrack sysctls.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use ipnet::IpNet;
+
+use super::conntrack::{MARK_OWNER, MARK_OWNER_MASK};
+
+/// Family and name of the table.
+pub const TABLE: &str = "inet clusterway";
+
+/// The socket mark (`SO_MARK`) of the raw sockets that re-inject first packets.
+pub const INJECT_MARK: u32 = 0x6377_0001;
+
+/// What the table should hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    /// The TUN device: SYNs read back from it are not the client's.
+    pub tun: String,
+    /// The ranges routed into the TUN device (Service CIDRs or ClusterIPs).
+    pub routed: BTreeSet<IpNet>,
+}
+
+/// What went wrong programming the table.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// `nft` could not be run (not installed: `apt-get install nftables`).
+    #[error("cannot run nft (apt-get install nftables)")]
+    Spawn(#[source] std::io::Error),
+    /// `nft` refused the ruleset.
+    #[error("nft refused the ruleset: {0}")]
+    Refused(String),
+}
+
+impl NftError {
+    /// A short, stable label for metrics and structured logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Spawn(_) => "spawn",
+            Self::Refused(_) => "refused",
+        }
+    }
+}
+
+impl Ruleset {
+    /// The `nft -f` script that replaces the table with this ruleset.
+    pub fn render(&self) -> String {
+        let v4: Vec<String> = self
+            .routed
+            .iter()
+            .filter(|n| matches!(n, IpNet::V4(_)))
+            .map(ToString::to_string)
+            .collect();
+        let v6: Vec<String> = self
+            .routed
+            .iter()
+            .filter(|n| matches!(n, IpNet::V6(_)))
+            .map(ToString::to_string)
+            .collect();
+        let set = |name: &str, kind: &str, elems: &[String]| {
+            let elements = if elems.is_empty() {
+                String::new()
+            } else {
+                format!(" elements = {{ {} }};", elems.join(", "))
+            };
+            format!("  set {name} {{ type {kind}; flags interval;{elements} }}\n")
+        };
+        let syn = "tcp flags & (fin | syn | rst | ack) == syn";
+        let tun = quote(&self.tun);
+        let mut s = String::new();
+        // Create (so that the delete cannot fail), delete, create: one transaction.
+        s.push_str(&format!("table {TABLE}\ndelete table {TABLE}\n"));
+        s.push_str(&format!("table {TABLE} {{\n"));
+        s.push_str(&set("routed4", "ipv4_addr", &v4));
+        s.push_str(&set("routed6", "ipv6_addr", &v6));
+        s.push_str(&format!(
+            "  chain first_packet {{\n    type filter hook prerouting priority raw; policy accept;\n    \
+             iifname {tun} return\n    \
+             ip daddr @routed4 {syn} notrack\n    \
+             ip6 daddr @routed6 {syn} notrack\n  }}\n"
+        ));
+        for (chain, hook, prio) in [
+            ("nat_prerouting", "prerouting", "dstnat"),
+            ("nat_output", "output", "-100"),
+            ("nat_postrouting", "postrouting", "srcnat"),
+        ] {
+            s.push_str(&format!(
+                "  chain {chain} {{\n    type nat hook {hook} priority {prio}; policy accept;\n  }}\n"
+            ));
+        }
+        s.push_str(&format!(
+            "  chain loop_guard {{\n    type filter hook postrouting priority 0; policy accept;\n    \
+             meta mark {INJECT_MARK:#x} oifname {tun} counter drop\n  }}\n"
+        ));
+        let ours = format!("ct mark and {MARK_OWNER_MASK:#x} == {MARK_OWNER:#x}");
+        s.push_str(&format!(
+            "  counter {TO_ENDPOINT} {{ }}\n  counter {TO_CLIENT} {{ }}\n  \
+             chain offloaded {{\n    type filter hook forward priority 0; policy accept;\n    \
+             {ours} ct direction original counter name \"{TO_ENDPOINT}\"\n    \
+             {ours} ct direction reply counter name \"{TO_CLIENT}\"\n  }}\n}}\n"
+        ));
+        s
+    }
+
+    /// The `nft -f` script that puts this ruleset's routed ranges in the table's sets,
+    /// leaving the rest (and its counters) as it is.
+    pub fn render_sets(&self) -> String {
+        let mut s = String::new();
+        for (set, v6) in [("routed4", false), ("routed6", true)] {
+            s.push_str(&format!("flush set {TABLE} {set}\n"));
+            let elems: Vec<String> = self
+                .routed
+                .iter()
+                .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+                .map(ToString::to_string)
+                .collect();
+            if !elems.is_empty() {
+                s.push_str(&format!(
+                    "add element {TABLE} {set} {{ {} }}\n",
+                    elems.join(", ")
+                ));
+            }
+        }
+        s
+    }
+}
+
+/// The named counters of the bytes the kernel forwarded for our entries, each way.
+pub const TO_ENDPOINT: &str = "offloaded_to_endpoint";
+pub const TO_CLIENT: &str = "offloaded_to_client";
+
+/// A name as an nft string literal (interface names hold no quote: see
+/// `config::parse_ifname`; anything else is dropped rather than let out of the quotes).
+fn quote(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
+        .collect();
+    format!("\"{clean}\"")
+}
+
+fn run_nft(script: &str) -> Result<(), NftError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(NftError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(NftError::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(NftError::Spawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NftError::Refused(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+/// Replace the table with `rules` (atomically).
+pub fn apply(rules: &Ruleset) -> Result<(), NftError> {
+    run_nft(&rules.render())
+}
+
+/// Put `rules`' routed ranges in the existing table (its counters go on).
+pub fn update_sets(rules: &Ruleset) -> Result<(), NftError> {
+    run_nft(&rules.render_sets())
+}
+
+/// `(packets, bytes)` of the named counter `name` of the table, when it exists.
+pub fn counter(name: &str) -> Option<(u64, u64)> {
+    let out = Command::new("nft")
+        .args(["list", "counter", "inet", "clusterway", name])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    parse_counter(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The `packets N bytes M` of `nft list counter` output.
+fn parse_counter(text: &str) -> Option<(u64, u64)> {
+    let mut words = text.split_whitespace();
+    let mut packets = None;
+    let mut bytes = None;
+    while let Some(w) = words.next() {
+        match w {
+            "packets" => packets = words.next().and_then(|n| n.parse().ok()),
+            "bytes" => bytes = words.next().and_then(|n| n.parse().ok()),
+            _ => {}
+        }
+    }
+    Some((packets?, bytes?))
+}
+
+/// Delete the table (nothing to do when it is not there).
+pub fn remove() -> Result<(), NftError> {
+    run_nft(&format!("table {TABLE}\ndelete table {TABLE}\n"))
+}
+
+/// Whether the table exists in this namespace.
+pub fn exists() -> bool {
+    Command::new("nft")
+        .args(["list", "table", "inet", "clusterway"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_for_two_ranges() {
+        let r = Ruleset {
+            tun: "cw0".into(),
+            routed: ["10.96.0.0/16", "fd00:10:96::/112", "10.97.0.10/32"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+        };
+        let want = "table inet clusterway
+delete table inet clusterway
+table inet clusterway {
+  set routed4 { type ipv4_addr; flags interval; elements = { 10.96.0.0/16, 10.97.0.10/32 }; }
+  set routed6 { type ipv6_addr; flags interval; elements = { fd00:10:96::/112 }; }
+  chain first_packet {
+    type filter hook prerouting priority raw; policy accept;
+    iifname \"cw0\" return
+    ip daddr @routed4 tcp flags & (fin | syn | rst | ack) == syn notrack
+    ip6 daddr @routed6 tcp flags & (fin | syn | rst | ack) == syn notrack
+  }
+  chain nat_prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+  }
+  chain nat_output {
+    type nat hook output priority -100; policy accept;
+  }
+  chain nat_postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+  }
+  chain loop_guard {
+    type filter hook postrouting priority 0; policy accept;
+    meta mark 0x63770001 oifname \"cw0\" counter drop
+  }
+  counter offloaded_to_endpoint { }
+  counter offloaded_to_client { }
+  chain offloaded {
+    type filter hook forward priority 0; policy accept;
+    ct mark and 0xffff0000 == 0x63770000 ct direction original counter name \"offloaded_to_endpoint\"
+    ct mark and 0xffff0000 == 0x63770000 ct direction reply counter name \"offloaded_to_client\"
+  }
+}
+";
+        assert_eq!(r.render(), want);
+    }
+
+    #[test]
+    fn empty_sets_have_no_elements_clause_and_names_stay_quoted() {
+        let r = Ruleset {
+            tun: "c\"w0".into(),
+            routed: BTreeSet::new(),
+        };
+        let s = r.render();
+        assert!(s.contains("set routed4 { type ipv4_addr; flags interval; }"));
+        assert!(s.contains("iifname \"cw0\" return"), "{s}");
+    }
+
+    #[test]
+    fn set_updates_and_counters() {
+        let r = Ruleset {
+            tun: "cw0".into(),
+            routed: ["10.96.0.10/32", "fd00::/112"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+        };
+        assert_eq!(
+            r.render_sets(),
+            "flush set inet clusterway routed4\n\
+             add element inet clusterway routed4 { 10.96.0.10/32 }\n\
+             flush set inet clusterway routed6\n\
+             add element inet clusterway routed6 { fd00::/112 }\n"
+        );
+        let listed = "table inet clusterway {\n\tcounter offloaded_to_client {\n\t\tpackets 12 bytes 7000\n\t}\n}\n";
+        assert_eq!(parse_counter(listed), Some((12, 7000)));
+        assert_eq!(parse_counter("Error: No such file or directory"), None);
+    }
+}

@@ -1,0 +1,155 @@
+//! The host side of flow offload: whether this kernel can carry the gateway's flows, and the
+//! state the gateway keeps there while it does.
+//!
+//! At start ([`OffloadHost::start`]): a probe entry with both NATs is created and deleted
+//! through ctnetlink (a kernel without conntrack NAT, or a namespace where ctnetlink is
+//! refused, fails here and the gateway falls back to the proxy dataplane, saying why); the
+//! netfilter table is put in place (replacing a crashed run's); the entries a previous run
+//! left (killed, or upgraded) are counted and adopted: they keep carrying their flows.
+//! While running: [`OffloadHost::set_routed`] keeps the table's routed ranges in step with
+//! the routes. On a graceful stop ([`OffloadHost::stop`]): the table and every entry of
+//! ours are removed, so a stop leaves nothing behind (flows end with the routes anyway).
+//!
+//! Owns: the table (`host::nftables`) and the entries with our mark (`host::conntrack`).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use ipnet::IpNet;
+
+use super::conntrack::{self, Conntrack, ConntrackError, NatEntry, Tuple};
+use super::nftables::{self, NftError, Ruleset};
+
+/// The probe's entry: TEST-NET-1 addresses (RFC 5737), never seen on a real network, with
+/// a mark of ours the data path never uses.
+fn probe_entry() -> NatEntry {
+    let sa = |s: &str| {
+        s.parse::<SocketAddr>()
+            .unwrap_or(SocketAddr::from(([0; 4], 0)))
+    };
+    NatEntry {
+        orig: Tuple::tcp(sa("192.0.2.1:9"), sa("192.0.2.2:9")),
+        endpoint: sa("192.0.2.3:9"),
+        source: sa("192.0.2.4:0").ip(),
+        source_ports: (1024, 65535),
+        mark: conntrack::MARK_OWNER | PROBE_MARK,
+        timeout: 1,
+        tcp_state: Some(conntrack::tcp_state::SYN_SENT),
+        be_liberal: false,
+    }
+}
+
+/// The low half of the probe entry's mark.
+const PROBE_MARK: u32 = 0xffff;
+
+/// Why offload is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// ctnetlink refused the probe (no conntrack NAT in this kernel, no permission).
+    #[error("conntrack cannot create NAT entries here: {0}")]
+    Conntrack(#[from] ConntrackError),
+    /// The netfilter table could not be installed.
+    #[error("the netfilter table could not be installed: {0}")]
+    Table(#[from] NftError),
+}
+
+impl Unavailable {
+    /// A short, stable label for metrics and structured logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Conntrack(_) => "conntrack",
+            Self::Table(_) => "nftables",
+        }
+    }
+
+    /// The whole chain of causes on one line (the reason the status page shows).
+    pub fn reason(&self) -> String {
+        let mut s = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !s.contains(&text) {
+                s.push_str(": ");
+                s.push_str(&text);
+            }
+            cause = c.source();
+        }
+        s
+    }
+}
+
+/// Create and delete the probe entry: can this kernel, here, hold an entry with NAT?
+pub fn probe() -> Result<(), ConntrackError> {
+    let mut ct = Conntrack::open()?;
+    let e = probe_entry();
+    match ct.create(&e) {
+        Ok(()) => {}
+        // A probe left by a run killed between create and delete.
+        Err(err) if err.errno() == Some(libc::EEXIST) => {
+            ct.delete(&e.orig)?;
+            ct.create(&e)?;
+        }
+        Err(err) => return Err(err),
+    }
+    ct.delete(&e.orig)?;
+    Ok(())
+}
+
+/// The offload state the gateway keeps on the host while it runs.
+pub struct OffloadHost {
+    tun: String,
+    routed: Mutex<BTreeSet<IpNet>>,
+    /// Entries of ours found at start (a previous run's flows, adopted).
+    pub adopted: usize,
+}
+
+impl OffloadHost {
+    /// Probe, install the table (no routed range yet), count the entries a previous run
+    /// left.
+    pub fn start(tun: &str) -> Result<OffloadHost, Unavailable> {
+        probe()?;
+        nftables::apply(&Ruleset {
+            tun: tun.to_string(),
+            routed: BTreeSet::new(),
+        })?;
+        let adopted = Conntrack::open()
+            .and_then(|mut ct| ct.dump_ours())
+            .map(|v| v.len())
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot list the conntrack entries of an earlier run");
+                0
+            });
+        Ok(OffloadHost {
+            tun: tun.to_string(),
+            routed: Mutex::new(BTreeSet::new()),
+            adopted,
+        })
+    }
+
+    /// The ranges routed into the TUN device changed: put them in the table (only when
+    /// they differ from what it holds).
+    pub fn set_routed(&self, routed: &BTreeSet<IpNet>) -> Result<(), NftError> {
+        let mut have = self.routed.lock().unwrap_or_else(|e| e.into_inner());
+        if *have == *routed {
+            return Ok(());
+        }
+        nftables::update_sets(&Ruleset {
+            tun: self.tun.clone(),
+            routed: routed.clone(),
+        })?;
+        *have = routed.clone();
+        Ok(())
+    }
+
+    /// Remove the table and every entry of ours.
+    pub fn stop(&self) {
+        if let Err(e) = nftables::remove() {
+            tracing::warn!(error = %e, "could not remove the netfilter table");
+        }
+        match Conntrack::open().and_then(|mut ct| ct.flush_ours()) {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "could not remove the conntrack entries"),
+        }
+    }
+}
