@@ -206,8 +206,12 @@ impl Gateway {
             "the gateway did not log {want:?}; log:\n{}",
             gw.logs()
         );
-        // Likewise for the number of TUN queues (CLUSTERWAY_QUEUES, read by the gateway).
-        if let Ok(n) = std::env::var("CLUSTERWAY_QUEUES") {
+        // Likewise for the number of TUN queues (CLUSTERWAY_QUEUES, read by the gateway; a
+        // `--queues` flag overrides it).
+        if let Some(n) = std::env::var("CLUSTERWAY_QUEUES")
+            .ok()
+            .filter(|_| !extra_args.contains(&"--queues"))
+        {
             let want = format!("queues={n} ");
             assert!(
                 gw.logged(&want),
