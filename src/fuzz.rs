@@ -5,9 +5,8 @@
 //! regression input through them in ordinary `cargo test`. Each panics on a violated
 //! property (the fuzzer's finding), and only then. Not part of the gateway's API.
 //!
-//! A DNS message target belongs here too once the gateway answers DNS (`dns(data)`: parse a
-//! query, answer it from a small table, and check the answer parses), with its target in
-//! `fuzz/fuzz_targets/dns.rs` and its seeds in `fuzz/seeds/dns/`.
+//! The DNS message path ([`dns`]): arbitrary bytes as a query to the gateway's DNS server,
+//! answered from a small name table.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -192,5 +191,103 @@ pub fn snapshot(data: &[u8]) {
             .usable
             .iter()
             .all(|u| p.endpoints.iter().any(|e| e.addr == *u)));
+    }
+}
+
+/// The names the DNS harness answers from: a ClusterIP Service with a named port, a
+/// StatefulSet-style headless Service with two named pods (one dual-stack), an
+/// ExternalName, and a Service that allows only one client range.
+const DNS_TABLE: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: web, namespace: f}
+  spec:
+    clusterIP: 10.96.0.10
+    clusterIPs: [10.96.0.10, "fd00:10:96::10"]
+    ipFamilies: [IPv4, IPv6]
+    ports: [{name: http, port: 80, protocol: TCP}, {name: dns, port: 53, protocol: UDP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: db, namespace: f}
+  spec:
+    clusterIP: None
+    ports: [{name: sql, port: 5432}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: db-4, namespace: f, labels: {kubernetes.io/service-name: db}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.244.1.10], hostname: db-0}, {addresses: [10.244.2.10], hostname: db-1}]
+  ports: [{name: sql, port: 5432, protocol: TCP}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: db-6, namespace: f, labels: {kubernetes.io/service-name: db}}
+  addressType: IPv6
+  endpoints: [{addresses: ["fd00:10:244:1::a"], hostname: db-0}]
+  ports: [{name: sql, port: 5432, protocol: TCP}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: legacy, namespace: f}
+  spec: {type: ExternalName, externalName: legacy.example.com}
+- apiVersion: v1
+  kind: Service
+  metadata:
+    name: private
+    namespace: f
+    annotations: {clusterway.io/allow-sources: "192.168.0.0/16"}
+  spec: {clusterIP: 10.96.0.20, ports: [{name: http, port: 80}]}
+"#;
+
+/// The gateway's DNS answer (`dns::answer::handle`) for arbitrary bytes, as a query over
+/// UDP and over TCP, from an allowed client and from one outside a Service's allowed range,
+/// with and without forwarding. What must hold for any input: no panic; a reply parses as a
+/// DNS message, is a response, carries the query's ID, and over UDP fits in 512 bytes or
+/// the payload size the query's EDNS record offers (at most 1,232).
+pub fn dns(data: &[u8]) {
+    use crate::dns::answer::{
+        handle, DnsConfig, Outcome, Transport, CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD,
+    };
+    use hickory_proto::op::{Message, MessageType};
+
+    static NAMES: OnceLock<Arc<crate::cluster::names::NameTable>> = OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        let objs = parse_objects("fuzz-dns.yaml", DNS_TABLE).expect("the names parse");
+        let (table, errors) = build_table(1, &objs, &BuildOptions::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        table.names
+    });
+    let zone = crate::dns::parse_zone("cluster.local").expect("the zone parses");
+    let query = Message::from_vec(data).ok();
+    let offered = query
+        .as_ref()
+        .and_then(|q| q.extensions().as_ref().map(|e| e.max_payload()))
+        .map_or(CLASSIC_UDP_PAYLOAD, |p| {
+            usize::from(p.clamp(512, MAX_UDP_PAYLOAD))
+        });
+    for (forward, source) in [(false, "192.168.1.50"), (true, "10.9.9.9")] {
+        let mut cfg = DnsConfig::new(zone.clone(), 5);
+        cfg.forward = forward;
+        let source = source.parse().expect("an address");
+        for transport in [Transport::Udp, Transport::Tcp] {
+            let out = handle(data, names, 1, &cfg, source, None, transport);
+            let Outcome::Reply(reply) = out else {
+                continue;
+            };
+            let msg = match Message::from_vec(&reply.bytes) {
+                Ok(m) => m,
+                Err(e) => panic!("a reply does not parse: {e}"),
+            };
+            assert_eq!(msg.message_type(), MessageType::Response);
+            assert_eq!(msg.id(), u16::from_be_bytes([data[0], data[1]]));
+            if transport == Transport::Udp {
+                assert!(
+                    reply.bytes.len() <= offered,
+                    "a UDP reply of {} bytes where {offered} were offered",
+                    reply.bytes.len()
+                );
+            }
+        }
     }
 }

@@ -47,6 +47,11 @@ fn engine_seeds_and_regressions_hold() {
 }
 
 #[test]
+fn dns_seeds_and_regressions_hold() {
+    assert!(replay("dns", clusterway::fuzz::dns) >= 15);
+}
+
+#[test]
 fn snapshot_seeds_and_regressions_hold() {
     assert!(replay("snapshot", clusterway::fuzz::snapshot) >= 3);
 }
