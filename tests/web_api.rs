@@ -298,15 +298,33 @@ fn metrics_and_api_count_exactly_the_connections_made() {
     assert_eq!(row["state"], "serving");
     let by_ip = json(&topo, "/api/v1/services?q=10.96.0.53");
     assert_eq!(by_ip["items"][0]["name"], "dns-echo");
-    // demo/empty (no endpoints) and demo/db (headless: reached by name, not by a ClusterIP).
+    // demo/empty (no endpoints) is unservable; demo/db is headless: reached by its pods'
+    // names and addresses, not by a ClusterIP, and shown as such with its pods.
     let unservable = json(&topo, "/api/v1/services?state=unservable&sort=name");
-    assert_eq!(unservable["matched"], 2);
-    assert_eq!(unservable["items"][0]["name"], "db");
-    assert_eq!(unservable["items"][1]["name"], "empty");
+    assert_eq!(unservable["matched"], 1, "{unservable}");
+    assert_eq!(unservable["items"][0]["name"], "empty");
     assert_eq!(
-        unservable["items"][1]["last_failure"]["result"],
+        unservable["items"][0]["last_failure"]["result"],
         "no_endpoints"
     );
+    assert_eq!(unservable["unservable"], 1, "{unservable}");
+    let headless = json(&topo, "/api/v1/services?state=headless");
+    assert_eq!(headless["matched"], 1, "{headless}");
+    assert_eq!(headless["items"][0]["name"], "db");
+    assert!(
+        headless["items"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("its 2 pods")),
+        "{headless}"
+    );
+    let db = json(&topo, "/api/v1/services/demo/db");
+    let pods: Vec<&str> = db["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(pods, ["db-0", "db-1"], "{db}");
     let page = json(
         &topo,
         "/api/v1/services?sort=name&order=desc&limit=2&offset=1",

@@ -201,6 +201,7 @@ function notRoutedBadge(r) {
 function stateOnlyBadge(r) {
   if (r.state === 'no_endpoints') return '<span class="badge bad" title="' + esc(r.reason) + '">no endpoints</span>';
   if (r.state === 'not_exposed') return '<span class="badge" title="' + esc(r.reason) + '">not exposed</span>';
+  if (r.state === 'headless') return '<span class="badge" title="' + esc(r.reason) + '">headless</span>';
   return '';
 }
 function serviceRow(r) {
@@ -336,6 +337,12 @@ function renderDetail(d) {
       p.endpoints.map((e) => '<tr><td class="mono">' + esc(e.address) + '</td><td>' + esc(e.pod || '—') + '</td><td>' + esc(e.node || '—') + '</td><td>' + cond(e) + '</td></tr>').join('') +
       '</tbody></table>' : '<div class="empty">No endpoints: connections are refused.</div>';
     h += '</section>';
+  }
+  if (d.pods && d.pods.length) {
+    const zone = s.namespace + '.svc';
+    h += '<section><h3>Pods (headless: reached by name and address)</h3><table><thead><tr><th>Name</th><th>Address</th><th>Pod</th><th>Ports</th></tr></thead><tbody>' +
+      d.pods.map((p) => '<tr><td class="mono">' + esc(p.name + '.' + s.name + '.' + zone) + '</td><td class="mono">' + esc(p.address) + '</td><td>' + esc(p.pod || '—') + '</td><td class="mono">' + p.ports.map(esc).join(', ') + '</td></tr>').join('') +
+      '</tbody></table></section>';
   }
   if (d.counters.length) {
     h += '<section><h3>Connections by result</h3><table><thead><tr><th>Port</th><th class="num">ok</th><th class="num">no endpoints</th><th class="num">dial failed</th><th class="num">policy</th><th class="num">table full</th></tr></thead><tbody>' +

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{unix_ms, Status};
+use crate::cluster::names::NameTable;
 use crate::cluster::sync::SyncState;
 use crate::cluster::table::{NotExposed, ServiceEntry};
 use crate::dataplane::flows::FlowInfo;
@@ -156,7 +157,21 @@ fn add(a: &mut Agg, s: &ServiceStats) {
     }
 }
 
-fn row(s: &ServiceEntry, agg: Option<&Agg>, rate: f64) -> ServiceRow {
+/// An exposed headless Service: reached by its pods' names and addresses, not a ClusterIP.
+/// How many pods it has (by name), counted as the DNS server answers them (ready, else
+/// serving); `None` for any other Service.
+fn headless_pods(s: &ServiceEntry, names: &NameTable) -> Option<usize> {
+    if s.not_exposed != Some(NotExposed::Headless) {
+        return None;
+    }
+    names.service(&s.id.namespace, &s.id.name).map(|n| {
+        // A dual-stack pod has an address of each family under one name.
+        let pods: BTreeSet<&str> = n.endpoints().iter().map(|e| e.label.as_str()).collect();
+        pods.len()
+    })
+}
+
+fn row(s: &ServiceEntry, names: &NameTable, agg: Option<&Agg>, rate: f64) -> ServiceRow {
     let mut ports: Vec<String> = Vec::new();
     for p in &s.ports {
         let label = format!("{}/{}", p.port, p.protocol);
@@ -170,6 +185,19 @@ fn row(s: &ServiceEntry, agg: Option<&Agg>, rate: f64) -> ServiceRow {
             .map(|u| format!("{u} (unsupported)")),
     );
     let (state, reason) = match &s.not_exposed {
+        Some(_) if headless_pods(s, names) == Some(0) => (
+            "no_endpoints",
+            Some(
+                "headless: no ready or serving pod, so no name answers and nothing to reach".into(),
+            ),
+        ),
+        Some(_) if headless_pods(s, names).is_some() => (
+            "headless",
+            Some(format!(
+                "headless: its {} pods are reached by their names and addresses (DNS, --pod-cidr)",
+                headless_pods(s, names).unwrap_or_default()
+            )),
+        ),
         Some(n) => ("not_exposed", Some(not_exposed_reason(n))),
         None if s.ports.is_empty() => ("no_endpoints", Some("no supported port".into())),
         None if s.ports.iter().all(|p| p.usable.is_empty()) => (
@@ -231,6 +259,7 @@ pub fn services(status: &Status, query: &ServicesQuery) -> Value {
             let key = (s.id.namespace.clone(), s.id.name.clone());
             let mut r = row(
                 s,
+                &table.names,
                 aggs.get(&key),
                 rates.get(&key).copied().unwrap_or_default(),
             );
@@ -240,7 +269,8 @@ pub fn services(status: &Status, query: &ServicesQuery) -> Value {
         .filter(|r| match query.state.as_deref() {
             Some("not_routed") => !r.not_routed.is_empty(),
             Some("serving") => r.state == "serving",
-            Some("unservable") => r.state != "serving",
+            Some("headless") => r.state == "headless",
+            Some("unservable") => r.state != "serving" && r.state != "headless",
             Some("not_exposed") => r.state == "not_exposed",
             Some("no_endpoints") => r.state == "no_endpoints",
             _ => true,
@@ -264,7 +294,8 @@ pub fn services(status: &Status, query: &ServicesQuery) -> Value {
         "state" => rows.sort_by_key(|r| match r.state {
             "no_endpoints" => 0,
             "not_exposed" => 1,
-            _ => 2,
+            "headless" => 2,
+            _ => 3,
         }),
         _ => {}
     }
@@ -278,7 +309,10 @@ pub fn services(status: &Status, query: &ServicesQuery) -> Value {
     let unservable = table
         .services
         .iter()
-        .filter(|s| s.not_exposed.is_some() || s.ports.iter().all(|p| p.usable.is_empty()))
+        .filter(|s| {
+            let headless = headless_pods(s, &table.names).is_some_and(|n| n > 0);
+            !headless && (s.not_exposed.is_some() || s.ports.iter().all(|p| p.usable.is_empty()))
+        })
         .count();
     json!({
         "generation": table.generation,
@@ -347,7 +381,7 @@ pub fn service(status: &Status, ns: &str, name: &str) -> Option<Value> {
         }
     }
     let rate = status.rates().get(&key).copied().unwrap_or_default();
-    let mut summary = row(s, Some(&agg), rate);
+    let mut summary = row(s, &table.names, Some(&agg), rate);
     summary.not_routed = not_routed_by_service(status)
         .remove(&key)
         .unwrap_or_default();
@@ -396,9 +430,30 @@ pub fn service(status: &Status, ns: &str, name: &str) -> Option<Value> {
         .take(50)
         .collect();
     let events = status.events.recent(Some(&id), 50);
+    // A headless Service's pods, as its names resolve to them (reached directly).
+    let pods: Vec<Value> = match table.names.service(ns, name) {
+        Some(n) if s.not_exposed == Some(NotExposed::Headless) => n
+            .endpoints()
+            .iter()
+            .map(|e| {
+                json!({
+                    "address": e.ip,
+                    "name": e.label,
+                    "hostname": e.has_hostname,
+                    "pod": e.pod,
+                    "ports": e.ports.iter().map(|p| match p.name.as_str() {
+                        "" => format!("{}/{}", p.port, p.protocol.label()),
+                        named => format!("{}/{} ({named})", p.port, p.protocol.label()),
+                    }).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     Some(json!({
         "service": summary,
         "ports": ports,
+        "pods": pods,
         "counters": per_port,
         "flows": flows(status, Some(&id), 200),
         "failures": failures,
