@@ -572,6 +572,8 @@ async fn serve(
             seen_generation = Some(generation);
         }
         let drain_deadline = drain_until.unwrap_or_else(tokio::time::Instant::now);
+        // The TUN device's state as the periodic check or a link event saw it.
+        let mut link_seen = None;
         tokio::select! {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => {
@@ -590,20 +592,7 @@ async fn serve(
             }
             _ = tun_check.tick() => {
                 ticks = ticks.wrapping_add(1);
-                let now_up = health.tun().is_ok();
-                if now_up != tun_up {
-                    if now_up {
-                        tracing::info!(device = %device.name, "TUN device up again");
-                        // The kernel drops IPv6 addresses of a link that goes down.
-                        if let Err(e) = host.configure_link(device.index, &addrs, None).await {
-                            tracing::warn!(error = %e, label = e.label(), "could not restore the TUN device's addresses");
-                        }
-                    } else {
-                        tracing::warn!(device = %device.name, "TUN device down: withdrawing the routes");
-                    }
-                    tun_up = now_up;
-                    force = true;
-                }
+                link_seen = Some(health.tun().is_ok());
                 if ticks % FULL_RECONCILE == 0 {
                     force = true;
                 }
@@ -611,18 +600,8 @@ async fn serve(
             Some((index, now_up)) = link_events.recv() => {
                 // The kernel drops a link's routes when it goes down, silently; a flap shorter
                 // than TUN_CHECK is seen only here.
-                if index == device.index && now_up != tun_up {
-                    if now_up {
-                        tracing::info!(device = %device.name, "TUN device up again");
-                        // The kernel drops IPv6 addresses of a link that goes down.
-                        if let Err(e) = host.configure_link(device.index, &addrs, None).await {
-                            tracing::warn!(error = %e, label = e.label(), "could not restore the TUN device's addresses");
-                        }
-                    } else {
-                        tracing::warn!(device = %device.name, "TUN device down: withdrawing the routes");
-                    }
-                    tun_up = now_up;
-                    force = true;
+                if index == device.index {
+                    link_seen = Some(now_up);
                 }
             }
             r = changed_rx.changed() => {
@@ -635,6 +614,19 @@ async fn serve(
                     Some(Err(())) | None => Err(anyhow::anyhow!("a dataplane worker panicked")),
                 };
             }
+        }
+        if let Some(now_up) = link_seen.filter(|&up| up != tun_up) {
+            if now_up {
+                tracing::info!(device = %device.name, "TUN device up again");
+                // The kernel drops IPv6 addresses of a link that goes down.
+                if let Err(e) = host.configure_link(device.index, &addrs, None).await {
+                    tracing::warn!(error = %e, label = e.label(), "could not restore the TUN device's addresses");
+                }
+            } else {
+                tracing::warn!(device = %device.name, "TUN device down: withdrawing the routes");
+            }
+            tun_up = now_up;
+            force = true;
         }
     };
     // Routes go first: the daemon withdraws them while the rest stops.
