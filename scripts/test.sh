@@ -73,6 +73,9 @@ echo "==> cargo test --test dataplane, proxy on the workers, 2 queues"
 CLUSTERWAY_PROXY_ON_WORKERS=1 CLUSTERWAY_QUEUES=2 cargo test --test dataplane 2>&1
 echo "==> cargo test --test dataplane, flow offload (the dataplane suite's default is proxy)"
 CLUSTERWAY_DATAPLANE=offload cargo test --test dataplane 2>&1
+# The floods with flow offload (the kernel holds the flows and the fragments).
+echo "==> cargo test --test adversarial, flow offload"
+CLUSTERWAY_DATAPLANE=offload cargo test --test adversarial 2>&1
 # The floods again with two workers sharing the NAT (each evicts from its own shards).
 echo "==> cargo test --test adversarial, proxy on the workers, 2 queues"
 CLUSTERWAY_PROXY_ON_WORKERS=1 CLUSTERWAY_QUEUES=2 cargo test --test adversarial 2>&1

@@ -408,10 +408,12 @@ fn assert_survived(name: &str, o: &Outcome) {
         Ok(n) => assert_eq!(*n, TRANSFER, "{name}: the transfer was cut short"),
         Err(e) => panic!("{name}: the transfer failed during the flood: {e:#}"),
     }
-    // Generous for a loaded 2-core machine: a legitimate SYN may be lost in the crowd and
-    // retried, but the flows a flood leaves behind must never lock the client out.
+    // Generous for a loaded 2-core machine: a legitimate SYN may be lost in the crowd (the
+    // kernel drops what the TUN queue cannot hold, before the gateway sees it) and its
+    // retries too, but the flows a flood leaves behind must never lock the client out (a
+    // table full of spoofed flows did: 1-3 of 20, bench/README.md "Floods").
     assert!(
-        o.new_ok + 2 >= o.new_tried,
+        o.new_ok + 4 >= o.new_tried,
         "{name}: only {} of {} new connections succeeded",
         o.new_ok,
         o.new_tried
@@ -433,6 +435,19 @@ fn metric(o: &Outcome, series: &str) -> f64 {
     metric_value(&o.metrics, series)
 }
 
+/// Where a SYN flood went. The proxy: its table filled with unanswered flows, which made
+/// room for new ones, counted. Offload: every spoofed SYN was decided and handed to the
+/// kernel (a conntrack entry the kernel expires, or drops early when its table is full:
+/// unreplied entries are not assured), so nothing of them stays in the process.
+fn assert_syn_flood_accounted(o: &Outcome) {
+    let series = if offload_under_test() {
+        "clusterway_offload_flows_total"
+    } else {
+        "clusterway_flow_evictions_total{table=\"tcp_unanswered\"}"
+    };
+    assert!(metric(o, series) > 0.0, "{series}: {}", o.metrics);
+}
+
 #[test]
 fn spoofed_syn_flood_at_an_affinity_service() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -441,15 +456,7 @@ fn spoofed_syn_flood_at_an_affinity_service() {
         spoofed_syn(n, [10, 96, 0, 20], buf)
     });
     assert_survived("syn-affinity", &o);
-    // The table filled with unanswered flows, which made room for new ones: counted.
-    assert!(
-        metric(
-            &o,
-            "clusterway_flow_evictions_total{table=\"tcp_unanswered\"}"
-        ) > 0.0,
-        "{}",
-        o.metrics
-    );
+    assert_syn_flood_accounted(&o);
     assert!(o.packets_in > 0.0);
 }
 
@@ -461,14 +468,7 @@ fn spoofed_syn_flood_at_a_plain_service() {
         spoofed_syn(n, [10, 96, 0, 21], buf)
     });
     assert_survived("syn-plain", &o);
-    assert!(
-        metric(
-            &o,
-            "clusterway_flow_evictions_total{table=\"tcp_unanswered\"}"
-        ) > 0.0,
-        "{}",
-        o.metrics
-    );
+    assert_syn_flood_accounted(&o);
 }
 
 #[test]
@@ -523,6 +523,18 @@ fn fragments_that_never_complete() {
         Ipv4Addr::new(10, 96, 0, 53)
     });
     assert_survived("fragments", &o);
+    if offload_under_test() {
+        // Offload turns connection tracking on in the gateway's namespace, and conntrack
+        // needs whole datagrams: the kernel's defragmenter holds the fragments in its own
+        // bounded queue (net.ipv4.ipfrag_high_thresh) and expires them, so next to none
+        // reach the TUN device.
+        assert!(
+            o.packets_in < count as f64 / 10.0,
+            "{} of {count} fragments reached the gateway",
+            o.packets_in
+        );
+        return;
+    }
     // The reassembly budget filled and refused the rest, counted by reason.
     assert!(
         metric(
@@ -546,12 +558,13 @@ impl Rng {
     }
 }
 
-/// Packets of the fuzz corpus, if the repository has one (`fuzz/corpus/**`, raw IP
-/// packets), in a stable order.
+/// Packets of the packet parser's fuzz inputs, raw IP packets, in a stable order: the
+/// committed seeds (`fuzz/seeds/parse`) and what fuzz runs on this machine found
+/// (`fuzz/corpus/parse`, not committed, present once `scripts/fuzz.sh` ran).
 fn fuzz_corpus() -> Vec<Vec<u8>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut files = Vec::new();
-    let mut dirs = vec![root];
+    let mut dirs = vec![fuzz.join("seeds/parse"), fuzz.join("corpus/parse")];
     while let Some(dir) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -630,6 +643,11 @@ fn malformed_and_random_packets_at_full_rate() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let count = flood_size(150_000);
     let corpus = fuzz_corpus();
+    assert!(
+        corpus.len() >= 5,
+        "the packet parser's fuzz seeds (fuzz/seeds/parse) are replayed too: {} found",
+        corpus.len()
+    );
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let (_topo, o) = under_flood("malformed", count, move |n, buf| {
         malformed(n, &mut rng, &corpus, buf)
