@@ -184,27 +184,26 @@ fn row(s: &ServiceEntry, names: &NameTable, agg: Option<&Agg>, rate: f64) -> Ser
             .iter()
             .map(|u| format!("{u} (unsupported)")),
     );
-    let (state, reason) = match &s.not_exposed {
-        Some(_) if headless_pods(s, names) == Some(0) => (
+    let (state, reason) = match (&s.not_exposed, headless_pods(s, names)) {
+        (_, Some(0)) => (
             "no_endpoints",
             Some(
                 "headless: no ready or serving pod, so no name answers and nothing to reach".into(),
             ),
         ),
-        Some(_) if headless_pods(s, names).is_some() => (
+        (_, Some(pods)) => (
             "headless",
             Some(format!(
-                "headless: its {} pods are reached by their names and addresses (DNS, --pod-cidr)",
-                headless_pods(s, names).unwrap_or_default()
+                "headless: its {pods} pods are reached by their names and addresses (DNS, --pod-cidr)"
             )),
         ),
-        Some(n) => ("not_exposed", Some(not_exposed_reason(n))),
-        None if s.ports.is_empty() => ("no_endpoints", Some("no supported port".into())),
-        None if s.ports.iter().all(|p| p.usable.is_empty()) => (
+        (Some(n), None) => ("not_exposed", Some(not_exposed_reason(n))),
+        (None, _) if s.ports.is_empty() => ("no_endpoints", Some("no supported port".into())),
+        (None, _) if s.ports.iter().all(|p| p.usable.is_empty()) => (
             "no_endpoints",
             Some("no ready or serving endpoint: connections are refused".into()),
         ),
-        None => ("serving", None),
+        (None, _) => ("serving", None),
     };
     let a = agg.cloned().unwrap_or_default();
     ServiceRow {
