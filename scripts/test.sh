@@ -14,6 +14,8 @@ fi
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
+# The topologies set forwarding, rp_filter and IPv6 sysctls inside their namespaces.
+command -v sysctl >/dev/null 2>&1 || need+=(procps)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 # The fuzz targets (scripts/fuzz.sh): libfuzzer-sys builds libFuzzer with the C++ compiler.
 command -v c++ >/dev/null 2>&1 || need+=(g++)
