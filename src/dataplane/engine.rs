@@ -335,7 +335,11 @@ impl<T> Engine<T> {
         csum: Checksum,
     ) -> Verdict<'_, T> {
         let Transport::Tcp {
-            src_port, dst_port, ..
+            src_port,
+            dst_port,
+            seq,
+            flags,
+            ..
         } = pkt.transport
         else {
             return Verdict::Drop(Reason::NoReverseFlow);
@@ -345,7 +349,14 @@ impl<T> Engine<T> {
             return Verdict::Drop(Reason::NoReverseFlow);
         }
         match self.nat.reverse(&virt) {
-            Some((key, _)) => {
+            Some((key, state)) => {
+                // The listener's SYN-ACK: the client that acknowledges it is real.
+                if matches!(state, FlowState::Pending { .. })
+                    && flags.has(TcpFlags::SYN)
+                    && flags.has(TcpFlags::ACK)
+                {
+                    self.nat.syn_ack(virt, seq);
+                }
                 packet::rewrite(buf, pkt, key.service, key.client, csum);
                 Verdict::Forward {
                     len: pkt.len,
@@ -372,6 +383,19 @@ impl<T> Engine<T> {
         if let Some((virt, state)) = self.nat.get(&key, self.worker) {
             let reopened = syn && matches!(state, FlowState::Closed { .. });
             if !reopened {
+                // The client completes the handshake: its flow is no longer one a SYN
+                // flood may push out before the proxy accepts it.
+                if let (
+                    FlowState::Pending {
+                        syn_ack: Some(_), ..
+                    },
+                    Transport::Tcp { ack, .. },
+                ) = (state, pkt.transport)
+                {
+                    if flags.has(TcpFlags::ACK) && !flags.has(TcpFlags::SYN) {
+                        self.nat.client_ack(virt, ack);
+                    }
+                }
                 packet::rewrite(buf, pkt, virt, self.listener(&virt), csum);
                 return Verdict::Forward {
                     len: pkt.len,

@@ -136,8 +136,17 @@ fn nth_v6(net: Ipv6Net, n: u32) -> Ipv6Addr {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowState {
-    /// SYN seen, listener has not accepted yet.
-    Pending { since: Instant },
+    /// SYN seen, the client has not completed the handshake yet; `syn_ack` is the
+    /// listener's initial sequence number once its SYN-ACK went back through the gateway.
+    Pending {
+        since: Instant,
+        syn_ack: Option<u32>,
+    },
+    /// The client acknowledged the listener's SYN-ACK (it saw it, so the source address is
+    /// its own): a real client whose connection waits for the proxy to accept it. Never
+    /// dropped to make room for a new flow (a busy proxy may take a while to accept);
+    /// still expires with the pending timeout when it is never accepted.
+    Answered { since: Instant },
     /// The proxy accepted it and owns the connection.
     Established,
     /// The proxy closed it; translating the last packets until `at + close_grace`.
@@ -239,6 +248,9 @@ pub struct NatTable {
     /// Flows in the order they were mapped, while they may still be pending (entries of
     /// flows accepted or gone since are skipped when met; see [`NatTable::compact`]).
     pending: VecDeque<(Instant, u32, SocketAddr)>,
+    /// Answered flows not accepted yet that [`NatTable::early_drop`] took off `pending`
+    /// (in mapping order too), for the pending timeout.
+    answered: VecDeque<(Instant, u32, SocketAddr)>,
     /// Unanswered flows dropped to make room for a new one.
     early_drops: u64,
 }
@@ -269,6 +281,7 @@ impl NatTable {
             active: 0,
             closing: VecDeque::new(),
             pending: VecDeque::new(),
+            answered: VecDeque::new(),
             early_drops: 0,
         }
     }
@@ -343,7 +356,10 @@ impl NatTable {
         let entry = Entry {
             key,
             virt,
-            state: FlowState::Pending { since: now },
+            state: FlowState::Pending {
+                since: now,
+                syn_ack: None,
+            },
         };
         let slot = match self.free_slots.pop() {
             Some(s) => {
@@ -363,36 +379,98 @@ impl NatTable {
         Ok(virt)
     }
 
-    /// Whether `slot` still holds the pending flow mapped to `virt`.
+    /// The state of the flow mapped to `virt` if `slot` still holds it.
+    fn state_at(&self, slot: u32, virt: SocketAddr) -> Option<FlowState> {
+        self.entry(slot).filter(|e| e.virt == virt).map(|e| e.state)
+    }
+
+    /// Whether `slot` still holds the flow mapped to `virt`, unanswered.
     fn is_pending(&self, slot: u32, virt: SocketAddr) -> bool {
-        self.entry(slot)
-            .is_some_and(|e| e.virt == virt && matches!(e.state, FlowState::Pending { .. }))
+        matches!(self.state_at(slot, virt), Some(FlowState::Pending { .. }))
+    }
+
+    /// Whether `slot` still holds the flow mapped to `virt`, not accepted yet (unanswered
+    /// or answered): one the pending timeout expires.
+    fn is_waiting(&self, slot: u32, virt: SocketAddr) -> bool {
+        matches!(
+            self.state_at(slot, virt),
+            Some(FlowState::Pending { .. } | FlowState::Answered { .. })
+        )
+    }
+
+    /// The listener answered the SYN of the flow mapped to `virt` with initial sequence
+    /// number `isn`.
+    pub fn syn_ack(&mut self, virt: SocketAddr, isn: u32) {
+        if let Some(e) = self.entry_mut(virt) {
+            if let FlowState::Pending { syn_ack, .. } = &mut e.state {
+                *syn_ack = Some(isn);
+            }
+        }
+    }
+
+    /// The client of the flow mapped to `virt` sent a segment acknowledging `ack`. When
+    /// that acknowledges the listener's SYN-ACK the client completed the handshake, and
+    /// the flow is answered (see [`FlowState::Answered`]). True when it did.
+    pub fn client_ack(&mut self, virt: SocketAddr, ack: u32) -> bool {
+        let Some(e) = self.entry_mut(virt) else {
+            return false;
+        };
+        match e.state {
+            FlowState::Pending {
+                since,
+                syn_ack: Some(isn),
+            } if ack == isn.wrapping_add(1) => {
+                e.state = FlowState::Answered { since };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn entry_mut(&mut self, virt: SocketAddr) -> Option<&mut Entry> {
+        let slot = *self.reverse.get(&virt)?;
+        self.slots.get_mut(slot as usize)?.as_mut()
     }
 
     /// Drop the oldest flow still waiting for its handshake, to make room for a new one.
-    /// False when every active flow was answered.
+    /// False when every active flow was answered. Answered flows met on the way move to
+    /// their own queue, where the pending timeout still finds them.
     pub fn early_drop(&mut self, now: Instant) -> bool {
-        while let Some((_, slot, virt)) = self.pending.pop_front() {
-            if self.is_pending(slot, virt) {
-                self.remove_slot(slot, now);
-                self.early_drops += 1;
-                return true;
+        while let Some((since, slot, virt)) = self.pending.pop_front() {
+            match self.state_at(slot, virt) {
+                Some(FlowState::Pending { .. }) => {
+                    self.remove_slot(slot, now);
+                    self.early_drops += 1;
+                    return true;
+                }
+                Some(FlowState::Answered { .. }) => self.answered.push_back((since, slot, virt)),
+                _ => {}
             }
         }
         false
     }
 
-    /// Keep the pending queue within a small multiple of the mapped flows: entries of flows
-    /// accepted or removed since are dropped once they outnumber the live ones.
+    /// Keep the queues of waiting flows within a small multiple of the mapped flows:
+    /// entries of flows accepted or removed since are dropped once they outnumber the
+    /// live ones.
     fn compact(&mut self) {
-        if self.pending.len() > 2 * self.forward.len() + 64 {
-            let slots = &self.slots;
-            self.pending.retain(|&(_, slot, virt)| {
-                slots
-                    .get(slot as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|e| e.virt == virt && matches!(e.state, FlowState::Pending { .. }))
-            });
+        let bound = 2 * self.forward.len() + 64;
+        for queue in [&mut self.pending, &mut self.answered] {
+            if queue.len() > bound {
+                let slots = &self.slots;
+                queue.retain(|&(_, slot, virt)| {
+                    slots
+                        .get(slot as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|e| {
+                            e.virt == virt
+                                && matches!(
+                                    e.state,
+                                    FlowState::Pending { .. } | FlowState::Answered { .. }
+                                )
+                        })
+                });
+            }
         }
     }
 
@@ -417,7 +495,10 @@ impl NatTable {
         };
         match self.slots[slot as usize].as_mut() {
             Some(e) => {
-                if matches!(e.state, FlowState::Pending { .. }) {
+                if matches!(
+                    e.state,
+                    FlowState::Pending { .. } | FlowState::Answered { .. }
+                ) {
                     e.state = FlowState::Established;
                 }
                 true
@@ -457,16 +538,27 @@ impl NatTable {
             self.closing.pop_front();
             removed += usize::from(self.remove_if(slot, virt, now));
         }
-        // The pending queue is in mapping order: the expired ones are at its front.
+        // The queues of waiting flows are in mapping order: the expired ones are at their
+        // fronts.
         let timeout = self.config.pending_timeout;
-        while let Some(&(since, slot, virt)) = self.pending.front() {
-            if now.saturating_duration_since(since) < timeout {
-                break;
-            }
-            self.pending.pop_front();
-            if self.is_pending(slot, virt) {
-                self.remove_slot(slot, now);
-                removed += 1;
+        for answered in [false, true] {
+            loop {
+                let queue = if answered {
+                    &mut self.answered
+                } else {
+                    &mut self.pending
+                };
+                let Some(&(since, slot, virt)) = queue.front() else {
+                    break;
+                };
+                if now.saturating_duration_since(since) < timeout {
+                    break;
+                }
+                queue.pop_front();
+                if self.is_waiting(slot, virt) {
+                    self.remove_slot(slot, now);
+                    removed += 1;
+                }
             }
         }
         removed
@@ -492,7 +584,7 @@ impl NatTable {
         // TIME_WAIT on the gateway's side starts when the proxy closed the socket.
         let released_at = match entry.state {
             FlowState::Closed { at } => at,
-            FlowState::Pending { .. } | FlowState::Established => {
+            FlowState::Pending { .. } | FlowState::Answered { .. } | FlowState::Established => {
                 self.active -= 1;
                 now
             }
@@ -756,29 +848,43 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Flood {
-        /// A SYN nobody answers (spoofed source).
-        Spoofed(u32),
-        /// A legitimate client: SYN, then the proxy accepts it.
-        Legit(u32),
+        /// A SYN nobody answers (spoofed source); with `Some(ack)`, followed by an ACK
+        /// that guesses the listener's sequence number.
+        Spoofed(u32, Option<u32>),
+        /// A legitimate client: SYN, the listener's SYN-ACK, the client's ACK; accepted by
+        /// the proxy at once, or (false) later by [`Flood::Accept`].
+        Legit(u32, bool),
+        /// The proxy accepts the i-th legitimate flow still waiting.
+        Accept(usize),
         Close(usize),
         Advance(u64),
     }
 
     fn flood_op() -> impl Strategy<Value = Flood> {
         prop_oneof![
-            8 => (0u32..100_000).prop_map(Flood::Spoofed),
-            2 => (100_000u32..100_050).prop_map(Flood::Legit),
+            8 => (0u32..100_000, prop::option::of(any::<u32>())).prop_map(|(n, a)| Flood::Spoofed(n, a)),
+            2 => (100_000u32..100_050, any::<bool>()).prop_map(|(n, now)| Flood::Legit(n, now)),
+            1 => (0usize..8).prop_map(Flood::Accept),
             1 => (0usize..50).prop_map(Flood::Close),
             1 => (0u64..12).prop_map(Flood::Advance),
         ]
     }
 
+    /// The listener's initial sequence number for `virt` (any number the client cannot
+    /// know without seeing the SYN-ACK).
+    fn isn(virt: SocketAddr) -> u32 {
+        0x9e37_79b9u32.wrapping_mul(u32::from(virt.port()) + 1)
+    }
+
     proptest! {
-        /// Under any mix of spoofed SYNs, legitimate flows, closes and time: the table stays
-        /// within its bounds (active ≤ capacity, lingering closed flows ≤ 4 × capacity, the
-        /// pending queue within a small multiple of the mapped flows); a legitimate SYN is
-        /// refused only when every active flow completed its handshake; no unanswered flow
-        /// outlives the pending timeout by more than the sweep.
+        /// Under any mix of spoofed SYNs (some followed by guessed ACKs), legitimate flows,
+        /// late accepts, closes and time: the table stays within its bounds (active ≤
+        /// capacity, lingering closed flows ≤ 4 × capacity, the queues of waiting flows
+        /// within a small multiple of the mapped flows); a legitimate SYN is refused only
+        /// when every active flow completed its handshake; a client that completed its
+        /// handshake keeps its flow until the proxy accepts it (within the pending
+        /// timeout), however many SYNs arrive meanwhile; no flow waits past the pending
+        /// timeout by more than the sweep.
         #[test]
         fn a_syn_flood_never_locks_legitimate_clients_out(ops in prop::collection::vec(flood_op(), 1..600)) {
             let cap = 16;
@@ -786,30 +892,63 @@ mod tests {
             let mut now = t0;
             let mut t = NatTable::new(cfg(cap, 1), t0);
             let mut legit: Vec<SocketAddr> = Vec::new();
+            let mut waiting: Vec<(u32, SocketAddr, Instant)> = Vec::new();
             for op in ops {
                 match op {
-                    Flood::Spoofed(n) => { let _ = t.insert(key(n, n % 3 == 0), now); }
-                    Flood::Legit(n) => {
-                        let answered = t.iter().filter(|(_, _, s)| matches!(s, FlowState::Established)).count();
+                    Flood::Spoofed(n, ack) => {
+                        if let Ok(v) = t.insert(key(n, n % 3 == 0), now) {
+                            t.syn_ack(v, isn(v));
+                            if let Some(a) = ack.filter(|&a| a != isn(v).wrapping_add(1)) {
+                                prop_assert!(!t.client_ack(v, a), "a guessed ACK answered the flow");
+                            }
+                        }
+                    }
+                    Flood::Legit(n, accept) => {
+                        let answered = t.iter().filter(|(_, _, s)| matches!(s, FlowState::Established | FlowState::Answered { .. })).count();
                         match t.insert(key(n, false), now) {
-                            Ok(v) => { prop_assert!(t.accepted(v)); legit.push(v); }
+                            Ok(v) => {
+                                // A reused key replaced the flow that waited under it.
+                                waiting.retain(|&(m, _, _)| m != n);
+                                t.syn_ack(v, isn(v));
+                                prop_assert!(t.client_ack(v, isn(v).wrapping_add(1)));
+                                if accept {
+                                    prop_assert!(t.accepted(v));
+                                    legit.push(v);
+                                } else {
+                                    waiting.push((n, v, now));
+                                }
+                            }
                             Err(e) => prop_assert!(answered >= cap, "{e} with {answered} answered flows"),
                         }
                     }
+                    Flood::Accept(i) => if i < waiting.len() {
+                        let (_, v, since) = waiting.remove(i);
+                        // Gone only when it waited for the pending timeout.
+                        let kept = t.accepted(v);
+                        prop_assert!(kept || now.duration_since(since) >= PENDING_TIMEOUT, "answered flow {v} dropped");
+                        if kept { legit.push(v); }
+                    },
                     Flood::Close(i) => if let Some(v) = legit.get(i) { t.closed(*v, now) },
                     Flood::Advance(s) => {
                         now += Duration::from_secs(s);
                         t.expire(now);
                         for (_, _, st) in t.iter() {
-                            if let FlowState::Pending { since } = st {
+                            if let FlowState::Pending { since, .. } | FlowState::Answered { since } = st {
                                 prop_assert!(now.duration_since(since) < PENDING_TIMEOUT);
                             }
                         }
                     }
                 }
+                // A waiting legitimate flow younger than the timeout is still mapped.
+                for (_, v, since) in &waiting {
+                    if now.duration_since(*since) < PENDING_TIMEOUT {
+                        prop_assert!(matches!(t.reverse(v), Some((_, FlowState::Answered { .. }))), "answered flow {v} dropped");
+                    }
+                }
                 prop_assert!(t.active() <= cap);
                 prop_assert!(t.closing.len() <= (cap * 4).max(64));
                 prop_assert!(t.pending.len() <= 2 * t.forward.len() + 65);
+                prop_assert!(t.answered.len() <= 2 * t.forward.len() + 65);
                 prop_assert_eq!(t.forward.len(), t.reverse.len());
             }
         }

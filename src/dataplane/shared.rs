@@ -183,6 +183,19 @@ impl SharedFlows {
         })
     }
 
+    /// The listener answered the SYN of the flow mapped to `virt` ([`NatTable::syn_ack`]).
+    pub fn syn_ack(&self, virt: SocketAddr, isn: u32) {
+        if let Some(shard) = self.shard_of_virt(&virt) {
+            lock(shard).syn_ack(virt, isn);
+        }
+    }
+
+    /// The client of the flow mapped to `virt` acknowledged `ack` ([`NatTable::client_ack`]).
+    pub fn client_ack(&self, virt: SocketAddr, ack: u32) -> bool {
+        self.shard_of_virt(&virt)
+            .is_some_and(|shard| lock(shard).client_ack(virt, ack))
+    }
+
     /// The proxy accepted the connection from `virt`. False when no flow is mapped to it
     /// any more (unanswered too long: expired, or dropped to make room).
     pub fn accepted(&self, virt: SocketAddr) -> bool {

@@ -441,6 +441,97 @@ fn full_nat_table_refuses_with_rst_and_keeps_existing_flows() {
     ));
 }
 
+/// A segment from the gateway's listener to the virtual tuple `virt`.
+fn from_listener(e: &Engine<u32>, virt: SocketAddr, seq: u32, syn: bool) -> Vec<u8> {
+    let l = e.listener(&virt);
+    let (IpAddr::V4(src), IpAddr::V4(dst)) = (l.ip(), virt.ip()) else {
+        panic!("IPv4 expected")
+    };
+    let mut b = v4(src.octets(), dst.octets()).tcp(l.port(), virt.port(), seq, 64240);
+    if syn {
+        b = b.syn();
+    }
+    b = b.ack(1001);
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
+/// A segment from `CLIENT:sport` to web acknowledging `ack`.
+fn client_ack(sport: u16, ack: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    v4(CLIENT, WEB)
+        .tcp(sport, 80, 1001, 64240)
+        .ack(ack)
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+#[test]
+fn a_client_that_completed_its_handshake_is_not_pushed_out_by_a_syn_flood() {
+    let t0 = Instant::now();
+    let table = table();
+    let mut e = engine(t0);
+    // Two clients send a SYN; the listener answers both (ISN 7000 and 9000).
+    let mut flows = Vec::new();
+    for (sport, isn) in [(31000u16, 7000u32), (31001, 9000)] {
+        let syn = tcp(CLIENT, sport, WEB, 80, true, false);
+        let mut r = Run::new(&syn);
+        let Verdict::NewTcp { flow, .. } = r.handle(&mut e, &table, syn.len(), t0) else {
+            panic!()
+        };
+        let syn_ack = from_listener(&e, flow.virt, isn, true);
+        let mut r = Run::new(&syn_ack);
+        assert!(matches!(
+            r.handle(&mut e, &table, syn_ack.len(), t0),
+            Verdict::Forward { .. }
+        ));
+        flows.push((sport, isn, flow.virt));
+    }
+    // The first acknowledges the SYN-ACK; the second sends an ACK that does not (what a
+    // spoofer guessing the sequence number sends).
+    let (sport, isn, real) = flows[0];
+    let ack = client_ack(sport, isn + 1);
+    let mut r = Run::new(&ack);
+    assert!(matches!(
+        r.handle(&mut e, &table, ack.len(), t0),
+        Verdict::Forward { .. }
+    ));
+    let (sport, isn, guessed) = flows[1];
+    let ack = client_ack(sport, isn + 2);
+    let mut r = Run::new(&ack);
+    assert!(matches!(
+        r.handle(&mut e, &table, ack.len(), t0),
+        Verdict::Forward { .. }
+    ));
+    assert!(matches!(
+        e.nat().reverse(&real),
+        Some((_, FlowState::Answered { .. }))
+    ));
+    assert!(matches!(
+        e.nat().reverse(&guessed),
+        Some((_, FlowState::Pending { .. }))
+    ));
+    // A flood of SYNs from spoofed sources, far more than the table holds (4): each one
+    // makes room by dropping the oldest unanswered flow, never the answered one.
+    for n in 0..40u8 {
+        let syn = tcp([203, 0, 113, n], 40000, WEB, 80, true, false);
+        let mut r = Run::new(&syn);
+        assert!(matches!(
+            r.handle(&mut e, &table, syn.len(), t0),
+            Verdict::NewTcp { .. }
+        ));
+    }
+    assert!(
+        e.nat().reverse(&guessed).is_none(),
+        "the unanswered flow was dropped"
+    );
+    // The proxy accepts the answered client's connection late, and it is still there.
+    assert!(e.nat().accepted(real));
+    assert!(e.nat().early_drops() >= 37);
+}
+
 #[test]
 fn malformed_packets_are_counted_drops() {
     let t0 = Instant::now();
