@@ -249,6 +249,7 @@ struct Outcome {
     rss_after: u64,
     packets_in: f64,
     metrics: String,
+    logs: String,
 }
 
 /// Bytes of the transfer that runs through each flood.
@@ -290,13 +291,21 @@ where
     let sampler = RssSampler::start(pid);
 
     // A transfer that starts before the flood and runs through it (read at a paced rate,
-    // so that it lasts about as long as the flood).
+    // so that it lasts about as long as the flood). The flood starts once its first bytes
+    // arrived: what it must survive is an established flow (new ones are the legitimate
+    // client's connections below).
+    let (started, first_bytes) = std::sync::mpsc::channel();
     let transfer = {
         let addr: SocketAddr = PLAIN.parse().unwrap();
         topo.client()
-            .spawn(move || slow_get(addr, TRANSFER))
+            .spawn(move || slow_get(addr, TRANSFER, started))
             .expect("starting the transfer")
     };
+    assert!(
+        first_bytes.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the transfer did not start: {}",
+        gw.logs()
+    );
     let flooding = flood(&topo, count, make);
     // New connections from the legitimate client to another Service, spread over the
     // flood. Each may take [`NEW_CONNECTION_TIMEOUT`]: the flood shares the client's link
@@ -350,6 +359,7 @@ where
         rss_after,
         packets_in,
         metrics,
+        logs: gw.logs(),
     };
     let secs = outcome.sent.elapsed.as_secs_f64().max(1e-3);
     println!(
@@ -379,8 +389,12 @@ where
 }
 
 /// `GET /bytes/n` from `addr`, reading 64 KiB every 40 ms (about 1.6 MB/s); the body's
-/// length.
-fn slow_get(addr: SocketAddr, n: usize) -> anyhow::Result<usize> {
+/// length. Says on `started` when the first bytes arrived.
+fn slow_get(
+    addr: SocketAddr,
+    n: usize,
+    started: std::sync::mpsc::Sender<()>,
+) -> anyhow::Result<usize> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -395,6 +409,9 @@ fn slow_get(addr: SocketAddr, n: usize) -> anyhow::Result<usize> {
         if got == 0 {
             break;
         }
+        if raw.is_empty() {
+            let _ = started.send(());
+        }
         raw.extend_from_slice(&chunk[..got]);
         std::thread::sleep(Duration::from_millis(40));
     }
@@ -406,7 +423,10 @@ fn assert_survived(name: &str, o: &Outcome) {
     assert!(o.sent.packets > 0, "{name}: nothing was sent");
     match &o.transfer {
         Ok(n) => assert_eq!(*n, TRANSFER, "{name}: the transfer was cut short"),
-        Err(e) => panic!("{name}: the transfer failed during the flood: {e:#}"),
+        Err(e) => panic!(
+            "{name}: the transfer failed during the flood: {e:#}\n{}\n{}",
+            o.logs, o.metrics
+        ),
     }
     // Generous for a loaded 2-core machine: a legitimate SYN may be lost in the crowd (the
     // kernel drops what the TUN queue cannot hold, before the gateway sees it) and its
