@@ -130,7 +130,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_tcp_flows: Option<u64>,
 
-    /// Most concurrent UDP flows (default: from RLIMIT_NOFILE, one descriptor each).
+    /// Most concurrent UDP flows proxied in user space (default: from RLIMIT_NOFILE, one
+    /// descriptor each). With `--dataplane offload` the kernel's conntrack table bounds UDP
+    /// flows; this bounds only those the kernel path cannot carry.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_udp_flows: Option<u64>,
 
@@ -187,7 +189,7 @@ pub struct RunArgs {
     /// stops at once.
     #[arg(long, env = "CLUSTERWAY_DRAIN_TIMEOUT", default_value = "5s", value_parser = crate::host::announce::parse_drain_timeout, value_name = "DURATION")]
     pub drain_timeout: Duration,
-    /// Which dataplane carries TCP flows. `offload`: the gateway decides each flow on its
+    /// Which dataplane carries TCP and UDP flows. `offload`: the gateway decides each flow on its
     /// first packet and hands it to the kernel's connection tracking with the NAT decided
     /// (kernel-DNAT speed, no descriptor per flow, flows outlive the process); falls back
     /// to `proxy`, saying why, where the kernel cannot. `proxy`: the gateway's kernel

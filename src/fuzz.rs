@@ -145,7 +145,13 @@ pub fn engine(data: &[u8]) {
                 if step % 2 == 0 {
                     engine.offloaded(key, &port, endpoint, now);
                 } else {
-                    let rst = engine.refuse_tcp(
+                    let refuse = if port.protocol == crate::cluster::table::Protocol::Udp {
+                        Engine::refuse_udp
+                    } else {
+                        Engine::refuse_tcp
+                    };
+                    let rst = refuse(
+                        &mut engine,
                         &buf,
                         len,
                         &port,

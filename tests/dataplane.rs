@@ -502,7 +502,9 @@ fn full_tables_refuse_new_flows_and_keep_existing_ones() {
     ));
 
     // UDP: one flow fits; a second client flow takes the place of the one whose client was
-    // quiet longest (the first), which is closed, and counted.
+    // quiet longest (the first), which is closed, and counted. Offload: UDP flows live in
+    // the kernel's conntrack table too (--max-udp-flows bounds the proxy's sockets), so
+    // both are answered and none is evicted.
     let (a, b) = topo
         .client()
         .run(|| -> std::io::Result<(String, std::io::Result<usize>)> {
@@ -523,6 +525,9 @@ fn full_tables_refuse_new_flows_and_keep_existing_ones() {
         .unwrap();
     assert!(a.ends_with("one"), "{a}");
     assert!(b.is_ok(), "the second flow was refused: {b:?}");
+    if !tcp_bounded {
+        return;
+    }
     assert!(
         wait_for(
             || metric_value(

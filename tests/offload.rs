@@ -488,3 +488,181 @@ fn refused_ctnetlink_falls_back_to_the_proxy_with_the_reason_shown() {
     let tables = topo.gateway().sh("nft list tables").unwrap();
     assert!(!tables.contains("clusterway"), "{tables}");
 }
+
+const DNS: &str = "10.96.0.53:53";
+const DNS6: &str = "[fd00:10:96::53]:53";
+
+/// `count` request/answer exchanges over one UDP socket (one flow) from inside `ns`; the
+/// answers (the demo echo's `{pod} {payload}`).
+fn udp_exchanges(ns: &Netns, addr: SocketAddr, count: usize) -> std::io::Result<Vec<String>> {
+    ns.run(move || -> std::io::Result<Vec<String>> {
+        let bind: SocketAddr = if addr.is_ipv6() {
+            sa("[::]:0")
+        } else {
+            sa("0.0.0.0:0")
+        };
+        let s = std::net::UdpSocket::bind(bind)?;
+        s.connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut buf = [0u8; 2048];
+        let mut answers = Vec::with_capacity(count);
+        for i in 0..count {
+            s.send(format!("q{i}").as_bytes())?;
+            let n = s.recv(&mut buf)?;
+            answers.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        Ok(answers)
+    })
+}
+
+#[test]
+fn udp_flows_are_offloaded_in_both_families_and_later_datagrams_skip_the_tun() {
+    let topo = topology(2);
+    let _b = start_backends(&topo);
+    let gw = start(&topo, &[]);
+    // Warm up (neighbour discovery toward the pods) with one flow per family.
+    for addr in [DNS, DNS6] {
+        udp_roundtrip(topo.client(), sa(addr), b"hi").unwrap_or_else(|e| {
+            panic!("{addr}: {e:#}\n{}", gw.logs());
+        });
+    }
+    let m = metrics(&topo);
+    let before = sample(&m, "clusterway_tun_packets_total", r#"direction="in""#);
+    let flows_before = sample(&m, "clusterway_offload_flows_total", "");
+    // Two flows per family, 300 exchanges each: 1,200 datagrams each way.
+    for addr in [DNS, DNS6, DNS, DNS6] {
+        let answers = udp_exchanges(topo.client(), sa(addr), 300)
+            .unwrap_or_else(|e| panic!("{addr}: {e}\n{}", gw.logs()));
+        let pod = answers[0].split(' ').next().unwrap().to_owned();
+        for (i, a) in answers.iter().enumerate() {
+            assert_eq!(*a, format!("{pod} q{i}"), "{addr}: one flow, one endpoint");
+        }
+    }
+    let m = metrics(&topo);
+    let after = sample(&m, "clusterway_tun_packets_total", r#"direction="in""#);
+    // Only each flow's first datagram crosses the TUN device (and, rarely, one more).
+    assert!(
+        after - before <= 4.0 * 2.0,
+        "{} packets crossed the TUN for 4 UDP flows of 300 datagrams",
+        after - before
+    );
+    assert!(
+        sample(&m, "clusterway_offload_flows_total", "") - flows_before >= 4.0,
+        "{m}"
+    );
+    assert_eq!(sample(&m, "clusterway_offload_udp_proxied_total", ""), 0.0);
+    // The kernel holds UDP entries of ours, NATed to the pods from the gateway's address.
+    let entries = our_entries(&topo);
+    assert!(
+        entries.iter().any(|e| e.starts_with("udp")
+            && e.contains("dst=10.96.0.53")
+            && e.contains("src=10.244.")),
+        "{entries:?}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.starts_with("udp") && e.contains("dst=fd00:10:96::53")),
+        "{entries:?}"
+    );
+    // The flows are listed and counted per Service port, once each (as connections `ok`,
+    // once answered): the two warm-up flows and the four.
+    let answered = || {
+        metrics(&topo)
+            .lines()
+            .filter(|l| {
+                l.starts_with("clusterway_connections_total{")
+                    && l.contains(r#"service="dns-echo""#)
+                    && l.contains(r#"result="ok""#)
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(
+        wait_for(|| answered() >= 6.0, Duration::from_secs(10)),
+        "{}",
+        metrics(&topo)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(answered(), 6.0, "{}", metrics(&topo));
+    let flows = http_get(topo.gateway(), sa(GATEWAY_STATUS), "/api/v1/flows")
+        .unwrap()
+        .text();
+    assert!(flows.contains("dns-echo"), "{flows}");
+}
+
+#[test]
+fn hundreds_of_distinct_udp_flows_are_all_answered() {
+    let topo = topology(2);
+    let _b = start_backends(&topo);
+    let gw = start(&topo, &[]);
+    let before = sample(&metrics(&topo), "clusterway_offload_flows_total", "");
+    // 400 DNS-like queries, each from a socket (a source port) of its own, all sent
+    // before any answer is read.
+    let answered = topo
+        .client()
+        .run(|| -> std::io::Result<usize> {
+            let socks: Vec<std::net::UdpSocket> = (0..400)
+                .map(|_| {
+                    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                    s.connect(sa(DNS))?;
+                    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                    Ok(s)
+                })
+                .collect::<std::io::Result<_>>()?;
+            for (i, s) in socks.iter().enumerate() {
+                s.send(format!("query {i}").as_bytes())?;
+            }
+            let mut buf = [0u8; 512];
+            let mut answered = 0;
+            for (i, s) in socks.iter().enumerate() {
+                // A query whose first datagram was lost is asked again, as a resolver does.
+                for _ in 0..3 {
+                    match s.recv(&mut buf) {
+                        Ok(n) => {
+                            let a = String::from_utf8_lossy(&buf[..n]);
+                            if a.ends_with(&format!(" query {i}")) {
+                                answered += 1;
+                            }
+                            break;
+                        }
+                        Err(_) => {
+                            s.send(format!("query {i}").as_bytes())?;
+                        }
+                    }
+                }
+            }
+            Ok(answered)
+        })
+        .unwrap();
+    assert_eq!(answered, 400, "{}", gw.logs());
+    let m = metrics(&topo);
+    assert!(
+        sample(&m, "clusterway_offload_flows_total", "") - before >= 400.0,
+        "{m}"
+    );
+    let udp = our_entries(&topo)
+        .iter()
+        .filter(|e| e.starts_with("udp") && e.contains("dport=53"))
+        .count();
+    assert!(udp >= 400, "{udp} UDP entries of ours");
+}
+
+#[test]
+fn a_udp_query_to_a_service_without_endpoints_gets_port_unreachable() {
+    let topo = topology(1);
+    // Every Service without endpoints.
+    let gw = Gateway::start(&topo, &demo_snapshot(&[]), &offload_args());
+    assert!(
+        gw.wait_routed("10.96.0.53".parse().unwrap(), Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+    let e = udp_roundtrip(topo.client(), sa(DNS), b"anyone?").unwrap_err();
+    let refused = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    assert!(refused, "{e:#}");
+    assert!(our_entries(&topo).iter().all(|e| !e.starts_with("udp")));
+}

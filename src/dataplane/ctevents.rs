@@ -53,10 +53,39 @@ pub enum Outcome {
     Failed(&'static str),
     /// The entry is gone (`assured`: it had been established, so it was active).
     Ended { assured: bool },
+    /// A UDP flow whose entry ended without any reply: `dial_failed`, no ejection.
+    Unanswered,
+}
+
+/// The outcome an event of a UDP entry reports, if any (pure). UDP has no handshake: a
+/// flow is a connection `ok` once its endpoint answered. The kernel reports the entry's
+/// first reply once, as an update that sets SEEN_REPLY alone (events are delivered per
+/// packet); ASSURED comes with a later packet (seen on Linux 6.18: the client's next
+/// datagram), in an update that is not counted again. A flow whose entry ends without
+/// any reply is `dial_failed` ([`Outcome::Unanswered`]) but ejects no endpoint: a UDP
+/// service may never answer (syslog, metrics), and the endpoint's ICMP errors (port
+/// unreachable) are the kernel's to forward to the client (RELATED), unseen here.
+fn classify_udp(kind: EventKind, e: &Entry) -> Option<Outcome> {
+    let replied = e.status & status::SEEN_REPLY != 0;
+    let assured = e.status & status::ASSURED != 0;
+    match kind {
+        EventKind::NewOrUpdate if replied && !assured => Some(Outcome::Established),
+        EventKind::NewOrUpdate => None,
+        EventKind::Destroy if !replied => Some(Outcome::Unanswered),
+        EventKind::Destroy => Some(Outcome::Ended { assured: false }),
+    }
+}
+
+/// Whether an entry is a UDP flow's.
+fn is_udp(e: &Entry) -> bool {
+    e.orig.is_some_and(|t| t.proto == libc::IPPROTO_UDP as u8)
 }
 
 /// The outcome an event reports, if any (pure).
 pub fn classify(kind: EventKind, e: &Entry) -> Option<Outcome> {
+    if is_udp(e) {
+        return classify_udp(kind, e);
+    }
     let assured = e.status & status::ASSURED != 0;
     let replied = e.status & status::SEEN_REPLY != 0;
     match kind {
@@ -71,16 +100,24 @@ pub fn classify(kind: EventKind, e: &Entry) -> Option<Outcome> {
     }
 }
 
-/// Whether an entry is one of the gateway's flows (ours, TCP, not the start-up probe).
+/// Whether an entry is one of the gateway's flows (ours, TCP or UDP, not the start-up
+/// probe).
 fn is_flow(e: &Entry) -> bool {
     e.is_ours()
         && e.mark & !conntrack::MARK_OWNER_MASK == 0
-        && e.orig.is_some_and(|t| t.proto == libc::IPPROTO_TCP as u8)
+        && e.orig.is_some_and(|t| {
+            t.proto == libc::IPPROTO_TCP as u8 || t.proto == libc::IPPROTO_UDP as u8
+        })
 }
 
 /// The Service port a flow's original destination is (None once the Service is gone).
 fn port_of(table: &ServiceTable, orig: &Tuple) -> Option<Arc<ServicePort>> {
-    match table.lookup(orig.dst.ip(), orig.dst.port(), Protocol::Tcp) {
+    let protocol = if orig.proto == libc::IPPROTO_UDP as u8 {
+        Protocol::Udp
+    } else {
+        Protocol::Tcp
+    };
+    match table.lookup(orig.dst.ip(), orig.dst.port(), protocol) {
         Lookup::Port(p) => Some(p.clone()),
         _ => None,
     }
@@ -137,7 +174,21 @@ impl Accounting {
         let table = self.table.load();
         let port = port_of(&table, &orig);
         let endpoint = e.endpoint();
+        let udp = is_udp(e);
         match classify(kind, e) {
+            Some(Outcome::Established) if udp => {
+                if let Some(p) = &port {
+                    self.stats.udp_flow(p, orig.src, ConnResult::Ok);
+                }
+                if let Some(ep) = endpoint {
+                    self.outliers.succeeded(ep);
+                }
+            }
+            Some(Outcome::Unanswered) => {
+                if let Some(p) = &port {
+                    self.stats.udp_flow(p, orig.src, ConnResult::DialFailed);
+                }
+            }
             Some(Outcome::Established) => {
                 if let Some(p) = &port {
                     self.stats.tcp_conn(p, orig.src, ConnResult::Ok);
@@ -223,7 +274,8 @@ impl Accounting {
         self.listed.retain(|t, _| alive.contains(t));
         let mut active = 0;
         for e in entries.iter().filter(|e| is_flow(e)) {
-            if e.status & status::ASSURED != 0
+            if !is_udp(e)
+                && e.status & status::ASSURED != 0
                 && !matches!(e.tcp_state, Some(tcp_state::CLOSE | tcp_state::TIME_WAIT))
             {
                 active += 1;
@@ -474,5 +526,85 @@ mod tests {
         assert_eq!(a.stats.tcp_active.load(Ordering::Relaxed), 1);
         // Adopted flows are not counted again as connections.
         assert_eq!(a.stats.tcp_count(ConnResult::Ok), 0);
+    }
+
+    fn udp_entry(st: u32) -> Entry {
+        Entry {
+            orig: Some(Tuple::udp(sa("192.168.77.2:40000"), sa("10.96.0.53:53"))),
+            reply: Some(Tuple::udp(sa("10.244.1.10:5353"), sa("10.244.1.1:40000"))),
+            status: st,
+            mark: MARK_OWNER,
+            tcp_state: None,
+            ..Entry::default()
+        }
+    }
+
+    fn udp_accounting() -> Accounting {
+        let port = Arc::new(ServicePort::for_test(
+            "t",
+            "dns",
+            Protocol::Udp,
+            "10.96.0.53:53",
+            &["10.244.1.10:5353"],
+        ));
+        let service = crate::cluster::table::ServiceEntry {
+            id: port.service.clone(),
+            cluster_ips: vec![port.cluster_ip],
+            type_: "ClusterIP".into(),
+            ports: vec![port],
+            not_exposed: None,
+            unsupported_ports: vec![],
+        };
+        Accounting::new(
+            Arc::new(ArcSwap::from_pointee(ServiceTable::new(
+                1,
+                vec![service],
+                vec![],
+            ))),
+            Arc::new(Stats::default()),
+            Arc::new(Outliers::new()),
+        )
+    }
+
+    #[test]
+    fn a_udp_flow_is_ok_once_answered_and_dial_failed_when_it_ends_unanswered() {
+        use EventKind::*;
+        let c = |k, st| classify(k, &udp_entry(st));
+        assert_eq!(c(NewOrUpdate, 0), None);
+        assert_eq!(
+            c(NewOrUpdate, status::SEEN_REPLY),
+            Some(Outcome::Established)
+        );
+        // The later ASSURED update of the same flow is not counted again.
+        assert_eq!(c(NewOrUpdate, A), None);
+        assert_eq!(c(Destroy, 0), Some(Outcome::Unanswered));
+        assert_eq!(c(Destroy, A), Some(Outcome::Ended { assured: false }));
+
+        let mut a = udp_accounting();
+        let now = Instant::now();
+        a.apply(NewOrUpdate, &udp_entry(status::SEEN_REPLY), now);
+        a.apply(NewOrUpdate, &udp_entry(A), now);
+        assert_eq!(a.stats.udp_count(ConnResult::Ok), 1);
+        assert_eq!(a.listed(), 1, "listed once answered");
+        // UDP flows are not TCP connections.
+        assert_eq!(a.stats.tcp_count(ConnResult::Ok), 0);
+        assert_eq!(a.stats.tcp_active.load(Ordering::Relaxed), 0);
+        let mut end = udp_entry(A);
+        end.counters_orig = Some((3, 300));
+        end.counters_reply = Some((3, 900));
+        a.apply(Destroy, &end, now);
+        assert_eq!(a.listed(), 0);
+        assert_eq!(a.stats.bytes_to_client.load(Ordering::Relaxed), 900);
+        assert_eq!(a.stats.tcp_active.load(Ordering::Relaxed), 0);
+        // Unanswered: dial_failed, and the endpoint stays in.
+        let mut quiet = udp_entry(0);
+        quiet.orig = Some(Tuple::udp(sa("192.168.77.2:40001"), sa("10.96.0.53:53")));
+        a.apply(Destroy, &quiet, now);
+        assert_eq!(a.stats.udp_count(ConnResult::DialFailed), 1);
+        assert!(!a.outliers.is_ejected(sa("10.244.1.10:5353"), now));
+        // Resync adopts UDP entries without counting them as active TCP connections.
+        a.resync(&[udp_entry(A)]);
+        assert_eq!(a.listed(), 1);
+        assert_eq!(a.stats.tcp_active.load(Ordering::Relaxed), 0);
     }
 }

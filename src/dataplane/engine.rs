@@ -103,10 +103,10 @@ pub enum Verdict<'e, T> {
     },
     /// Nothing to send (counted under `reason`).
     Drop(Reason),
-    /// Flow offload: a new TCP flow to `endpoint`, decided. The worker hands it to the
-    /// kernel (a conntrack entry with the NAT) and re-injects `buf[..len]`, unchanged, to
-    /// take that entry; then [`Engine::offloaded`], or [`Engine::refuse_tcp`] when the
-    /// kernel would not take it.
+    /// Flow offload: a new TCP or UDP flow (`port.protocol`) to `endpoint`, decided. The
+    /// worker hands it to the kernel (a conntrack entry with the NAT) and re-injects
+    /// `buf[..len]`, unchanged, to take that entry; then [`Engine::offloaded`], or
+    /// [`Engine::refuse_tcp`] / [`Engine::refuse_udp`] when the kernel would not take it.
     Offload {
         len: usize,
         key: FlowKey,
@@ -515,6 +515,20 @@ impl<T> Engine<T> {
                 scratch,
             );
         };
+        if self.offload {
+            // The kernel carries the flow (bounded by its conntrack table, not by
+            // `--max-udp-flows`); endpoint choice as for TCP.
+            let endpoint = match &self.outliers {
+                Some(o) => o.choose(&candidates, now),
+                None => candidates.first(),
+            };
+            return Verdict::Offload {
+                len: pkt.len,
+                key,
+                port,
+                endpoint,
+            };
+        }
         if self.udp.is_full() || self.nat.udp_active() >= self.udp_capacity {
             // Full: this worker's flow whose client has been quiet longest makes room (its
             // socket closes with its handle); refused only when this worker holds none.
@@ -738,6 +752,37 @@ impl<T> Engine<T> {
             _ => Refusal::DialFailed,
         };
         match self.rst(&pkt, flags, now, scratch, refusal) {
+            Verdict::Reply { len } => len,
+            _ => 0,
+        }
+    }
+
+    /// Flow offload: the kernel would not take the UDP flow of a [`Verdict::Offload`] (its
+    /// table is full, or the request failed): count it as `result` and answer the datagram
+    /// in `buf[..len]` with ICMP port unreachable (rate limited). Returns the reply's
+    /// length in `scratch`, 0 when nothing should be sent.
+    pub fn refuse_udp(
+        &mut self,
+        buf: &[u8],
+        len: usize,
+        port: &ServicePort,
+        result: ConnResult,
+        now: Instant,
+        scratch: &mut [u8],
+    ) -> usize {
+        let Ok(pkt) = packet::parse(&buf[..len.min(buf.len())]) else {
+            return 0;
+        };
+        let Transport::Udp { src_port, .. } = pkt.transport else {
+            return 0;
+        };
+        self.stats
+            .udp_flow(port, SocketAddr::new(pkt.src, src_port), result);
+        let refusal = match result {
+            ConnResult::TableFull => Refusal::TableFull,
+            _ => Refusal::DialFailed,
+        };
+        match self.unreachable(buf, &pkt, Unreachable::Port, refusal, now, scratch) {
             Verdict::Reply { len } => len,
             _ => 0,
         }

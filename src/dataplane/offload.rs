@@ -90,6 +90,13 @@ impl OffloadError {
         }
     }
 
+    /// Whether the first packet was larger than the route toward the endpoint carries (a
+    /// raw socket does not fragment: EMSGSIZE). A UDP flow whose first datagram the kernel
+    /// had to reassemble ends up here; the worker proxies such a flow in user space.
+    pub fn is_too_big(&self) -> bool {
+        matches!(self, Self::Inject(e) if e.raw_os_error() == Some(libc::EMSGSIZE))
+    }
+
     /// Whether the kernel's table is full (counted as `table_full`).
     pub fn is_table_full(&self) -> bool {
         matches!(self, Self::Conntrack(e) if e.errno() == Some(libc::ENOMEM))
@@ -124,6 +131,9 @@ pub struct OffloadStats {
     /// counters, read every few seconds).
     pub bytes_to_endpoint: AtomicU64,
     pub bytes_to_client: AtomicU64,
+    /// UDP flows carried in user space after all: the kernel path could not take them
+    /// (see `Worker::hand_over_udp`).
+    pub udp_proxied: AtomicU64,
 }
 
 impl OffloadStats {
@@ -158,6 +168,37 @@ pub enum Existing {
     Replace,
     /// Gone since (expired or deleted): create again.
     Create,
+}
+
+/// Seconds a new UDP entry lives before its first datagram, re-injected, refreshes it to the
+/// kernel's own UDP timeouts (`nf_conntrack_udp_timeout`, `…_stream`).
+pub const UDP_OPENING_TIMEOUT: u32 = 30;
+
+/// Whether `pkt` (an IP packet read from the TUN device) is UDP: the protocol of the IPv4
+/// header, or the first next-header of the IPv6 one (a datagram the engine reassembled has
+/// no fragment header left).
+pub fn is_udp(pkt: &[u8]) -> bool {
+    let udp = libc::IPPROTO_UDP as u8;
+    match pkt.first().map(|b| b >> 4) {
+        Some(4) => pkt.get(9) == Some(&udp),
+        Some(6) => pkt.get(6) == Some(&udp),
+        _ => false,
+    }
+}
+
+/// The entry of a new UDP flow: as for TCP, without TCP state; the kernel's UDP timeouts
+/// apply from its first datagram on.
+pub fn udp_entry(key: FlowKey, endpoint: SocketAddr, source: IpAddr) -> NatEntry {
+    NatEntry {
+        orig: Tuple::udp(key.client, key.service),
+        endpoint,
+        source,
+        source_ports: SOURCE_PORTS,
+        mark: conntrack::MARK_OWNER,
+        timeout: UDP_OPENING_TIMEOUT,
+        tcp_state: None,
+        be_liberal: false,
+    }
 }
 
 /// Decide about an existing entry (pure).
@@ -283,15 +324,19 @@ impl Offloader {
                 endpoint: endpoint.ip(),
                 source,
             })?;
-        let entry = NatEntry {
-            orig: Tuple::tcp(key.client, key.service),
-            endpoint,
-            source,
-            source_ports: SOURCE_PORTS,
-            mark: conntrack::MARK_OWNER,
-            timeout: OPENING_TIMEOUT,
-            tcp_state: Some(conntrack::tcp_state::SYN_SENT),
-            be_liberal: self.be_liberal,
+        let entry = if is_udp(pkt) {
+            udp_entry(key, endpoint, source)
+        } else {
+            NatEntry {
+                orig: Tuple::tcp(key.client, key.service),
+                endpoint,
+                source,
+                source_ports: SOURCE_PORTS,
+                mark: conntrack::MARK_OWNER,
+                timeout: OPENING_TIMEOUT,
+                tcp_state: Some(conntrack::tcp_state::SYN_SENT),
+                be_liberal: self.be_liberal,
+            }
         };
         let how = match self.ct.create(&entry) {
             Ok(()) => HandedOver::New,
@@ -315,6 +360,13 @@ impl Offloader {
         };
         self.inject(key.service, pkt)?;
         Ok(how)
+    }
+
+    /// Delete the entry of the UDP flow `key` (a flow the kernel could not take after all,
+    /// see [`OffloadError::is_too_big`]; gone already is fine).
+    pub fn forget_udp(&mut self, key: FlowKey) -> Result<(), OffloadError> {
+        self.ct.delete(&Tuple::udp(key.client, key.service))?;
+        Ok(())
     }
 
     fn inject(&self, dst: SocketAddr, pkt: &[u8]) -> Result<(), OffloadError> {

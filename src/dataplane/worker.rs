@@ -29,7 +29,7 @@ use super::packet::{self, VirtioNetHdr};
 use super::stats::{ConnResult, Reason, Stats};
 use super::tcp::PendingFlows;
 use super::tun::TunQueue;
-use crate::cluster::table::{ServicePort, ServiceTable};
+use crate::cluster::table::{Protocol, ServicePort, ServiceTable};
 
 /// Packets read per wake-up before the worker looks at its other inputs again.
 const BATCH: usize = 64;
@@ -354,6 +354,14 @@ impl Worker {
                 key,
                 port,
                 endpoint,
+            } if port.protocol == Protocol::Udp => {
+                self.hand_over_udp(buf, len, &hdr, key, port, endpoint, scratch, epoch)
+            }
+            Verdict::Offload {
+                len,
+                key,
+                port,
+                endpoint,
             } => self.hand_over(buf, len, &hdr, key, port, endpoint, scratch),
         };
         if let Some((from_scratch, n, owner)) = write {
@@ -426,6 +434,148 @@ impl Worker {
                     ConnResult::DialFailed
                 };
                 let n = self.engine.refuse_tcp(buf, len, &port, r, now, scratch);
+                (n > 0).then_some((true, n, None))
+            }
+        }
+    }
+
+    /// Apply a `Verdict::Offload` of a UDP flow: hand it to the kernel and re-inject its
+    /// first datagram (`buf[..len]`); the netfilter table then lets the client's datagrams
+    /// of the flow be tracked (see `host::nftables`). When the kernel will not take it (its
+    /// table full, a failed request), the datagram is answered with ICMP port unreachable.
+    /// A flow the kernel path cannot carry is proxied in user space as with the proxy
+    /// dataplane: its first datagram larger than the route toward the endpoint carries (the
+    /// raw socket does not fragment), or a segmentation super-packet (USO), or an IPv6
+    /// datagram with extension headers.
+    #[allow(clippy::too_many_arguments)]
+    fn hand_over_udp(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        hdr: &VirtioNetHdr,
+        key: FlowKey,
+        port: Arc<ServicePort>,
+        endpoint: SocketAddr,
+        scratch: &mut [u8],
+        epoch: Instant,
+    ) -> Option<(bool, usize, Option<usize>)> {
+        let now = Instant::now();
+        if hdr.is_gso() || !super::offload::is_udp(&buf[..len]) {
+            let why = if hdr.is_gso() {
+                "first datagram is a segmentation super-packet"
+            } else {
+                "IPv6 extension headers"
+            };
+            return self.proxy_udp(buf, len, hdr, key, port, endpoint, scratch, epoch, why);
+        }
+        if hdr.needs_csum() && hdr.complete_checksum(&mut buf[..len]).is_err() {
+            self.stats
+                .count_drop(Reason::Malformed(packet::DropReason::BadVnetHeader));
+            return None;
+        }
+        let result = match self.offload.as_mut() {
+            Some(off) => off.hand_over(key, endpoint, &buf[..len], now),
+            None => Err(super::offload::OffloadError::NoFamily),
+        };
+        match result {
+            Ok(how) => {
+                let new = how == super::offload::HandedOver::New;
+                self.stats.offload.handed_over(new);
+                self.engine.offloaded(key, &port, endpoint, now);
+                tracing::trace!(client = %key.client, service = %key.service, endpoint = %endpoint, new, "UDP flow handed to conntrack");
+                None
+            }
+            Err(e) if e.is_too_big() => {
+                // The entry exists but no datagram took it: remove it, so that the flow's
+                // socket cannot meet it as its reply direction.
+                if let Some(off) = self.offload.as_mut() {
+                    if let Err(e) = off.forget_udp(key) {
+                        tracing::debug!(client = %key.client, error = %e, "cannot delete the entry of a UDP flow left to user space");
+                    }
+                }
+                self.proxy_udp(
+                    buf,
+                    len,
+                    hdr,
+                    key,
+                    port,
+                    endpoint,
+                    scratch,
+                    epoch,
+                    "first datagram larger than the route to the endpoint carries",
+                )
+            }
+            Err(e) => {
+                self.stats.offload.failed(e.label());
+                tracing::debug!(client = %key.client, service = %port.service, endpoint = %endpoint, error = ?e, reason = e.label(), "UDP flow not offloaded; refusing the datagram");
+                let r = if e.is_table_full() {
+                    ConnResult::TableFull
+                } else {
+                    ConnResult::DialFailed
+                };
+                let n = self.engine.refuse_udp(buf, len, &port, r, now, scratch);
+                (n > 0).then_some((true, n, None))
+            }
+        }
+    }
+
+    /// Flow offload: carry a UDP flow in user space after all (`why`: the kernel path
+    /// cannot), as the proxy dataplane does; logged once per process with the reason.
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_udp(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        hdr: &VirtioNetHdr,
+        key: FlowKey,
+        port: Arc<ServicePort>,
+        endpoint: SocketAddr,
+        scratch: &mut [u8],
+        epoch: Instant,
+        why: &'static str,
+    ) -> Option<(bool, usize, Option<usize>)> {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            tracing::info!(reason = why, "a UDP flow is proxied in user space: the kernel path cannot carry it (logged once)");
+        });
+        let now = Instant::now();
+        self.stats
+            .offload
+            .udp_proxied
+            .fetch_add(1, Ordering::Relaxed);
+        let payload = match packet::parse(&buf[..len]) {
+            Ok(packet::Packet {
+                transport:
+                    packet::Transport::Udp {
+                        payload_offset,
+                        payload_len,
+                        ..
+                    },
+                ..
+            }) => payload_offset..payload_offset + payload_len,
+            _ => return None,
+        };
+        if self.engine.udp().is_full() {
+            let n = self
+                .engine
+                .refuse_udp(buf, len, &port, ConnResult::TableFull, now, scratch);
+            return (n > 0).then_some((true, n, None));
+        }
+        match self.open_udp(key, &port, endpoint, epoch) {
+            Ok(handle) => {
+                for datagram in datagrams(&buf[payload], hdr) {
+                    if handle.send(datagram).is_err() {
+                        self.stats.count_drop(Reason::UdpSendFailed);
+                    }
+                }
+                self.engine.udp_insert(key, port, endpoint, handle, now);
+                None
+            }
+            Err(e) => {
+                tracing::debug!(service = %port.service, endpoint = %endpoint, error = %e, "cannot open a UDP flow socket");
+                let n =
+                    self.engine
+                        .refuse_udp(buf, len, &port, ConnResult::DialFailed, now, scratch);
                 (n > 0).then_some((true, n, None))
             }
         }

@@ -93,6 +93,14 @@ impl Tuple {
         }
     }
 
+    pub fn udp(src: SocketAddr, dst: SocketAddr) -> Tuple {
+        Tuple {
+            proto: libc::IPPROTO_UDP as u8,
+            src,
+            dst,
+        }
+    }
+
     /// The same flow seen from the other end.
     pub fn reversed(&self) -> Tuple {
         Tuple {

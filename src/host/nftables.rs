@@ -102,11 +102,13 @@ impl Ruleset {
         s.push_str(&format!("table {TABLE} {{\n"));
         s.push_str(&set("routed4", "ipv4_addr", &v4));
         s.push_str(&set("routed6", "ipv6_addr", &v6));
+        s.push_str(&udp_sets());
         s.push_str(&format!(
             "  chain first_packet {{\n    type filter hook prerouting priority raw; policy accept;\n    \
              iifname {tun} return\n    \
              ip daddr @routed4 {syn} notrack\n    \
-             ip6 daddr @routed6 {syn} notrack\n  }}\n"
+             ip6 daddr @routed6 {syn} notrack\n{udp}  }}\n",
+            udp = udp_first_packet()
         ));
         for (chain, hook, prio) in [
             ("nat_prerouting", "prerouting", "dstnat"),
@@ -122,6 +124,7 @@ impl Ruleset {
              meta mark {INJECT_MARK:#x} oifname {tun} counter drop\n  }}\n"
         ));
         let ours = format!("ct mark and {MARK_OWNER_MASK:#x} == {MARK_OWNER:#x}");
+        s.push_str(&udp_handed_over(&ours));
         s.push_str(&format!(
             "  counter {TO_ENDPOINT} {{ }}\n  counter {TO_CLIENT} {{ }}\n  \
              chain offloaded {{\n    type filter hook forward priority 0; policy accept;\n    \
@@ -152,6 +155,73 @@ impl Ruleset {
         }
         s
     }
+}
+
+/// How long a UDP flow stays in the `udp4`/`udp6` sets after its last datagram from the
+/// client: below the kernel's timeout of an entry that a client datagram refreshed
+/// (`nf_conntrack_udp_timeout`, 30 s by default), so that a datagram let through as tracked
+/// finds its entry still there (see [`udp_first_packet`]).
+pub const UDP_SET_TIMEOUT_S: u32 = 20;
+/// UDP flows each of the sets holds at most (per family). Past it the kernel adds no
+/// element: such a flow still works, each of its datagrams crossing the TUN device and
+/// re-injected on its entry, until elements expire.
+pub const UDP_SET_SIZE: u32 = 65536;
+
+/// The sets of UDP flows handed over, keyed by the client's 4-tuple as it sends it.
+fn udp_sets() -> String {
+    let mut s = String::new();
+    for (name, addr) in [("udp4", "ipv4_addr"), ("udp6", "ipv6_addr")] {
+        s.push_str(&format!(
+            "  set {name} {{ type {addr} . inet_service . {addr} . inet_service; \
+             flags timeout; timeout {UDP_SET_TIMEOUT_S}s; size {UDP_SET_SIZE}; }}\n"
+        ));
+    }
+    s
+}
+
+/// The 4-tuple of a UDP datagram as a set key, per family.
+fn udp_key(ip: &str) -> String {
+    format!("{ip} saddr . udp sport . {ip} daddr . udp dport")
+}
+
+/// UDP has no SYN: a datagram to the routed ranges that does not arrive from the TUN device
+/// is tracked only when its flow is in the sets (handed over: its entry exists), and then
+/// refreshes its element; any other is not tracked, so it reaches the TUN device without
+/// leaving an entry of the kernel's own on the tuple, as a first SYN does. The kernel's
+/// defragmentation runs before this chain (it needs conntrack, which the table asks for),
+/// so a fragmented datagram is matched whole.
+fn udp_first_packet() -> String {
+    let mut s = String::new();
+    for (ip, set, routed) in [("ip", "udp4", "routed4"), ("ip6", "udp6", "routed6")] {
+        let key = udp_key(ip);
+        s.push_str(&format!(
+            "    {ip} daddr @{routed} {key} @{set} update @{set} {{ {key} }} return\n"
+        ));
+    }
+    for (ip, routed) in [("ip", "routed4"), ("ip6", "routed6")] {
+        s.push_str(&format!(
+            "    {ip} daddr @{routed} meta l4proto udp notrack\n"
+        ));
+    }
+    s
+}
+
+/// A datagram the gateway re-injects (socket mark [`INJECT_MARK`]) that met an entry of
+/// ours at OUTPUT puts its flow in the sets: from then on the client's datagrams are
+/// tracked and carried by the kernel. After conntrack (priority mangle), before NAT: the
+/// entry is known and the destination is still the ClusterIP. No netlink call per flow.
+fn udp_handed_over(ours: &str) -> String {
+    let mut s = String::from(
+        "  chain handed_over {\n    type filter hook output priority mangle; policy accept;\n",
+    );
+    for (ip, set, routed) in [("ip", "udp4", "routed4"), ("ip6", "udp6", "routed6")] {
+        let key = udp_key(ip);
+        s.push_str(&format!(
+            "    meta mark {INJECT_MARK:#x} {ours} {ip} daddr @{routed} update @{set} {{ {key} }}\n"
+        ));
+    }
+    s.push_str("  }\n");
+    s
 }
 
 /// The named counters of the bytes the kernel forwarded for our entries, each way.
@@ -259,11 +329,17 @@ delete table inet clusterway
 table inet clusterway {
   set routed4 { type ipv4_addr; flags interval; elements = { 10.96.0.0/16, 10.97.0.10/32 }; }
   set routed6 { type ipv6_addr; flags interval; elements = { fd00:10:96::/112 }; }
+  set udp4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; flags timeout; timeout 20s; size 65536; }
+  set udp6 { type ipv6_addr . inet_service . ipv6_addr . inet_service; flags timeout; timeout 20s; size 65536; }
   chain first_packet {
     type filter hook prerouting priority raw; policy accept;
     iifname \"cw0\" return
     ip daddr @routed4 tcp flags & (fin | syn | rst | ack) == syn notrack
     ip6 daddr @routed6 tcp flags & (fin | syn | rst | ack) == syn notrack
+    ip daddr @routed4 ip saddr . udp sport . ip daddr . udp dport @udp4 update @udp4 { ip saddr . udp sport . ip daddr . udp dport } return
+    ip6 daddr @routed6 ip6 saddr . udp sport . ip6 daddr . udp dport @udp6 update @udp6 { ip6 saddr . udp sport . ip6 daddr . udp dport } return
+    ip daddr @routed4 meta l4proto udp notrack
+    ip6 daddr @routed6 meta l4proto udp notrack
   }
   chain nat_prerouting {
     type nat hook prerouting priority dstnat; policy accept;
@@ -277,6 +353,11 @@ table inet clusterway {
   chain loop_guard {
     type filter hook postrouting priority 0; policy accept;
     meta mark 0x63770001 oifname \"cw0\" counter drop
+  }
+  chain handed_over {
+    type filter hook output priority mangle; policy accept;
+    meta mark 0x63770001 ct mark and 0xffff0000 == 0x63770000 ip daddr @routed4 update @udp4 { ip saddr . udp sport . ip daddr . udp dport }
+    meta mark 0x63770001 ct mark and 0xffff0000 == 0x63770000 ip6 daddr @routed6 update @udp6 { ip6 saddr . udp sport . ip6 daddr . udp dport }
   }
   counter offloaded_to_endpoint { }
   counter offloaded_to_client { }

@@ -588,8 +588,8 @@ fn offload_families(status: &Status, out: &mut Vec<MetricFamily>) {
     out.push(
         Family::new(
             "offload_flows_total",
-            "TCP flows handed to the kernel's connection tracking (entry created, first packet \
-             re-injected).",
+            "TCP and UDP flows handed to the kernel's connection tracking (entry created, first \
+             packet re-injected).",
             MetricType::COUNTER,
         )
         .counter(&[], off.flows.load(Ordering::Relaxed) as f64)
@@ -598,7 +598,8 @@ fn offload_families(status: &Status, out: &mut Vec<MetricFamily>) {
     out.push(
         Family::new(
             "offload_retransmits_total",
-            "Retransmitted SYNs of flows already handed over, re-injected on their entry.",
+            "First packets of flows already handed over (a retransmitted SYN, a UDP datagram \
+             whose flow had left the set), re-injected on their entry.",
             MetricType::COUNTER,
         )
         .counter(&[], off.retransmits.load(Ordering::Relaxed) as f64)
@@ -647,6 +648,17 @@ fn offload_families(status: &Status, out: &mut Vec<MetricFamily>) {
             MetricType::COUNTER,
         )
         .counter(&[], off.events_lost.load(Ordering::Relaxed) as f64)
+        .0,
+    );
+    out.push(
+        Family::new(
+            "offload_udp_proxied_total",
+            "UDP flows proxied in user space with the offload dataplane: the kernel path \
+             could not carry them (a first datagram larger than the route to the endpoint \
+             carries, a segmentation super-packet, IPv6 extension headers).",
+            MetricType::COUNTER,
+        )
+        .counter(&[], off.udp_proxied.load(Ordering::Relaxed) as f64)
         .0,
     );
     if let Some(d) = status.health.dataplane() {
