@@ -666,3 +666,63 @@ fn a_udp_query_to_a_service_without_endpoints_gets_port_unreachable() {
     assert!(refused, "{e:#}");
     assert!(our_entries(&topo).iter().all(|e| !e.starts_with("udp")));
 }
+
+#[test]
+fn a_udp_flow_whose_endpoint_is_removed_moves_to_one_still_there() {
+    let topo = topology(2);
+    let _b = start_backends(&topo);
+    let gw = start(&topo, &[]);
+    // One flow (one socket), kept busy across the change.
+    let s = topo
+        .client()
+        .run(|| -> std::io::Result<std::net::UdpSocket> {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(sa(DNS))?;
+            s.set_read_timeout(Some(Duration::from_millis(500)))?;
+            Ok(s)
+        })
+        .unwrap();
+    let ask = |q: &str| -> Option<String> {
+        s.send(q.as_bytes()).ok()?;
+        let mut buf = [0u8; 512];
+        let n = s.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let first = ask("a").unwrap_or_else(|| panic!("no answer\n{}", gw.logs()));
+    let pod = first.split(' ').next().unwrap().to_owned();
+    assert_eq!(
+        ask("b").unwrap(),
+        format!("{pod} b"),
+        "one flow, one endpoint"
+    );
+    // That pod's endpoint goes away: the flow's entry is deleted and its next datagrams go
+    // to the other pod, on the same socket.
+    let k: usize = pod.trim_start_matches("pod-").parse().unwrap();
+    let left: Vec<_> = topo
+        .pod_addrs()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i + 1 != k)
+        .map(|(_, a)| a)
+        .collect();
+    gw.update_snapshot(&demo_snapshot(&left));
+    let other = if k == 1 { "pod-2" } else { "pod-1" };
+    assert!(
+        wait_for(
+            || ask("c").is_some_and(|a| a == format!("{other} c")),
+            Duration::from_secs(10)
+        ),
+        "the flow still goes to {pod}: {:?}\n{}",
+        ask("d"),
+        gw.logs()
+    );
+    assert!(
+        gw.logged("UDP flows to endpoints no longer usable ended"),
+        "{}",
+        gw.logs()
+    );
+    // And stays there.
+    for q in ["e", "f", "g"] {
+        assert_eq!(ask(q), Some(format!("{other} {q}")));
+    }
+}

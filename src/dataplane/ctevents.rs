@@ -288,6 +288,29 @@ impl Accounting {
     }
 }
 
+/// The UDP entries of ours whose endpoint is no longer a usable endpoint of their Service
+/// port (or whose Service port is gone): the flows to delete when the table changes, as
+/// kube-proxy clears the conntrack entries of a removed UDP endpoint. A UDP flow has no end
+/// the kernel sees, so a client that keeps sending would otherwise keep its entry, and
+/// its datagrams going to the gone endpoint, for good. (Pure.) A deleted flow's next
+/// datagram, still tracked while its element of the netfilter table's set lives, finds no
+/// entry, takes an entry of the kernel's own into the TUN device, and is handed over anew
+/// (that entry replaced: `offload::existing`). TCP flows run until they close.
+pub fn stale_udp(table: &ServiceTable, entries: &[Entry]) -> Vec<Tuple> {
+    entries
+        .iter()
+        .filter(|e| is_flow(e) && is_udp(e))
+        .filter_map(|e| {
+            let orig = e.orig?;
+            let usable = match (port_of(table, &orig), e.endpoint()) {
+                (Some(p), Some(ep)) => p.usable.contains(&ep),
+                _ => false,
+            };
+            (!usable).then_some(orig)
+        })
+        .collect()
+}
+
 /// The thread that reads conntrack events and applies them.
 pub struct Reader {
     events: Events,
@@ -315,7 +338,13 @@ impl Reader {
     /// Read and apply events until `shutdown` is set.
     pub fn run(mut self, shutdown: Arc<AtomicBool>) {
         let mut last_counters = Instant::now() - COUNTERS_EVERY;
+        let mut generation = self.accounting.table.load().generation;
         while !shutdown.load(Ordering::Relaxed) {
+            let table = self.accounting.table.load_full();
+            if table.generation != generation {
+                generation = table.generation;
+                self.end_stale_udp(&table);
+            }
             match self.events.recv() {
                 Ok(events) => {
                     let now = Instant::now();
@@ -354,6 +383,33 @@ impl Reader {
                     off.bytes_to_client.store(b, Ordering::Relaxed);
                 }
             }
+        }
+    }
+
+    /// The table changed: delete the UDP entries whose endpoint went (see [`stale_udp`]).
+    fn end_stale_udp(&mut self, table: &ServiceTable) {
+        let entries = match self.dump.dump_ours() {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(error = %e, "conntrack dump failed; UDP flows to removed endpoints go on until they idle out");
+                return;
+            }
+        };
+        let stale = stale_udp(table, &entries);
+        let mut deleted = 0usize;
+        for t in &stale {
+            match self.dump.delete(t) {
+                Ok(_) => deleted += 1,
+                Err(e) => {
+                    tracing::debug!(client = %t.src, error = %e, "cannot delete a stale UDP entry")
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(
+                flows = deleted,
+                "UDP flows to endpoints no longer usable ended (their next datagram picks anew)"
+            );
         }
     }
 }
@@ -606,5 +662,27 @@ mod tests {
         a.resync(&[udp_entry(A)]);
         assert_eq!(a.listed(), 1);
         assert_eq!(a.stats.tcp_active.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn udp_entries_to_an_endpoint_no_longer_usable_are_stale() {
+        let a = udp_accounting();
+        let table = a.table.load();
+        let alive = udp_entry(A);
+        let mut gone = udp_entry(A);
+        gone.orig = Some(Tuple::udp(sa("192.168.77.2:40002"), sa("10.96.0.53:53")));
+        gone.reply = Some(Tuple::udp(sa("10.244.9.9:5353"), sa("10.244.9.1:40002")));
+        let mut no_port = udp_entry(0);
+        no_port.orig = Some(Tuple::udp(sa("192.168.77.2:40003"), sa("10.96.0.99:53")));
+        // TCP entries and entries not ours are never touched.
+        let mut tcp = entry(tcp_state::ESTABLISHED, A);
+        tcp.reply = Some(Tuple::tcp(sa("10.244.9.9:8080"), sa("10.244.9.1:40000")));
+        let mut foreign = gone.clone();
+        foreign.mark = 0;
+        let stale = stale_udp(
+            &table,
+            &[alive, gone.clone(), no_port.clone(), tcp, foreign],
+        );
+        assert_eq!(stale, vec![gone.orig.unwrap(), no_port.orig.unwrap()]);
     }
 }
