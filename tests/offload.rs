@@ -726,3 +726,39 @@ fn a_udp_flow_whose_endpoint_is_removed_moves_to_one_still_there() {
         assert_eq!(ask(q), Some(format!("{other} {q}")));
     }
 }
+
+#[test]
+fn a_udp_flow_whose_first_datagram_is_fragmented_is_proxied_and_answered() {
+    let topo = topology(1);
+    let _b = start_backends(&topo);
+    let gw = start(&topo, &[]);
+    // 4,000 bytes: fragments on every link. The kernel reassembles them before the TUN
+    // device (conntrack needs whole datagrams), the TUN device fragments them again, the
+    // engine reassembles; a raw socket will not send more than the route's MTU, so the flow
+    // is proxied in user space, and answered all the same (both families).
+    let big = vec![b'x'; 4000];
+    for addr in [DNS, DNS6] {
+        let answer = udp_roundtrip(topo.client(), sa(addr), &big)
+            .unwrap_or_else(|e| panic!("{addr}: {e:#}\n{}", gw.logs()));
+        assert!(
+            answer.starts_with("pod-1 xxx") && answer.len() == 4006,
+            "{addr}: {} bytes",
+            answer.len()
+        );
+    }
+    let m = metrics(&topo);
+    assert_eq!(
+        sample(&m, "clusterway_offload_udp_proxied_total", ""),
+        2.0,
+        "{m}"
+    );
+    assert!(
+        gw.logged("a UDP flow is proxied in user space"),
+        "{}",
+        gw.logs()
+    );
+    // A small first datagram is offloaded as usual.
+    let small = udp_roundtrip(topo.client(), sa(DNS), b"hi").unwrap();
+    assert_eq!(small, "pod-1 hi");
+    assert!(our_entries(&topo).iter().any(|e| e.starts_with("udp")));
+}
