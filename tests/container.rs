@@ -7,10 +7,11 @@
 //!   from the binary this test run has just built (`--build-context build=DIR` replaces the
 //!   `build` stage), on a `debian:bookworm-slim` made locally with debootstrap
 //!   (`tests/container/base-image.sh`, cached in podman's storage), and runs it the way
-//!   compose.yaml describes — host network, only NET_ADMIN, /dev/net/tun, read-only root —
-//!   inside the lab's gateway namespace. Traffic from the client namespace must reach the
-//!   pods through it, its health check must pass, and `podman stop` must leave no device
-//!   behind.
+//!   compose.yaml describes — host network, only NET_ADMIN and NET_RAW, /dev/net/tun,
+//!   read-only root — inside the lab's gateway namespace. It must run the offload dataplane
+//!   (the image carries `nft`), traffic from the client namespace must reach the pods
+//!   through it, its health check must pass, and `podman stop` must leave no device and no
+//!   netfilter table behind.
 //!
 //! Nothing outside the test's namespaces and podman's storage changes; the container and the
 //! test image are removed on drop.
@@ -86,7 +87,7 @@ fn compose_file_describes_a_jump_host() {
     let svc = compose_service(&doc);
     assert_eq!(svc["network_mode"].as_str(), Some("host"));
     assert_eq!(strings(&svc["cap_drop"]), ["ALL"]);
-    assert_eq!(strings(&svc["cap_add"]), ["NET_ADMIN"]);
+    assert_eq!(strings(&svc["cap_add"]), ["NET_ADMIN", "NET_RAW"]);
     assert!(
         strings(&svc["devices"])
             .iter()
@@ -363,8 +364,8 @@ fn grafana_dashboard_is_importable() {
 fn systemd_unit_is_hardened_and_verifies() {
     let unit = read(&docker_file("clusterway.service"));
     for line in [
-        "AmbientCapabilities=CAP_NET_ADMIN",
-        "CapabilityBoundingSet=CAP_NET_ADMIN",
+        "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW",
         "DeviceAllow=/dev/net/tun rw",
         "ProtectSystem=strict",
         "ProtectHome=yes",
@@ -577,6 +578,14 @@ fn build_image<'a>(podman: &'a Podman, tag: &str) -> Image<'a> {
     if std::fs::hard_link(BIN, &bin).is_err() {
         std::fs::copy(BIN, &bin).expect("copying the binary into the build context");
     }
+    // `nft` and its libraries, as the build stage lays them out (from this Debian 12 host's
+    // installed packages instead of the build stage's).
+    checked(
+        Command::new("sh")
+            .arg(docker_file("nft-files.sh"))
+            .arg(&out),
+        "docker/nft-files.sh (apt-get install nftables)",
+    );
     let host_certs = Path::new("/etc/ssl/certs/ca-certificates.crt");
     if host_certs.is_file() {
         std::fs::copy(host_certs, certs.join("ca-certificates.crt")).unwrap();
@@ -739,7 +748,15 @@ fn container_gateway_serves_the_lab() {
         .contains("hi"));
     let traffic_ok = started.elapsed();
 
-    // Only NET_ADMIN is effective inside, and the root file system is read-only.
+    // The gateway runs the offload dataplane: the image has `nft`, the container NET_RAW.
+    let logs = container.logs();
+    assert!(
+        logs.contains("dataplane: offload"),
+        "the containerised gateway does not run the offload dataplane; logs:\n{logs}"
+    );
+
+    // Only NET_ADMIN and NET_RAW are effective inside, and the root file system is
+    // read-only.
     let status = checked(
         podman.cmd().args(["exec", &name, "cat", "/proc/1/status"]),
         "podman exec cat /proc/1/status",
@@ -752,8 +769,10 @@ fn container_gateway_serves_the_lab() {
         .expect("CapEff in /proc/1/status");
     assert_eq!(
         u64::from_str_radix(cap_eff, 16).unwrap(),
-        1 << 12,
-        "CapEff {cap_eff} is not CAP_NET_ADMIN alone"
+        // CAP_NET_ADMIN (12) and CAP_NET_RAW (13) of linux/capability.h (libc has no
+        // capability numbers).
+        (1 << 12) | (1 << 13),
+        "CapEff {cap_eff} is not CAP_NET_ADMIN and CAP_NET_RAW alone"
     );
     let touch = podman
         .cmd()
@@ -802,6 +821,9 @@ fn container_gateway_serves_the_lab() {
         let status_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 9310));
         let ready = common::http_get(gw, status_addr, "/readyz").unwrap();
         assert_eq!(ready.status, 200, "{}", ready.text());
+        let status = common::http_get(gw, status_addr, "/api/v1/status").unwrap();
+        let status: serde_json::Value = serde_json::from_str(&status.text()).unwrap();
+        assert_eq!(status["dataplane"]["name"], "offload", "{status}");
         // Every family the Grafana dashboard reads is exported (except the conditional
         // ones), and the connection counter moved by the requests made above.
         let metrics = common::http_get(gw, status_addr, "/metrics").unwrap();
@@ -830,6 +852,13 @@ fn container_gateway_serves_the_lab() {
             web_ok >= 5.0,
             "demo/web ok connections: {web_ok} after 5 requests:\n{text}"
         );
+        // The TCP flows above were handed to the kernel.
+        let offloaded: f64 = samples
+            .iter()
+            .filter(|(name, _, _)| name == "clusterway_offload_flows_total")
+            .map(|(_, _, v)| v)
+            .sum();
+        assert!(offloaded >= 5.0, "offloaded flows: {offloaded}:\n{text}");
     } else {
         eprintln!("the gateway has no status server yet: /readyz not checked");
     }
@@ -849,6 +878,11 @@ fn container_gateway_serves_the_lab() {
     assert!(!links.contains("cw0"), "cw0 left behind: {links}");
     let routes = gw.sh("ip route show proto 75").unwrap();
     assert!(routes.trim().is_empty(), "routes left behind: {routes}");
+    let tables = gw.sh("nft list tables").unwrap();
+    assert!(
+        !tables.contains("clusterway"),
+        "netfilter table left behind: {tables}"
+    );
     eprintln!(
         "container test: base image {:.1?}, image built {:.1?}, traffic through it {:.1?}, \
          total {:.1?}",

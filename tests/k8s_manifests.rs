@@ -2,7 +2,7 @@
 //! objects (k8s-openapi types, with no field the types do not know: a misspelt field would
 //! be silently ignored by the API server's older versions and by `kubectl apply`), their
 //! RBAC is exactly docker/rbac.yaml's read-only set, the workloads run on the host network
-//! with NET_ADMIN and /dev/net/tun on gateway nodes, and their arguments are flags
+//! with NET_ADMIN, NET_RAW and /dev/net/tun on gateway nodes, and their arguments are flags
 //! `clusterway run` accepts.
 
 use clap::Parser;
@@ -70,6 +70,8 @@ fn check_pod(spec: &PodSpec, what: &str) {
         .and_then(|c| c.add.as_ref())
         .expect("capabilities.add");
     assert!(caps.iter().any(|c| c == "NET_ADMIN"), "{what}: NET_ADMIN");
+    // The raw sockets of flow offload (re-injecting each flow's first packet).
+    assert!(caps.iter().any(|c| c == "NET_RAW"), "{what}: NET_RAW");
     let tun = spec
         .volumes
         .iter()

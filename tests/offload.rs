@@ -762,3 +762,68 @@ fn a_udp_flow_whose_first_datagram_is_fragmented_is_proxied_and_answered() {
     assert_eq!(small, "pod-1 hi");
     assert!(our_entries(&topo).iter().any(|e| e.starts_with("udp")));
 }
+
+/// The sum of `clusterway_connections_total` of Service `web` with `result`.
+fn web_connections(m: &str, result: &str) -> f64 {
+    m.lines()
+        .filter(|l| {
+            l.starts_with("clusterway_connections_total{")
+                && l.contains(r#"service="web""#)
+                && l.contains(&format!(r#"result="{result}""#))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn an_endpoint_that_never_answers_is_a_dial_failure_within_seconds_and_its_entry_ends() {
+    let topo = topology(1);
+    let _b = start_backends(&topo);
+    // The pod drops every packet to its port: no SYN-ACK, no reset, nothing.
+    topo.pod(1)
+        .sh("nft add table inet blackhole && \
+             nft add chain inet blackhole input '{ type filter hook input priority 0; }' && \
+             nft add rule inet blackhole input tcp dport 8080 drop")
+        .unwrap();
+    let _gw = start(&topo, &[]);
+    let started = std::time::Instant::now();
+    let e = topo
+        .client()
+        .run(|| TcpStream::connect_timeout(&sa(WEB), Duration::from_secs(3)))
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+    // The gateway's entry waits for a reply that never comes.
+    let waiting = our_entries(&topo);
+    assert!(
+        waiting
+            .iter()
+            .any(|l| l.contains("SYN_SENT") && l.contains("UNREPLIED")),
+        "{waiting:?}"
+    );
+    assert_eq!(web_connections(&metrics(&topo), "dial_failed"), 0.0);
+    // Ended after about 10 s (not the kernel's 120 s), counted as a dial failure then.
+    let deadline = Duration::from_secs(16);
+    assert!(
+        wait_for(
+            || web_connections(&metrics(&topo), "dial_failed") >= 1.0,
+            deadline.saturating_sub(started.elapsed())
+        ),
+        "no dial failure counted {:?} after the SYN: {}",
+        started.elapsed(),
+        metrics(&topo)
+    );
+    let left = our_entries(&topo);
+    assert!(
+        left.iter().all(|l| !l.contains("SYN_SENT")),
+        "the unanswered entry is still there: {left:?}"
+    );
+    // The kernel's DESTROY event of the deleted entry is not counted a second time.
+    std::thread::sleep(Duration::from_secs(2));
+    let m = metrics(&topo);
+    assert_eq!(web_connections(&m, "dial_failed"), 1.0, "{m}");
+    assert_eq!(web_connections(&m, "ok"), 0.0, "{m}");
+    let events = http_get(topo.gateway(), sa(GATEWAY_STATUS), "/api/v1/events")
+        .unwrap()
+        .text();
+    assert!(events.contains("unreplied"), "{events}");
+}

@@ -4,9 +4,10 @@
 //! - a flow whose entry reaches ESTABLISHED (ASSURED) is a connection `ok` for its Service
 //!   port, and clears its endpoint's failures;
 //! - one reset by the endpoint before it was established, or whose entry ends without any
-//!   reply (the endpoint never answered; seen when the kernel drops the entry, two minutes
-//!   after the last SYN), is a `dial_failed` connection, a notice on the status page, and
-//!   an ejection of the endpoint (`outlier`);
+//!   reply (the endpoint never answered: the sweep of [`super::ctsweep`] deletes such an
+//!   entry after 10 s and counts it at once; its own DESTROY event is not counted again),
+//!   is a `dial_failed` connection, a notice on the status page, and an ejection of the
+//!   endpoint (`outlier`);
 //! - active TCP flows are the established entries alive; at start the entries of an
 //!   earlier run are adopted (counted active, listed, not counted again as connections);
 //! - bytes: per flow and Service port from the entry's counters when it ends, if the
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use super::ctsweep::{self, Sweeper};
 use super::flows::FlowGuard;
 use super::outlier::Outliers;
 use super::stats::{ConnResult, NoticeKind, Stats};
@@ -102,7 +104,7 @@ pub fn classify(kind: EventKind, e: &Entry) -> Option<Outcome> {
 
 /// Whether an entry is one of the gateway's flows (ours, TCP or UDP, not the start-up
 /// probe).
-fn is_flow(e: &Entry) -> bool {
+pub(crate) fn is_flow(e: &Entry) -> bool {
     e.is_ours()
         && e.mark & !conntrack::MARK_OWNER_MASK == 0
         && e.orig.is_some_and(|t| {
@@ -316,6 +318,8 @@ pub struct Reader {
     events: Events,
     dump: Conntrack,
     pub accounting: Accounting,
+    /// Ends the flows no endpoint answered (`ctsweep`).
+    sweep: Sweeper,
 }
 
 impl Reader {
@@ -329,6 +333,7 @@ impl Reader {
             events,
             dump,
             accounting,
+            sweep: Sweeper::new(ctsweep::syn_sent_timeout()),
         };
         let entries = r.dump.dump_ours()?;
         r.accounting.resync(&entries);
@@ -339,6 +344,7 @@ impl Reader {
     pub fn run(mut self, shutdown: Arc<AtomicBool>) {
         let mut last_counters = Instant::now() - COUNTERS_EVERY;
         let mut generation = self.accounting.table.load().generation;
+        let mut last_sweep = Instant::now();
         while !shutdown.load(Ordering::Relaxed) {
             let table = self.accounting.table.load_full();
             if table.generation != generation {
@@ -349,6 +355,10 @@ impl Reader {
                 Ok(events) => {
                     let now = Instant::now();
                     for (kind, e) in &events {
+                        // The end of an entry the sweep deleted: already counted.
+                        if self.sweep.consumed(*kind, e) {
+                            continue;
+                        }
                         self.accounting.apply(*kind, e, now);
                     }
                 }
@@ -372,6 +382,10 @@ impl Reader {
                     tracing::warn!(error = %e, reason = e.label(), "reading conntrack events failed");
                     std::thread::sleep(WAIT);
                 }
+            }
+            if last_sweep.elapsed() >= ctsweep::SWEEP_EVERY {
+                last_sweep = Instant::now();
+                self.sweep.sweep(&mut self.accounting, last_sweep);
             }
             if last_counters.elapsed() >= COUNTERS_EVERY {
                 last_counters = Instant::now();

@@ -2,6 +2,7 @@
 //! It never talks to the API server; it reads the published `ServiceTable` only.
 pub mod balancer;
 pub mod ctevents;
+pub mod ctsweep;
 pub mod engine;
 pub mod flows;
 pub mod limits;

@@ -41,7 +41,8 @@ use crate::host::nftables::INJECT_MARK;
 /// stays for services on the gateway itself.
 pub const SOURCE_PORTS: (u16, u16) = (1024, 65535);
 /// Seconds a new entry lives before its handshake completes (the kernel's own SYN_SENT
-/// timeout is 120 s); once packets flow the kernel keeps the timeouts of each state.
+/// timeout is 120 s); once packets flow the kernel keeps the timeouts of each state. An
+/// entry the endpoint never answers is ended sooner, after 10 s, by `ctsweep`.
 pub const OPENING_TIMEOUT: u32 = 120;
 /// Endpoint addresses whose source address is remembered; the cache is cleared when full.
 const SOURCE_CACHE: usize = 4096;

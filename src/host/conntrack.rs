@@ -189,6 +189,8 @@ pub mod wire {
     pub const CTA_ID: u16 = 12;
     pub const CTA_NAT_DST: u16 = 13;
     pub const CTA_MARK_MASK: u16 = 21;
+    /// With `CTA_STATUS` in a dump request: only entries whose `status & mask == status`.
+    pub const CTA_STATUS_MASK: u16 = 26;
 
     pub const CTA_TUPLE_IP: u16 = 1;
     pub const CTA_TUPLE_PROTO: u16 = 2;
@@ -387,6 +389,27 @@ pub mod wire {
         let mut b = Builder::new(MSG_GET, flags, seq, libc::AF_UNSPEC as u8);
         b.attr(CTA_MARK, &mark.to_be_bytes())
             .attr(CTA_MARK_MASK, &mask.to_be_bytes());
+        b.finish()
+    }
+
+    /// A dump of the entries (both families) whose `mark & mask == mark` that have seen no
+    /// reply: the kernel filters on `status & SEEN_REPLY == 0` (`CTA_STATUS` 0 with
+    /// `CTA_STATUS_MASK` SEEN_REPLY, Linux 5.19 and later).
+    pub fn dump_unreplied_by_mark(seq: u32, mark: u32, mask: u32) -> Vec<u8> {
+        let flags = REQ | libc::NLM_F_DUMP as u16;
+        let mut b = Builder::new(MSG_GET, flags, seq, libc::AF_UNSPEC as u8);
+        b.attr(CTA_MARK, &mark.to_be_bytes())
+            .attr(CTA_MARK_MASK, &mask.to_be_bytes())
+            .attr(CTA_STATUS, &0u32.to_be_bytes())
+            .attr(CTA_STATUS_MASK, &status::SEEN_REPLY.to_be_bytes());
+        b.finish()
+    }
+
+    /// `IPCTNL_MSG_CT_DELETE` of the entry whose original tuple is `t` only if its id is
+    /// still `id` (the kernel answers ENOENT when the tuple now belongs to another entry).
+    pub fn delete_id(seq: u32, t: &Tuple, id: u32) -> Vec<u8> {
+        let mut b = Builder::new(MSG_DELETE, REQ | ACK, seq, t.family());
+        b.tuple(CTA_TUPLE_ORIG, t).attr(CTA_ID, &id.to_be_bytes());
         b.finish()
     }
 
@@ -752,6 +775,64 @@ impl Conntrack {
         // The kernel filters by mark; keep the check where the ownership rule is.
         v.retain(Entry::is_ours);
         Ok(v)
+    }
+
+    /// Up to `limit` entries of ours that have seen no reply, and whether that was all of
+    /// them. Takes the socket: a dump cut short is abandoned with it (closing the socket
+    /// ends the kernel's dump), so a flood of entries costs a bounded amount per call.
+    pub fn dump_ours_unreplied(
+        mut self,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool), ConntrackError> {
+        let seq = self.next_seq();
+        let msg = wire::dump_unreplied_by_mark(seq, MARK_OWNER, MARK_OWNER_MASK);
+        self.send("dump", &msg)?;
+        let mut entries = Vec::new();
+        loop {
+            let n = loop {
+                let mut slice = &mut self.buf[..];
+                match self.sock.recv(&mut slice, 0) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(source) => return Err(ConntrackError::Io { op: "dump", source }),
+                }
+            };
+            for m in wire::parse(&self.buf[..n]) {
+                match m? {
+                    wire::Message::Ack { seq: s, errno } if s == seq && errno != 0 => {
+                        return Err(ConntrackError::Refused {
+                            op: "dump",
+                            source: io::Error::from_raw_os_error(errno),
+                        });
+                    }
+                    wire::Message::Ack { seq: s, .. } | wire::Message::Done { seq: s }
+                        if s == seq =>
+                    {
+                        return Ok((entries, true));
+                    }
+                    wire::Message::Entry { seq: s, entry, .. } if s == seq => {
+                        // The kernel filters by mark and status; keep the ownership check.
+                        if entry.is_ours() && entry.status & status::SEEN_REPLY == 0 {
+                            entries.push(*entry);
+                        }
+                        if entries.len() >= limit {
+                            return Ok((entries, false));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Delete the entry whose original tuple is `t` if it is still the entry `id`; false
+    /// when there is none (gone, or the tuple belongs to a newer entry).
+    pub fn delete_entry(&mut self, t: &Tuple, id: u32) -> Result<bool, ConntrackError> {
+        match self.request("delete", |seq| wire::delete_id(seq, t, id)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Delete every entry of ours (both families).

@@ -334,3 +334,26 @@ fn a_created_entry_parses_back_to_what_was_asked() {
     assert!(back.is_ours());
     assert!(!Entry::default().is_ours());
 }
+
+#[test]
+fn unreplied_dump_and_delete_by_id_requests() {
+    // Mark and mask, then status 0 under the mask SEEN_REPLY (bit 1).
+    let mut want = header(52, MSG_GET, 0x0301, 7, 0);
+    want.extend(nla(8, CTA_MARK));
+    want.extend([0x63, 0x77, 0, 0]);
+    want.extend(nla(8, CTA_MARK_MASK));
+    want.extend([0xff, 0xff, 0, 0]);
+    want.extend(nla(8, CTA_STATUS));
+    want.extend([0, 0, 0, 0]);
+    want.extend(nla(8, CTA_STATUS_MASK));
+    want.extend([0, 0, 0, 2]);
+    assert_eq!(dump_unreplied_by_mark(7, MARK_OWNER, MARK_OWNER_MASK), want);
+    // The tuple as in a plain delete, then the id (big endian).
+    let t = Tuple::tcp(sa("192.168.77.2:41000"), sa("10.96.0.10:80"));
+    let plain = delete(8, &t);
+    let by_id = delete_id(8, &t, 0x0102_0304);
+    assert_eq!(by_id.len(), plain.len() + 8);
+    assert_eq!(&by_id[4..plain.len()], &plain[4..]);
+    assert_eq!(&by_id[plain.len()..plain.len() + 4], &nla(8, CTA_ID)[..]);
+    assert_eq!(&by_id[plain.len() + 4..], &[1, 2, 3, 4]);
+}
