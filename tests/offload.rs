@@ -827,3 +827,60 @@ fn an_endpoint_that_never_answers_is_a_dial_failure_within_seconds_and_its_entry
         .text();
     assert!(events.contains("unreplied"), "{events}");
 }
+
+#[test]
+fn a_udp_flow_goes_on_while_no_gateway_runs_and_keeps_its_endpoint_after_a_restart() {
+    let topo = topology(2);
+    let _b = start_backends(&topo);
+    let mut gw = start(&topo, &[]);
+    let s = topo
+        .client()
+        .run(|| -> std::io::Result<std::net::UdpSocket> {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(sa(DNS))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            Ok(s)
+        })
+        .unwrap();
+    let ask = |q: &str| -> String {
+        s.send(q.as_bytes()).unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.recv(&mut buf).unwrap_or_else(|e| panic!("{q}: {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let pod = ask("a").split(' ').next().unwrap().to_owned();
+    // Killed: the entry and the set (with the flow's element) stay, and carry the flow.
+    let pid = gw.pid().unwrap() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_for(|| gw.has_exited(), Duration::from_secs(5)));
+    for q in ["b", "c"] {
+        assert_eq!(ask(q), format!("{pod} {q}"), "while no gateway runs");
+    }
+    // The restarted gateway replaces the table: the set starts empty, so the flow's next
+    // datagram arrives untracked, finds the flow's entry (ours) and is re-injected on it,
+    // to the same endpoint; the ones after it are the kernel's again.
+    let _gw2 = start(&topo, &[]);
+    let tun_in = || {
+        sample(
+            &metrics(&topo),
+            "clusterway_tun_packets_total",
+            r#"direction="in""#,
+        )
+    };
+    let before = tun_in();
+    for i in 0..50 {
+        let q = format!("d{i}");
+        assert_eq!(ask(&q), format!("{pod} {q}"), "after the restart");
+    }
+    assert!(
+        tun_in() - before <= 3.0,
+        "{} packets crossed the TUN",
+        tun_in() - before
+    );
+    let m = metrics(&topo);
+    assert!(
+        sample(&m, "clusterway_offload_retransmits_total", "") >= 1.0,
+        "{m}"
+    );
+}

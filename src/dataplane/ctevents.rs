@@ -8,6 +8,10 @@
 //!   entry after 10 s and counts it at once; its own DESTROY event is not counted again),
 //!   is a `dial_failed` connection, a notice on the status page, and an ejection of the
 //!   endpoint (`outlier`);
+//! - a UDP flow (no handshake) is a connection `ok` when its entry first sees a reply, and
+//!   `dial_failed` when it ends without any (no ejection: see `classify_udp`); UDP entries
+//!   are listed once answered; when the table changes, UDP entries whose endpoint is no
+//!   longer usable are deleted ([`stale_udp`]);
 //! - active TCP flows are the established entries alive; at start the entries of an
 //!   earlier run are adopted (counted active, listed, not counted again as connections);
 //! - bytes: per flow and Service port from the entry's counters when it ends, if the

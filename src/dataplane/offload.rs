@@ -1,7 +1,8 @@
 //! Flow offload, the worker's side: apply a [`Verdict::Offload`] — hand the flow to the
 //! kernel's connection tracking and let its first packet take the entry.
 //!
-//! For a SYN `C:cp → S:sp` the engine has decided (endpoint `E:ep`):
+//! For a SYN (or a UDP flow's first datagram) `C:cp → S:sp` the engine has decided
+//! (endpoint `E:ep`):
 //! 1. the gateway's address toward `E` is looked up (`G`, the source the kernel would pick
 //!    for `E`, as MASQUERADE does; cached per endpoint address, bounded);
 //! 2. a conntrack entry is created: original tuple `C:cp → S:sp`, destination NAT `E:ep`,
@@ -15,6 +16,18 @@
 //! `host::nftables`): creating fails with EEXIST, the entry is read back and, while it is
 //! ours and still opening, the SYN is re-injected without a second entry. An entry that is
 //! not ours, or ours but past its handshake (a tuple reused after close), is replaced.
+//!
+//! UDP flows the same way, with their first datagram: the entry has no TCP state and takes
+//! the kernel's UDP timeouts from that datagram on ([`UDP_OPENING_TIMEOUT`] until then).
+//! The re-injected datagram, meeting the entry at OUTPUT, puts the flow in the netfilter
+//! table's UDP set, which is what lets the client's later datagrams be tracked (see
+//! `host::nftables`). A datagram of a flow whose element expired while its entry lives
+//! arrives untracked, like a retransmitted SYN: EEXIST, ours, re-injected on the entry
+//! (any entry of ours without TCP state is reused). The endpoint's ICMP errors about the
+//! flow are RELATED to the entry and go to the client through the kernel. A raw socket
+//! does not fragment: a first datagram larger than the route to the endpoint carries (one
+//! that came in fragments) fails with EMSGSIZE ([`OffloadError::is_too_big`]); the worker
+//! then deletes the entry ([`Offloader::forget_udp`]) and proxies that flow in user space.
 //!
 //! Loop guard: a packet is re-injected only after its entry exists (or was read back). The
 //! netfilter table drops anything re-injected that would leave through the TUN again.

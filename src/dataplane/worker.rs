@@ -1,7 +1,9 @@
 //! The dataplane worker: the shell around one [`Engine`]. It reads packets from its TUN
 //! queue (a batch per wake-up), applies the engine's verdicts (writes packets, feeds UDP
-//! flow sockets, hands new TCP flows to the acceptor) and runs the UDP reply tasks of the
-//! flows it opened, which write to its own queue. It owns the engine; nothing else touches
+//! flow sockets, hands new TCP flows to the acceptor, or with flow offload hands new TCP
+//! and UDP flows to the kernel) and runs the UDP reply tasks of the flows it opened, which
+//! write to its own queue. With offload, a UDP flow stays in user space only where the
+//! kernel path cannot carry it (`hand_over_udp` says when; logged once, counted). It owns the engine; nothing else touches
 //! it. There is one worker per TUN queue, each on its own thread; they share only the NAT
 //! and balancer (see `shared`), the table snapshot and the counters. With the proxy on the
 //! workers (`--proxy-on-workers`), each also runs the proxy of the flows it maps, on a

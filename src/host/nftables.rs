@@ -7,6 +7,29 @@
 //!   not arrive from the TUN device: the kernel must not track the first packet on its way
 //!   into the TUN (it would confirm an entry of its own for the tuple, and ours could not be
 //!   created); later packets of the flow are tracked and meet the gateway's entry;
+//! - UDP, which has no SYN to tell a first datagram from the rest: at the same place, a
+//!   client's datagram to the routed ranges is tracked only when its 4-tuple is in the set
+//!   `udp4`/`udp6` of flows handed over (and then refreshes its element), and `notrack`ed
+//!   otherwise, so a new flow's first datagram reaches the TUN device as a first SYN does.
+//!   The element is added in the kernel, by a rule at OUTPUT that sees the gateway re-inject
+//!   the first datagram and meet an entry of ours (chain `handed_over`): no netlink call
+//!   per flow. Why this and not "delete the kernel's null-binding entry before creating
+//!   ours" (DESIGN's other way): that entry is confirmed while the first datagram crosses
+//!   into the TUN, so every later datagram sent before the gateway replaces it takes it
+//!   too (into the TUN, through a second create that fails), and the delete-create pair
+//!   races with them; a DNS client that sends its A and AAAA queries back to back on one
+//!   socket hits that at once. With the set, a datagram is tracked only once its entry
+//!   exists. Expiry order: an element lives [`UDP_SET_TIMEOUT_S`] after the client's last
+//!   datagram, below the kernel's UDP timeout that the same datagram gave the entry
+//!   (`nf_conntrack_udp_timeout`, 30 s by default; replies only extend it), so a tracked
+//!   datagram finds its entry. Should the entry go first anyway (an operator's lower
+//!   timeout, the entry deleted because its endpoint went, `conntrack -F`), the datagram
+//!   takes an entry of the kernel's own into the TUN device and the gateway replaces it
+//!   with one of its own; should the element go first (expired during a pause, a restart
+//!   replaced the table), the datagram arrives untracked, creating fails with "exists",
+//!   and the gateway re-injects it on its entry, which adds the element again. Bounds:
+//!   [`UDP_SET_SIZE`] elements per family, and the kernel's conntrack table
+//!   (`nf_conntrack_max`) for the entries;
 //! - a loop guard: a packet the gateway re-injected (socket mark [`INJECT_MARK`]) that would
 //!   leave through the TUN device again — it found no entry, so nothing translated it — is
 //!   dropped and counted, instead of circling through the gateway at full speed;
