@@ -616,3 +616,53 @@ fn bytes_per_service_port_come_from_the_table_without_conntrack_accounting() {
         .unwrap();
     assert!(set.contains("10.96.0.10 . tcp . 80"), "{set}");
 }
+
+#[test]
+fn without_cap_net_raw_the_gateway_falls_back_to_the_proxy_and_says_why() {
+    let topo = topology(1);
+    let _b = start_backends(&topo);
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("snapshot.yaml");
+    std::fs::write(&snapshot, demo_snapshot(&topo.pod_addrs())).unwrap();
+    let log = dir.path().join("gateway.log");
+    // CAP_NET_RAW out of the bounding set: root keeps every other capability (a container
+    // run with `--cap-drop ALL --cap-add NET_ADMIN` is the case this stands for).
+    let mut args = vec![
+        "--bounding-set",
+        "-net_raw",
+        BIN,
+        "run",
+        "--from-file",
+        snapshot.to_str().unwrap(),
+    ];
+    args.extend(offload_args());
+    let mut cmd = topo.gateway().exec("setpriv", &args);
+    cmd.env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let _gw = Refused(cmd.spawn().unwrap(), log.clone());
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_for(|| logs().contains("gateway ready"), Duration::from_secs(15)),
+        "{}",
+        logs()
+    );
+    let text = logs();
+    assert!(
+        text.contains("flow offload unavailable; falling back to the proxy dataplane")
+            && text.contains("CAP_NET_RAW")
+            && text.contains("dataplane: proxy"),
+        "{text}"
+    );
+    assert_eq!(get(&topo, WEB), "pod-1");
+    let api = http_get(topo.gateway(), sa(GATEWAY_STATUS), "/api/v1/status")
+        .unwrap()
+        .text();
+    assert!(
+        api.contains(r#""name":"proxy""#) && api.contains("CAP_NET_RAW"),
+        "{api}"
+    );
+    let tables = topo.gateway().sh("nft list tables").unwrap();
+    assert!(!tables.contains("clusterway"), "{tables}");
+}
