@@ -1179,3 +1179,36 @@ fn the_dataplane_line_names_the_proxy_and_why_when_ctnetlink_is_refused() {
     assert_eq!(report.severity("dataplane"), "ok");
     assert!(report.detail("dataplane").contains("asked for"));
 }
+
+/// Without CAP_NET_RAW (a container that drops it) the dataplane line says the proxy will be
+/// used and names the capability, as `run` falls back for the same reason.
+#[test]
+fn the_dataplane_line_names_cap_net_raw_when_raw_sockets_are_refused() {
+    let env = Env::new();
+    let mut cmd = env.ns.exec(
+        "setpriv",
+        [
+            "--bounding-set",
+            "-net_raw",
+            BIN,
+            "check",
+            "--from-file",
+            FIXTURE,
+            "--json",
+        ],
+    );
+    cmd.env("NO_COLOR", "1").env("RUST_LOG", "warn");
+    let out = cmd.output().unwrap();
+    let report = Report(serde_json::from_slice(&out.stdout).expect("JSON report"));
+    assert_eq!(report.severity("dataplane"), "warning", "{:#}", report.0);
+    let detail = report.detail("dataplane");
+    assert!(
+        detail.contains("proxy will be used") && detail.contains("CAP_NET_RAW"),
+        "{detail}"
+    );
+    assert!(
+        report.fix("dataplane").contains("CAP_NET_RAW"),
+        "{:#}",
+        report.0
+    );
+}

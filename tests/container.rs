@@ -185,6 +185,10 @@ fn dockerfile_has_a_build_stage_and_a_slim_final_stage() {
     assert!(build_lines
         .iter()
         .any(|l| l.contains("cargo build --release --locked")));
+    // `nft` (flow offload) is laid out by the same script the container test runs.
+    assert!(build_lines.iter().any(|l| l.contains("apt-get install")
+        && l.contains("nftables")
+        && l.contains(&format!("sh docker/nft-files.sh /{BUILD_OUT}"))));
     let (runtime, base, lines) = &stages[1];
     assert_eq!(runtime, "runtime");
     assert_eq!(base, "docker.io/library/debian:bookworm-slim");

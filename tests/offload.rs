@@ -884,3 +884,116 @@ fn a_udp_flow_goes_on_while_no_gateway_runs_and_keeps_its_endpoint_after_a_resta
         "{m}"
     );
 }
+
+#[test]
+fn bytes_per_service_port_come_from_the_table_without_conntrack_accounting() {
+    let topo = topology(1);
+    let _b = start_backends(&topo);
+    let _gw = start(&topo, &[]);
+    // The namespace's default: the kernel keeps no byte counters on entries.
+    let acct = topo
+        .gateway()
+        .sh("sysctl -n net.netfilter.nf_conntrack_acct")
+        .unwrap();
+    assert_eq!(acct.trim(), "0");
+    const N: usize = 3_000_000;
+    const N6: usize = 1_000_000;
+    let big = http_get(topo.client(), sa(WEB), &format!("/bytes/{N}")).unwrap();
+    assert_eq!(big.body.len(), N);
+    let big6 = http_get(topo.client(), sa(WEB6), &format!("/bytes/{N6}")).unwrap();
+    assert_eq!(big6.body.len(), N6);
+    let web = |m: &str, dir: &str| {
+        sample(
+            m,
+            "clusterway_bytes_total",
+            &format!(r#"service="web",direction="{dir}""#),
+        )
+    };
+    assert!(
+        wait_for(
+            || web(&metrics(&topo), "to_client") >= (N + N6) as f64,
+            Duration::from_secs(15)
+        ),
+        "{}",
+        metrics(&topo)
+    );
+    let m = metrics(&topo);
+    // The requests went the other way: a few hundred bytes, not nothing.
+    assert!(web(&m, "to_endpoint") > 0.0, "{m}");
+    // Another Service port carried nothing and shows nothing.
+    let sticky = sample(&m, "clusterway_bytes_total", r#"service="sticky""#);
+    assert!(sticky.is_nan() || sticky == 0.0, "{m}");
+    // The same counters on the Service's page, per port.
+    let page = http_get(
+        topo.gateway(),
+        sa(GATEWAY_STATUS),
+        "/api/v1/services/demo/web",
+    )
+    .unwrap()
+    .text();
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+    let port = page["counters"]
+        .as_array()
+        .and_then(|c| c.iter().find(|p| p["port"] == 80))
+        .unwrap_or_else(|| panic!("no counters of port 80: {page}"));
+    assert!(
+        port["bytes_to_client"].as_u64().unwrap() >= (N + N6) as u64,
+        "{page}"
+    );
+    // Kept by the kernel per Service frontend, in the gateway's table.
+    let set = topo
+        .gateway()
+        .sh("nft list set inet clusterway svc4_to_client")
+        .unwrap();
+    assert!(set.contains("10.96.0.10 . tcp . 80"), "{set}");
+}
+
+#[test]
+fn without_cap_net_raw_the_gateway_falls_back_to_the_proxy_and_says_why() {
+    let topo = topology(1);
+    let _b = start_backends(&topo);
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("snapshot.yaml");
+    std::fs::write(&snapshot, demo_snapshot(&topo.pod_addrs())).unwrap();
+    let log = dir.path().join("gateway.log");
+    // CAP_NET_RAW out of the bounding set: root keeps every other capability (a container
+    // run with `--cap-drop ALL --cap-add NET_ADMIN` is the case this stands for).
+    let mut args = vec![
+        "--bounding-set",
+        "-net_raw",
+        BIN,
+        "run",
+        "--from-file",
+        snapshot.to_str().unwrap(),
+    ];
+    args.extend(offload_args());
+    let mut cmd = topo.gateway().exec("setpriv", &args);
+    cmd.env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let _gw = Refused(cmd.spawn().unwrap(), log.clone());
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_for(|| logs().contains("gateway ready"), Duration::from_secs(15)),
+        "{}",
+        logs()
+    );
+    let text = logs();
+    assert!(
+        text.contains("flow offload unavailable; falling back to the proxy dataplane")
+            && text.contains("CAP_NET_RAW")
+            && text.contains("dataplane: proxy"),
+        "{text}"
+    );
+    assert_eq!(get(&topo, WEB), "pod-1");
+    let api = http_get(topo.gateway(), sa(GATEWAY_STATUS), "/api/v1/status")
+        .unwrap()
+        .text();
+    assert!(
+        api.contains(r#""name":"proxy""#) && api.contains("CAP_NET_RAW"),
+        "{api}"
+    );
+    let tables = topo.gateway().sh("nft list tables").unwrap();
+    assert!(!tables.contains("clusterway"), "{tables}");
+}

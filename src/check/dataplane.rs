@@ -1,8 +1,8 @@
-//! Which dataplane `clusterway run` will use here, and why: flow offload needs conntrack
-//! entries with NAT through ctnetlink and the `nft` program; without either the gateway
-//! falls back to the proxy.
+//! Which dataplane `clusterway run` will use here, and why: flow offload needs raw sockets
+//! (CAP_NET_RAW), conntrack entries with NAT through ctnetlink and the `nft` program;
+//! without any of them the gateway falls back to the proxy.
 //!
-//! Changes nothing that stays: the probe is the one `run` makes (a conntrack entry between
+//! Changes nothing that stays: a raw socket is opened and closed; the probe is the one `run` makes (a conntrack entry between
 //! TEST-NET addresses, with the gateway's mark, deleted at once); `nft` is only asked for
 //! its version; the conntrack table size is read.
 
@@ -35,7 +35,12 @@ pub fn check(requested: Dataplane) -> Check {
         return Check::pass(NAME, "proxy (asked for with --dataplane proxy)");
     }
     let fix = "offload needs conntrack with NAT in the kernel (nf_conntrack, nf_nat), \
-               CAP_NET_ADMIN, and nft (apt-get install nftables); the proxy works without them";
+               CAP_NET_ADMIN, CAP_NET_RAW (raw sockets), and nft (apt-get install nftables); the \
+               proxy works without them";
+    if let Err(e) = offload::raw_probe() {
+        let reason = offload::Unavailable::RawSocket(e).reason();
+        return Check::warn(NAME, format!("proxy will be used: {reason}"), fix);
+    }
     if let Err(e) = offload::probe() {
         let reason = offload::Unavailable::from(e).reason();
         return Check::warn(NAME, format!("proxy will be used: {reason}"), fix);

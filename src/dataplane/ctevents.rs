@@ -14,10 +14,12 @@
 //!   longer usable are deleted ([`stale_udp`]);
 //! - active TCP flows are the established entries alive; at start the entries of an
 //!   earlier run are adopted (counted active, listed, not counted again as connections);
-//! - bytes: per flow and Service port from the entry's counters when it ends, if the
-//!   namespace keeps them (`net.netfilter.nf_conntrack_acct`, the operator's choice; the
-//!   gateway does not change it), and for all offloaded flows together from the netfilter
-//!   table's counters (`host::nftables`), always.
+//! - bytes: per Service port (and gateway-wide) from the netfilter table's per-Service
+//!   counters, read with the table-wide ones (`super::svcbytes`; no sysctl needed); per
+//!   flow from the entry's counters when it ends, if the namespace keeps them
+//!   (`net.netfilter.nf_conntrack_acct`, the operator's choice; the gateway does not change
+//!   it) — and per port from those too only when the table's counters cannot be read; for
+//!   all offloaded flows together from the table's counters (`host::nftables`), always.
 //! - the status page's live flows: up to [`LISTED`] entries alive and not closed, the oldest
 //!   first taken.
 //!
@@ -37,6 +39,7 @@ use super::ctsweep::{self, Sweeper};
 use super::flows::FlowGuard;
 use super::outlier::Outliers;
 use super::stats::{ConnResult, NoticeKind, Stats};
+use super::svcbytes::ByService;
 use crate::cluster::table::{Lookup, Protocol, ServicePort, ServiceTable};
 use crate::host::conntrack::{
     self, status, tcp_state, Conntrack, ConntrackError, Entry, EventKind, Events, Tuple,
@@ -135,6 +138,9 @@ pub struct Accounting {
     pub stats: Arc<Stats>,
     pub outliers: Arc<Outliers>,
     listed: HashMap<Tuple, FlowGuard>,
+    /// Bytes per Service port come from the table's per-Service counters
+    /// (`super::svcbytes`): an ended entry's counters then go to its flow only.
+    pub per_port_from_table: bool,
 }
 
 impl Accounting {
@@ -148,6 +154,7 @@ impl Accounting {
             stats,
             outliers,
             listed: HashMap::new(),
+            per_port_from_table: false,
         }
     }
 
@@ -251,6 +258,14 @@ impl Accounting {
         let (Some((_, to_ep)), Some((_, to_cl))) = (e.counters_orig, e.counters_reply) else {
             return;
         };
+        if self.per_port_from_table {
+            // The Service port and the gateway-wide bytes are counted by `svcbytes`.
+            if let Some(g) = guard {
+                g.info().to_endpoint.fetch_add(to_ep, Ordering::Relaxed);
+                g.info().to_client.fetch_add(to_cl, Ordering::Relaxed);
+            }
+            return;
+        }
         self.stats
             .bytes_to_endpoint
             .fetch_add(to_ep, Ordering::Relaxed);
@@ -324,6 +339,8 @@ pub struct Reader {
     pub accounting: Accounting,
     /// Ends the flows no endpoint answered (`ctsweep`).
     sweep: Sweeper,
+    /// Bytes per Service port from the table's counters (`svcbytes`).
+    by_service: ByService,
 }
 
 impl Reader {
@@ -338,7 +355,14 @@ impl Reader {
             dump,
             accounting,
             sweep: Sweeper::new(ctsweep::syn_sent_timeout()),
+            by_service: ByService::new(),
         };
+        match nftables::by_service() {
+            Ok(_) => r.accounting.per_port_from_table = true,
+            Err(e) => {
+                tracing::warn!(error = %e, reason = e.label(), "cannot read the per-Service byte counters; bytes per Service come from conntrack accounting when it is on")
+            }
+        }
         let entries = r.dump.dump_ours()?;
         r.accounting.resync(&entries);
         Ok(r)
@@ -399,6 +423,12 @@ impl Reader {
                 }
                 if let Some((_, b)) = nftables::counter(nftables::TO_CLIENT) {
                     off.bytes_to_client.store(b, Ordering::Relaxed);
+                }
+                if self.accounting.per_port_from_table {
+                    let table = self.accounting.table.load();
+                    if let Err(e) = self.by_service.read(&table, &self.accounting.stats) {
+                        tracing::warn!(error = %e, reason = e.label(), "reading the per-Service byte counters failed");
+                    }
                 }
             }
         }
@@ -702,5 +732,30 @@ mod tests {
             &[alive, gone.clone(), no_port.clone(), tcp, foreign],
         );
         assert_eq!(stale, vec![gone.orig.unwrap(), no_port.orig.unwrap()]);
+    }
+
+    #[test]
+    fn with_the_table_s_per_service_counters_entry_counters_go_to_the_flow_only() {
+        let mut a = accounting();
+        a.per_port_from_table = true;
+        let now = Instant::now();
+        a.apply(EventKind::NewOrUpdate, &entry(tcp_state::SYN_SENT, 0), now);
+        let flows = a.stats.flows.snapshot();
+        assert_eq!(flows.len(), 1);
+        let mut end = entry(tcp_state::TIME_WAIT, A);
+        end.counters_orig = Some((10, 1000));
+        end.counters_reply = Some((12, 70_000));
+        a.apply(EventKind::Destroy, &end, now);
+        // The flow's own totals, but not the Service port's nor the gateway's: the table's
+        // counters (svcbytes) have those bytes already.
+        assert_eq!(flows[0].to_client.load(Ordering::Relaxed), 70_000);
+        assert_eq!(
+            flows[0]
+                .service_stats
+                .bytes_to_client
+                .load(Ordering::Relaxed),
+            0
+        );
+        assert_eq!(a.stats.bytes_to_client.load(Ordering::Relaxed), 0);
     }
 }

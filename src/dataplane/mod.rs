@@ -14,6 +14,7 @@ pub mod packet;
 pub mod shared;
 pub mod splice;
 pub mod stats;
+pub mod svcbytes;
 pub mod tcp;
 pub mod tun;
 pub mod udp;

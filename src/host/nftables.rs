@@ -37,6 +37,13 @@
 //!   way (`ct mark`). They are also what makes the kernel track packets here at all: empty
 //!   NAT chains register the NAT hooks but not connection tracking, which only a rule with
 //!   a `ct` expression asks for; without one a re-injected SYN meets no entry at OUTPUT.
+//! - bytes per Service frontend, each way: dynamic sets with a counter per element, keyed by
+//!   the flow's original destination (`ct original ip daddr . meta l4proto . ct original
+//!   proto-dst`: ClusterIP, protocol, Service port), one per family and direction, filled
+//!   by the kernel for our entries' packets ([`BY_SERVICE_SETS`], read with
+//!   [`by_service`]). No accounting sysctl (`nf_conntrack_acct`) is needed. Bounded
+//!   ([`BY_SERVICE_SIZE`] elements) and expiring (an element idle for
+//!   [`BY_SERVICE_TIMEOUT`] goes; a Service that is gone stops being counted).
 //!
 //! Desired state: [`Ruleset::render`] gives the whole table for the ranges routed now, and
 //! [`apply`] replaces the table in one transaction (`nft -f -`: create, delete, create), so
@@ -82,6 +89,9 @@ pub enum NftError {
     /// `nft` refused the ruleset.
     #[error("nft refused the ruleset: {0}")]
     Refused(String),
+    /// `nft -j` printed something that is not the table as JSON.
+    #[error("cannot read nft's JSON listing: {0}")]
+    Unreadable(String),
 }
 
 impl NftError {
@@ -90,6 +100,7 @@ impl NftError {
         match self {
             Self::Spawn(_) => "spawn",
             Self::Refused(_) => "refused",
+            Self::Unreadable(_) => "unreadable",
         }
     }
 }
@@ -154,6 +165,7 @@ impl Ruleset {
              {ours} ct direction original counter name \"{TO_ENDPOINT}\"\n    \
              {ours} ct direction reply counter name \"{TO_CLIENT}\"\n  }}\n}}\n"
         ));
+        s.push_str(&render_by_service());
         s
     }
 
@@ -319,6 +331,150 @@ fn parse_counter(text: &str) -> Option<(u64, u64)> {
     Some((packets?, bytes?))
 }
 
+/// The per-Service byte sets: (name, family, direction). Elements are
+/// `ClusterIP . protocol . port` of the flows' original direction.
+pub const BY_SERVICE_SETS: [(&str, Family, Direction); 4] = [
+    ("svc4_to_endpoint", Family::V4, Direction::ToEndpoint),
+    ("svc4_to_client", Family::V4, Direction::ToClient),
+    ("svc6_to_endpoint", Family::V6, Direction::ToEndpoint),
+    ("svc6_to_client", Family::V6, Direction::ToClient),
+];
+/// Elements (Service frontends) each set holds at most; when full, packets of a new
+/// frontend go uncounted per Service (the table-wide counters still have them).
+pub const BY_SERVICE_SIZE: u32 = 65_536;
+/// An element not updated for this long is dropped by the kernel (its Service is gone or
+/// idle; counting starts again from zero when it comes back).
+pub const BY_SERVICE_TIMEOUT: &str = "1h";
+
+/// An address family of the per-Service sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// Which way bytes went, as the per-Service sets count them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Client to endpoint: the entries' original direction.
+    ToEndpoint,
+    /// Endpoint to client: the reply direction.
+    ToClient,
+}
+
+/// A Service frontend as the sets key it: ClusterIP, IP protocol number, Service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Frontend {
+    pub ip: std::net::IpAddr,
+    pub proto: u8,
+    pub port: u16,
+}
+
+/// The second block of the table script: the per-Service sets and the base chain that
+/// fills them (forward hook, our entries only; TCP and UDP).
+fn render_by_service() -> String {
+    let mut s = format!("table {TABLE} {{\n");
+    for (name, family, _) in BY_SERVICE_SETS {
+        let addr = match family {
+            Family::V4 => "ipv4_addr",
+            Family::V6 => "ipv6_addr",
+        };
+        s.push_str(&format!(
+            "  set {name} {{ type {addr} . inet_proto . inet_service; size {BY_SERVICE_SIZE}; \
+             flags dynamic,timeout; timeout {BY_SERVICE_TIMEOUT}; counter; }}\n"
+        ));
+    }
+    s.push_str(&format!(
+        "  chain by_service {{\n    type filter hook forward priority 0; policy accept;\n    \
+         ct mark and {MARK_OWNER_MASK:#x} != {MARK_OWNER:#x} return\n"
+    ));
+    for (name, family, dir) in BY_SERVICE_SETS {
+        let (nfproto, daddr) = match family {
+            Family::V4 => ("ipv4", "ip daddr"),
+            Family::V6 => ("ipv6", "ip6 daddr"),
+        };
+        let way = match dir {
+            Direction::ToEndpoint => "original",
+            Direction::ToClient => "reply",
+        };
+        // `ct original proto-dst` takes its type from the protocol matched before it.
+        for l4 in ["tcp", "udp"] {
+            s.push_str(&format!(
+                "    meta nfproto {nfproto} meta l4proto {l4} ct direction {way} update @{name} \
+                 {{ ct original {daddr} . meta l4proto . ct original proto-dst }}\n"
+            ));
+        }
+    }
+    s.push_str("  }\n}\n");
+    s
+}
+
+/// The per-Service byte counters now: (direction, frontend, bytes) of every element of the
+/// sets, from `nft -j list table inet clusterway`.
+pub fn by_service() -> Result<Vec<(Direction, Frontend, u64)>, NftError> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "table", "inet", "clusterway"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(NftError::Spawn)?;
+    if !out.status.success() {
+        return Err(NftError::Refused(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    parse_by_service(&out.stdout)
+}
+
+/// The per-Service sets' elements in `nft -j` output (pure). Elements that do not parse
+/// (a key nft printed by name, a protocol it does not know) are skipped.
+pub fn parse_by_service(json: &[u8]) -> Result<Vec<(Direction, Frontend, u64)>, NftError> {
+    use serde_json::Value;
+    let doc: Value =
+        serde_json::from_slice(json).map_err(|e| NftError::Unreadable(e.to_string()))?;
+    let items = doc["nftables"]
+        .as_array()
+        .ok_or_else(|| NftError::Unreadable("no \"nftables\" array".into()))?;
+    let mut out = Vec::new();
+    for set in items.iter().filter_map(|i| i.get("set")) {
+        let Some(dir) = BY_SERVICE_SETS
+            .iter()
+            .find(|(name, _, _)| set["name"] == *name)
+            .map(|(_, _, dir)| *dir)
+        else {
+            continue;
+        };
+        for elem in set["elem"].as_array().into_iter().flatten() {
+            // `{"elem": {"val": KEY, "counter": {...}, ...}}`.
+            let e = &elem["elem"];
+            let Some(key) = e["val"]["concat"].as_array() else {
+                continue;
+            };
+            let bytes = e["counter"]["bytes"].as_u64();
+            if let (Some(f), Some(bytes)) = (frontend(key), bytes) {
+                out.push((dir, f, bytes));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `["10.96.0.10", "tcp", 80]` as a frontend.
+fn frontend(key: &[serde_json::Value]) -> Option<Frontend> {
+    let [ip, proto, port] = key else { return None };
+    let ip = ip.as_str()?.parse().ok()?;
+    let proto = match proto {
+        serde_json::Value::String(p) if p == "tcp" => libc::IPPROTO_TCP as u8,
+        serde_json::Value::String(p) if p == "udp" => libc::IPPROTO_UDP as u8,
+        serde_json::Value::String(p) => p.parse().ok()?,
+        other => u8::try_from(other.as_u64()?).ok()?,
+    };
+    let port = match port {
+        serde_json::Value::String(p) => p.parse().ok()?,
+        other => u16::try_from(other.as_u64()?).ok()?,
+    };
+    Some(Frontend { ip, proto, port })
+}
+
 /// Delete the table (nothing to do when it is not there).
 pub fn remove() -> Result<(), NftError> {
     run_nft(&format!("table {TABLE}\ndelete table {TABLE}\n"))
@@ -390,6 +546,24 @@ table inet clusterway {
     ct mark and 0xffff0000 == 0x63770000 ct direction reply counter name \"offloaded_to_client\"
   }
 }
+table inet clusterway {
+  set svc4_to_endpoint { type ipv4_addr . inet_proto . inet_service; size 65536; flags dynamic,timeout; timeout 1h; counter; }
+  set svc4_to_client { type ipv4_addr . inet_proto . inet_service; size 65536; flags dynamic,timeout; timeout 1h; counter; }
+  set svc6_to_endpoint { type ipv6_addr . inet_proto . inet_service; size 65536; flags dynamic,timeout; timeout 1h; counter; }
+  set svc6_to_client { type ipv6_addr . inet_proto . inet_service; size 65536; flags dynamic,timeout; timeout 1h; counter; }
+  chain by_service {
+    type filter hook forward priority 0; policy accept;
+    ct mark and 0xffff0000 != 0x63770000 return
+    meta nfproto ipv4 meta l4proto tcp ct direction original update @svc4_to_endpoint { ct original ip daddr . meta l4proto . ct original proto-dst }
+    meta nfproto ipv4 meta l4proto udp ct direction original update @svc4_to_endpoint { ct original ip daddr . meta l4proto . ct original proto-dst }
+    meta nfproto ipv4 meta l4proto tcp ct direction reply update @svc4_to_client { ct original ip daddr . meta l4proto . ct original proto-dst }
+    meta nfproto ipv4 meta l4proto udp ct direction reply update @svc4_to_client { ct original ip daddr . meta l4proto . ct original proto-dst }
+    meta nfproto ipv6 meta l4proto tcp ct direction original update @svc6_to_endpoint { ct original ip6 daddr . meta l4proto . ct original proto-dst }
+    meta nfproto ipv6 meta l4proto udp ct direction original update @svc6_to_endpoint { ct original ip6 daddr . meta l4proto . ct original proto-dst }
+    meta nfproto ipv6 meta l4proto tcp ct direction reply update @svc6_to_client { ct original ip6 daddr . meta l4proto . ct original proto-dst }
+    meta nfproto ipv6 meta l4proto udp ct direction reply update @svc6_to_client { ct original ip6 daddr . meta l4proto . ct original proto-dst }
+  }
+}
 ";
         assert_eq!(r.render(), want);
     }
@@ -424,5 +598,51 @@ table inet clusterway {
         let listed = "table inet clusterway {\n\tcounter offloaded_to_client {\n\t\tpackets 12 bytes 7000\n\t}\n}\n";
         assert_eq!(parse_counter(listed), Some((12, 7000)));
         assert_eq!(parse_counter("Error: No such file or directory"), None);
+    }
+
+    #[test]
+    fn per_service_counters_from_nft_json() {
+        let json = br#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+          {"table": {"family": "inet", "name": "clusterway", "handle": 3}},
+          {"counter": {"family": "inet", "name": "offloaded_to_client", "table": "clusterway", "packets": 9, "bytes": 900}},
+          {"set": {"family": "inet", "name": "routed4", "table": "clusterway", "type": "ipv4_addr",
+                   "elem": [{"prefix": {"addr": "10.96.0.0", "len": 16}}]}},
+          {"set": {"family": "inet", "name": "svc4_to_client", "table": "clusterway",
+                   "type": ["ipv4_addr", "inet_proto", "inet_service"], "size": 65536,
+                   "elem": [{"elem": {"val": {"concat": ["10.96.0.10", "tcp", 80]}, "expires": 3599,
+                                      "counter": {"packets": 70, "bytes": 3000000}}},
+                            {"elem": {"val": {"concat": ["10.96.0.53", "udp", 53]},
+                                      "counter": {"packets": 1, "bytes": 60}}},
+                            {"elem": {"val": {"concat": ["10.96.0.11", "tcp", "http"]},
+                                      "counter": {"packets": 1, "bytes": 60}}},
+                            {"elem": {"val": {"concat": ["10.96.0.12", "tcp", 80]}}}]}},
+          {"set": {"family": "inet", "name": "svc6_to_endpoint", "table": "clusterway",
+                   "elem": [{"elem": {"val": {"concat": ["fd00:10:96::10", 6, 80]},
+                                      "counter": {"packets": 3, "bytes": 240}}}]}},
+          {"set": {"family": "inet", "name": "svc6_to_client", "table": "clusterway"}},
+          {"rule": {"family": "inet", "table": "clusterway", "chain": "by_service",
+                    "expr": [{"set": {"op": "update", "set": "@svc4_to_client"}}]}}]}"#;
+        let got = parse_by_service(json).unwrap();
+        let fe = |ip: &str, proto: u8, port: u16| Frontend {
+            ip: ip.parse().unwrap(),
+            proto,
+            port,
+        };
+        assert_eq!(
+            got,
+            vec![
+                (Direction::ToClient, fe("10.96.0.10", 6, 80), 3_000_000),
+                (Direction::ToClient, fe("10.96.0.53", 17, 53), 60),
+                (Direction::ToEndpoint, fe("fd00:10:96::10", 6, 80), 240),
+            ]
+        );
+        assert!(matches!(
+            parse_by_service(b"Error: No such file or directory"),
+            Err(NftError::Unreadable(_))
+        ));
+        assert!(matches!(
+            parse_by_service(b"{\"other\": 1}"),
+            Err(NftError::Unreadable(_))
+        ));
     }
 }

@@ -1,9 +1,11 @@
 //! The host side of flow offload: whether this kernel can carry the gateway's flows, and the
 //! state the gateway keeps there while it does.
 //!
-//! At start ([`OffloadHost::start`]): a probe entry with both NATs is created and deleted
-//! through ctnetlink (a kernel without conntrack NAT, or a namespace where ctnetlink is
-//! refused, fails here and the gateway falls back to the proxy dataplane, saying why); the
+//! At start ([`OffloadHost::start`]): a raw socket is opened and closed (without
+//! CAP_NET_RAW — a container that drops it — the first packets could not be re-injected),
+//! and a probe entry with both NATs is created and deleted through ctnetlink (a kernel
+//! without conntrack NAT, or a namespace where ctnetlink is refused); either failing, the
+//! gateway falls back to the proxy dataplane, saying why; the
 //! netfilter table is put in place (replacing a crashed run's); the entries a previous run
 //! left (killed, or upgraded) are counted and adopted: they keep carrying their flows.
 //! While running: [`OffloadHost::set_routed`] keeps the table's routed ranges in step with
@@ -52,6 +54,9 @@ pub enum Unavailable {
     /// The netfilter table could not be installed.
     #[error("the netfilter table could not be installed: {0}")]
     Table(#[from] NftError),
+    /// No raw socket for re-injecting first packets (no CAP_NET_RAW).
+    #[error("cannot open a raw socket to re-inject first packets (CAP_NET_RAW is needed)")]
+    RawSocket(#[source] std::io::Error),
 }
 
 impl Unavailable {
@@ -60,6 +65,7 @@ impl Unavailable {
         match self {
             Self::Conntrack(_) => "conntrack",
             Self::Table(_) => "nftables",
+            Self::RawSocket(_) => "raw_socket",
         }
     }
 
@@ -96,6 +102,18 @@ pub fn probe() -> Result<(), ConntrackError> {
     Ok(())
 }
 
+/// Open and close a raw IPv4 socket of the kind the workers re-inject first packets
+/// through: can this process (CAP_NET_RAW)?
+pub fn raw_probe() -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(libc::IPPROTO_RAW)),
+    )
+    .map(drop)
+}
+
 /// The offload state the gateway keeps on the host while it runs.
 pub struct OffloadHost {
     tun: String,
@@ -108,6 +126,7 @@ impl OffloadHost {
     /// Probe, install the table (no routed range yet), count the entries a previous run
     /// left.
     pub fn start(tun: &str) -> Result<OffloadHost, Unavailable> {
+        raw_probe().map_err(Unavailable::RawSocket)?;
         probe()?;
         nftables::apply(&Ruleset {
             tun: tun.to_string(),
