@@ -158,6 +158,7 @@ impl Entry {
     }
 }
 
+pub mod batch;
 pub mod filter;
 
 /// The message layouts. Pure: bytes in, bytes out.
