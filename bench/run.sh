@@ -50,6 +50,9 @@ fi
 
 # File limit: at most what the hard limit allows (20,000 on the reference machines).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Idle flows one client process (or one nginx worker) holds within that limit; beyond it
+# the idle-flow client is split into several processes, each from an address of its own.
+FLOWS_PER_PROC=$(($(ulimit -n) - 1000))
 
 mkdir -p "$OUT"
 : >"$SAMPLES"
@@ -119,14 +122,21 @@ ns_up() {
 }
 
 # --- servers in the pod ----------------------------------------------------------------------
-start_pod_servers() {
-    local dir=$1
+start_pod_servers() { # dir [idle]
+    local dir=$1 workers=auto conns=$((IDLE_FLOWS > 8192 ? IDLE_FLOWS + 1000 : 9192)) opts=""
+    # More idle flows than two workers hold within the descriptor limit: enough workers for
+    # them with a quarter to spare, each accepting its share (reuseport spreads them by hash).
+    if [ "${2:-}" = idle ] && [ "$IDLE_FLOWS" -gt $((FLOWS_PER_PROC * 2)) ]; then
+        workers=$((IDLE_FLOWS * 5 / 4 / FLOWS_PER_PROC + 1))
+        conns=$FLOWS_PER_PROC
+        opts=" reuseport"
+    fi
     cat >"$dir/nginx.conf" <<EOF
-worker_processes auto;
+worker_processes $workers;
 worker_rlimit_nofile $(ulimit -n);
 pid $dir/nginx.pid;
 error_log $dir/nginx-error.log warn;
-events { worker_connections $((IDLE_FLOWS > 8192 ? IDLE_FLOWS + 1000 : 9192)); }
+events { worker_connections $conns; }
 http {
     access_log off;
     keepalive_requests 10000000;
@@ -137,7 +147,7 @@ http {
     uwsgi_temp_path $dir/uwsgi;
     scgi_temp_path $dir/scgi;
     server {
-        listen 80 backlog=4096;
+        listen 80 backlog=4096$opts;
         location / { default_type text/plain; return 200 "ok\n"; }
     }
 }
@@ -441,12 +451,26 @@ measure_idle() { # path rep dir
         log "$path idle: http://$TARGET/ does not answer; skipping this repetition"
         return 0
     fi
+    # More flows than one process holds: one client process per extra address of the client.
+    local procs=$(((n + FLOWS_PER_PROC - 1) / FLOWS_PER_PROC)) split=() sources="" ctmax
+    if [ "$procs" -gt 1 ]; then
+        for i in $(seq "$procs"); do
+            ip -n "$CL" addr add "192.168.77.$((100 + i))/24" dev eth0
+            sources+="${sources:+,}192.168.77.$((100 + i))"
+        done
+        split=(--sources "$sources")
+    fi
     ports=$(ip netns exec "$CL" sysctl -n net.ipv4.ip_local_port_range)
     read -r lo hi <<<"$ports"
-    ((hi - lo + 1 >= n)) || die "client port range $ports is too small for $n flows"
+    ((hi - lo + 1 >= (n + procs - 1) / procs)) \
+        || die "client port range $ports is too small for $n flows from $procs addresses"
+    # The kernel's conntrack table must hold them (offload; read-only in a namespace).
+    ctmax=$(ip netns exec "$GW" sysctl -n net.netfilter.nf_conntrack_max 2>/dev/null || echo 0)
+    log "$path idle: $n flows from $procs client process(es); gateway nf_conntrack_max $ctmax"
     sleep 1
     before=$(gw_rss_kib)
-    ip netns exec "$CL" python3 "$HERE/idle.py" "$TARGET" 80 "$n" >"$dir/idle.log" 2>&1 &
+    ip netns exec "$CL" python3 "$HERE/idle.py" "$TARGET" 80 "$n" "${split[@]}" \
+        >"$dir/idle.log" 2>&1 &
     cpid=$!
     for i in $(seq $((600 + n / 10))); do # 0.1 s steps: 60 s + 10 ms per flow at most
         line=$(grep -m1 '^open ' "$dir/idle.log" || true)
@@ -545,11 +569,17 @@ for rep in $(seq "$REPS"); do
     done
     # Interleaved like the rest: fresh namespaces per (path, repetition).
     for path in "${idle_paths[@]}"; do
+        # A terminating proxy holds 2 descriptors per flow: past half the limit it cannot.
+        if [ "$path" != offload ] && [ "$IDLE_FLOWS" -gt $((FLOWS_PER_PROC / 2)) ]; then
+            log "SKIPPING $path idle: $IDLE_FLOWS flows need 2 descriptors each in the" \
+                "gateway, more than RLIMIT_NOFILE $(ulimit -n) allows"
+            continue
+        fi
         dir="$OUT/$path-idle-$rep"
         mkdir -p "$dir"
         log "rep $rep/$REPS: $path, $IDLE_FLOWS idle flows"
         ns_up
-        start_pod_servers "$dir"
+        start_pod_servers "$dir" idle
         "setup_$path" "$dir"
         measure_idle "$path" "$rep" "$dir"
         ns_down
