@@ -17,6 +17,7 @@ REPS=${REPS:-5}
 DUR=${DUR:-5}
 PATHS=${PATHS:-"route dnat haproxy tunnat clusterway workers offload"}
 IDLE_FLOWS=${IDLE_FLOWS:-8000}
+EXTRA_POD_IPS=""                # more endpoint addresses of the pod (large idle-flow runs)
 IDLE_PATHS=${IDLE_PATHS:-"haproxy clusterway offload"}
 FIGURES=${FIGURES:-"tcp1 tcp4 rtt http_ka http_close"}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -296,6 +297,7 @@ items:
   endpoints:
   - addresses: [$POD_IP]
     conditions: {ready: true, serving: true, terminating: false}
+$(for a in $EXTRA_POD_IPS; do echo "  - addresses: [$a]"; echo "    conditions: {ready: true, serving: true, terminating: false}"; done)
   ports:
   - {name: http, port: 80, protocol: TCP}
   - {name: iperf, port: 5201, protocol: TCP}
@@ -579,9 +581,18 @@ for rep in $(seq "$REPS"); do
         mkdir -p "$dir"
         log "rep $rep/$REPS: $path, $IDLE_FLOWS idle flows"
         ns_up
+        # The gateway's source NAT gives each endpoint address one port range (1024-65535)
+        # of flows from its one address: past ~60,000 flows, more addresses on the pod
+        # (extra endpoints of the Service, the same nginx).
+        EXTRA_POD_IPS=""
+        for i in $(seq 2 $(((IDLE_FLOWS + 59999) / 60000))); do
+            EXTRA_POD_IPS+=" 10.244.1.$((9 + i))"
+            ip -n "$POD" addr add "10.244.1.$((9 + i))/24" dev eth0
+        done
         start_pod_servers "$dir" idle
         "setup_$path" "$dir"
         measure_idle "$path" "$rep" "$dir"
+        EXTRA_POD_IPS=""
         ns_down
     done
 done
