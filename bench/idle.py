@@ -2,7 +2,8 @@
 """Opens N concurrent TCP connections to an HTTP server, checks each end to end, holds them
 idle, then closes them.
 
-Usage: idle.py HOST PORT N [--concurrency C] [--timeout S] [--hold-max S]
+Usage: idle.py HOST PORT N [--concurrency C] [--timeout S] [--hold-max S] [--bind ADDR]
+               [--sources ADDR,ADDR,...]
 
 Each connection sends one `GET /` (keep-alive) and must get a complete `200` response: that
 proves the flow reaches the server through whatever is in between. At most C connections
@@ -18,19 +19,28 @@ prints
     closed still_open=<n>
 
 then exits 0. Everything else (including a descriptor limit too low for N) exits 1.
+
+`--bind ADDR` opens every connection from that local address. `--sources A,B,...` splits the
+N connections evenly over one child process per address (each `--bind` to its own), so that
+more connections can be held than one process's descriptor limit and one address's ports
+allow; the parent prints the same two lines, summed over the children (seconds: the
+slowest), and passes SIGUSR1/SIGTERM on to them.
 """
 import argparse
 import asyncio
 import collections
 import resource
 import signal
+import subprocess
 import sys
 import time
 
 
-async def open_one(host, port, timeout, request):
+async def open_one(host, port, timeout, request, bind):
     """Connects, sends one request, reads the full response; returns (reader, writer)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    local = (bind, 0) if bind else None
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, local_addr=local), timeout)
     try:
         writer.write(request)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
@@ -52,7 +62,7 @@ async def open_one(host, port, timeout, request):
         raise
 
 
-async def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("host")
     ap.add_argument("port", type=int)
@@ -60,8 +70,87 @@ async def main():
     ap.add_argument("--concurrency", type=int, default=128)
     ap.add_argument("--timeout", type=float, default=10.0)
     ap.add_argument("--hold-max", type=float, default=300.0)
-    args = ap.parse_args()
+    ap.add_argument("--bind", help="local address of every connection")
+    ap.add_argument("--sources", help="comma-separated local addresses, one child each")
+    return ap.parse_args()
 
+
+def fields(line, prefix):
+    """The key=value fields of a line that starts with `prefix`, else None."""
+    if not line.startswith(prefix):
+        return None
+    return dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
+
+
+def split(args):
+    """One child per source address, each holding its share of the N connections."""
+    sources = [s for s in args.sources.split(",") if s]
+    if not sources:
+        print("idle.py: --sources names no address", file=sys.stderr)
+        return 1
+    children = []
+    for i, src in enumerate(sources):
+        n = args.n // len(sources) + (1 if i < args.n % len(sources) else 0)
+        cmd = [sys.executable, __file__, args.host, str(args.port), str(n),
+               "--concurrency", str(args.concurrency), "--timeout", str(args.timeout),
+               "--hold-max", str(args.hold_max), "--bind", src]
+        children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
+
+    def stop(*_):
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signal.SIGUSR1)
+
+    def line_of(child, prefix):
+        for line in child.stdout:
+            got = fields(line.strip(), prefix)
+            if got is not None:
+                return got
+        return None  # the child ended without it
+
+    stopped = {"done": False}
+
+    def on_signal(*_):
+        stopped["done"] = True
+
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    ok = failed = 0
+    took = 0.0
+    errors = collections.Counter()
+    opened = [line_of(c, "open ") for c in children]
+    for got in opened:
+        if got is None:
+            stop()
+            for c in children:
+                c.wait()
+            print("idle.py: a child exited before it reported its connections",
+                  file=sys.stderr)
+            return 1
+        ok += int(got["ok"])
+        failed += int(got["failed"])
+        took = max(took, float(got["seconds"]))
+        for e in got["errors"].split(","):
+            if ":" in e:
+                k, v = e.rsplit(":", 1)
+                errors[k] += int(v)
+    print(f"open ok={ok} failed={failed} seconds={took:.2f} errors="
+          + (",".join(f"{k}:{v}" for k, v in errors.most_common()) or "-"), flush=True)
+    deadline = time.monotonic() + args.hold_max
+    while not stopped["done"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop()
+    still = 0
+    rc = 0
+    for c in children:
+        got = line_of(c, "closed ")
+        still += int(got["still_open"]) if got else 0
+        rc |= c.wait() != 0 or got is None
+    print(f"closed still_open={still}", flush=True)
+    return 1 if rc else 0
+
+
+async def main(args):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -79,7 +168,8 @@ async def main():
     async def one():
         async with gate:
             try:
-                conns.append(await open_one(args.host, args.port, args.timeout, request))
+                conns.append(
+                    await open_one(args.host, args.port, args.timeout, request, args.bind))
             except Exception as e:  # counted and reported, never fatal
                 errno = getattr(e, "errno", None)
                 errors[type(e).__name__ + (f"({errno})" if errno else "")] += 1
@@ -87,13 +177,13 @@ async def main():
     start = time.monotonic()
     await asyncio.gather(*(one() for _ in range(args.n)))
     took = time.monotonic() - start
-    print(f"open ok={len(conns)} failed={sum(errors.values())} seconds={took:.2f} errors="
-          + (",".join(f"{k}:{v}" for k, v in errors.most_common()) or "-"), flush=True)
-
+    # The handlers first: whoever reads the line below may signal at once.
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
+    print(f"open ok={len(conns)} failed={sum(errors.values())} seconds={took:.2f} errors="
+          + (",".join(f"{k}:{v}" for k, v in errors.most_common()) or "-"), flush=True)
     try:
         await asyncio.wait_for(done.wait(), args.hold_max)
     except asyncio.TimeoutError:
@@ -109,4 +199,5 @@ async def main():
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    ARGS = parse_args()
+    sys.exit(split(ARGS) if ARGS.sources else asyncio.run(main(ARGS)))

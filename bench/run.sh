@@ -17,6 +17,7 @@ REPS=${REPS:-5}
 DUR=${DUR:-5}
 PATHS=${PATHS:-"route dnat haproxy tunnat clusterway workers offload"}
 IDLE_FLOWS=${IDLE_FLOWS:-8000}
+EXTRA_POD_IPS=""                # more endpoint addresses of the pod (large idle-flow runs)
 IDLE_PATHS=${IDLE_PATHS:-"haproxy clusterway offload"}
 FIGURES=${FIGURES:-"tcp1 tcp4 rtt http_ka http_close"}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -50,6 +51,9 @@ fi
 
 # File limit: at most what the hard limit allows (20,000 on the reference machines).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Idle flows one client process (or one nginx worker) holds within that limit; beyond it
+# the idle-flow client is split into several processes, each from an address of its own.
+FLOWS_PER_PROC=$(($(ulimit -n) - 1000))
 
 mkdir -p "$OUT"
 : >"$SAMPLES"
@@ -119,14 +123,21 @@ ns_up() {
 }
 
 # --- servers in the pod ----------------------------------------------------------------------
-start_pod_servers() {
-    local dir=$1
+start_pod_servers() { # dir [idle]
+    local dir=$1 workers=auto conns=$((IDLE_FLOWS > 8192 ? IDLE_FLOWS + 1000 : 9192)) opts=""
+    # More idle flows than two workers hold within the descriptor limit: enough workers for
+    # them with a quarter to spare, each accepting its share (reuseport spreads them by hash).
+    if [ "${2:-}" = idle ] && [ "$IDLE_FLOWS" -gt $((FLOWS_PER_PROC * 2)) ]; then
+        workers=$((IDLE_FLOWS * 5 / 4 / FLOWS_PER_PROC + 1))
+        conns=$FLOWS_PER_PROC
+        opts=" reuseport"
+    fi
     cat >"$dir/nginx.conf" <<EOF
-worker_processes auto;
+worker_processes $workers;
 worker_rlimit_nofile $(ulimit -n);
 pid $dir/nginx.pid;
 error_log $dir/nginx-error.log warn;
-events { worker_connections $((IDLE_FLOWS > 8192 ? IDLE_FLOWS + 1000 : 9192)); }
+events { worker_connections $conns; }
 http {
     access_log off;
     keepalive_requests 10000000;
@@ -137,7 +148,7 @@ http {
     uwsgi_temp_path $dir/uwsgi;
     scgi_temp_path $dir/scgi;
     server {
-        listen 80 backlog=4096;
+        listen 80 backlog=4096$opts;
         location / { default_type text/plain; return 200 "ok\n"; }
     }
 }
@@ -286,6 +297,7 @@ items:
   endpoints:
   - addresses: [$POD_IP]
     conditions: {ready: true, serving: true, terminating: false}
+$(for a in $EXTRA_POD_IPS; do echo "  - addresses: [$a]"; echo "    conditions: {ready: true, serving: true, terminating: false}"; done)
   ports:
   - {name: http, port: 80, protocol: TCP}
   - {name: iperf, port: 5201, protocol: TCP}
@@ -441,12 +453,26 @@ measure_idle() { # path rep dir
         log "$path idle: http://$TARGET/ does not answer; skipping this repetition"
         return 0
     fi
+    # More flows than one process holds: one client process per extra address of the client.
+    local procs=$(((n + FLOWS_PER_PROC - 1) / FLOWS_PER_PROC)) split=() sources="" ctmax
+    if [ "$procs" -gt 1 ]; then
+        for i in $(seq "$procs"); do
+            ip -n "$CL" addr add "192.168.77.$((100 + i))/24" dev eth0
+            sources+="${sources:+,}192.168.77.$((100 + i))"
+        done
+        split=(--sources "$sources")
+    fi
     ports=$(ip netns exec "$CL" sysctl -n net.ipv4.ip_local_port_range)
     read -r lo hi <<<"$ports"
-    ((hi - lo + 1 >= n)) || die "client port range $ports is too small for $n flows"
+    ((hi - lo + 1 >= (n + procs - 1) / procs)) \
+        || die "client port range $ports is too small for $n flows from $procs addresses"
+    # The kernel's conntrack table must hold them (offload; read-only in a namespace).
+    ctmax=$(ip netns exec "$GW" sysctl -n net.netfilter.nf_conntrack_max 2>/dev/null || echo 0)
+    log "$path idle: $n flows from $procs client process(es); gateway nf_conntrack_max $ctmax"
     sleep 1
     before=$(gw_rss_kib)
-    ip netns exec "$CL" python3 "$HERE/idle.py" "$TARGET" 80 "$n" >"$dir/idle.log" 2>&1 &
+    ip netns exec "$CL" python3 "$HERE/idle.py" "$TARGET" 80 "$n" "${split[@]}" \
+        >"$dir/idle.log" 2>&1 &
     cpid=$!
     for i in $(seq $((600 + n / 10))); do # 0.1 s steps: 60 s + 10 ms per flow at most
         line=$(grep -m1 '^open ' "$dir/idle.log" || true)
@@ -545,13 +571,28 @@ for rep in $(seq "$REPS"); do
     done
     # Interleaved like the rest: fresh namespaces per (path, repetition).
     for path in "${idle_paths[@]}"; do
+        # A terminating proxy holds 2 descriptors per flow: past half the limit it cannot.
+        if [ "$path" != offload ] && [ "$IDLE_FLOWS" -gt $((FLOWS_PER_PROC / 2)) ]; then
+            log "SKIPPING $path idle: $IDLE_FLOWS flows need 2 descriptors each in the" \
+                "gateway, more than RLIMIT_NOFILE $(ulimit -n) allows"
+            continue
+        fi
         dir="$OUT/$path-idle-$rep"
         mkdir -p "$dir"
         log "rep $rep/$REPS: $path, $IDLE_FLOWS idle flows"
         ns_up
-        start_pod_servers "$dir"
+        # The gateway's source NAT gives each endpoint address one port range (1024-65535)
+        # of flows from its one address: past ~60,000 flows, more addresses on the pod
+        # (extra endpoints of the Service, the same nginx).
+        EXTRA_POD_IPS=""
+        for i in $(seq 2 $(((IDLE_FLOWS + 59999) / 60000))); do
+            EXTRA_POD_IPS+=" 10.244.1.$((9 + i))"
+            ip -n "$POD" addr add "10.244.1.$((9 + i))/24" dev eth0
+        done
+        start_pod_servers "$dir" idle
         "setup_$path" "$dir"
         measure_idle "$path" "$rep" "$dir"
+        EXTRA_POD_IPS=""
         ns_down
     done
 done

@@ -997,3 +997,86 @@ fn without_cap_net_raw_the_gateway_falls_back_to_the_proxy_and_says_why() {
     let tables = topo.gateway().sh("nft list tables").unwrap();
     assert!(!tables.contains("clusterway"), "{tables}");
 }
+
+/// One request from the client's port `port` (bound with SO_REUSEADDR, so that the same
+/// tuple can be opened again), read to the end; the server closes first.
+fn get_from_port(topo: &Topology, port: u16) -> std::io::Result<String> {
+    use socket2::{Domain, Socket, Type};
+    topo.client().run(move || {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+        s.connect_timeout(&sa(WEB).into(), Duration::from_secs(3))?;
+        let mut s: TcpStream = s.into();
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+}
+
+#[test]
+fn a_new_connection_on_the_tuple_of_a_closed_flow_replaces_its_entry() {
+    let topo = topology(1);
+    let _b = start_backends(&topo);
+    let gw = start(&topo, &[]);
+    let port = 43210;
+    let ours = |state: &str| {
+        our_entries(&topo)
+            .iter()
+            .filter(|l| l.contains(&format!("sport={port} ")) && l.contains(state))
+            .count()
+    };
+    let first = get_from_port(&topo, port).unwrap();
+    assert!(first.contains("pod-1"), "{first}");
+    // Closed: the gateway's entry for the tuple stays (TIME_WAIT) after the flow.
+    assert!(
+        wait_for(|| ours("TIME_WAIT") == 1, Duration::from_secs(5)),
+        "{:?}",
+        our_entries(&topo)
+    );
+    // The same tuple again: the old entry is deleted and a new one created (one datagram),
+    // and the flow goes through.
+    let second = get_from_port(&topo, port).unwrap();
+    assert!(second.contains("pod-1"), "{second}\n{}", gw.logs());
+    let m = metrics(&topo);
+    assert_eq!(
+        sample(&m, "clusterway_offload_flows_total", ""),
+        2.0,
+        "two entries created\n{m}"
+    );
+    assert_eq!(
+        sample(&m, "clusterway_offload_retransmits_total", ""),
+        0.0,
+        "{m}"
+    );
+    // Both connections counted ok, none failed (the replaced entry had been established).
+    let counted = |m: &str, result: &str| {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("clusterway_connections_total{")
+                    && l.contains(r#"service="web""#)
+                    && l.contains(&format!(r#"result="{result}""#))
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(
+        wait_for(
+            || counted(&metrics(&topo), "ok") == 2.0,
+            Duration::from_secs(5)
+        ),
+        "{}",
+        metrics(&topo)
+    );
+    assert_eq!(counted(&metrics(&topo), "dial_failed"), 0.0);
+    assert!(
+        wait_for(|| ours("TIME_WAIT") == 1, Duration::from_secs(5)),
+        "one entry for the tuple: {:?}",
+        our_entries(&topo)
+    );
+}

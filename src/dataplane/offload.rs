@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::nat::FlowKey;
+use crate::host::conntrack::batch::Request;
 use crate::host::conntrack::{self, Conntrack, ConntrackError, Entry, NatEntry, Tuple};
 use crate::host::nftables::INJECT_MARK;
 
@@ -360,8 +361,7 @@ impl Offloader {
                     Existing::Reuse => HandedOver::Retransmit,
                     Existing::Replace => {
                         tracing::debug!(client = %key.client, service = %key.service, state = found.as_ref().and_then(|e| e.tcp_state).map(conntrack::tcp_state::name), "replacing an entry on a new flow's tuple");
-                        self.ct.delete(&entry.orig)?;
-                        self.ct.create(&entry)?;
+                        self.replace(&entry)?;
                         HandedOver::New
                     }
                     Existing::Create => {
@@ -381,6 +381,26 @@ impl Offloader {
     pub fn forget_udp(&mut self, key: FlowKey) -> Result<(), OffloadError> {
         self.ct.delete(&Tuple::udp(key.client, key.service))?;
         Ok(())
+    }
+
+    /// Delete the entry on `entry`'s tuple and create `entry`, both in one datagram. A
+    /// delete that found nothing (the entry went meanwhile) is fine.
+    fn replace(&mut self, entry: &NatEntry) -> Result<(), ConntrackError> {
+        let mut r = self
+            .ct
+            .batch(&[Request::Delete(&entry.orig), Request::Create(entry)])
+            .into_iter();
+        let (deleted, created) = (r.next(), r.next());
+        match (deleted, created) {
+            (_, Some(Ok(()))) => Ok(()),
+            (Some(Err(e)), _) if e.errno() != Some(libc::ENOENT) => Err(e),
+            (_, Some(Err(e))) => Err(e),
+            // Two requests give two results.
+            _ => Err(ConntrackError::Io {
+                op: "replace",
+                source: io::ErrorKind::InvalidData.into(),
+            }),
+        }
     }
 
     fn inject(&self, dst: SocketAddr, pkt: &[u8]) -> Result<(), OffloadError> {

@@ -166,6 +166,9 @@ impl Entry {
     }
 }
 
+pub mod batch;
+pub mod filter;
+
 /// The message layouts. Pure: bytes in, bytes out.
 pub mod wire {
     use super::*;
@@ -861,6 +864,8 @@ pub enum EventKind {
 pub struct Events {
     sock: Socket,
     buf: Vec<u8>,
+    /// An error met while draining, for the next call of [`Events::recv_all`].
+    deferred: Option<ConntrackError>,
 }
 
 impl Events {
@@ -883,15 +888,70 @@ impl Events {
         Ok(Events {
             sock,
             buf: vec![0u8; 1 << 16],
+            deferred: None,
         })
+    }
+
+    /// Have the kernel drop, before queueing them, the events of entries not ours and the
+    /// updates to a TCP state not in `states` (see [`filter`]).
+    pub fn keep_only(&self, states: &[u8]) -> Result<(), ConntrackError> {
+        let prog = filter::program(MARK_OWNER, MARK_OWNER_MASK, states);
+        filter::attach(self.sock.as_raw_fd(), &prog).map_err(ConntrackError::Socket)
+    }
+
+    /// Raise the socket's receive buffer to `bytes` past the `rmem_max` sysctl
+    /// (`SO_RCVBUFFORCE`, needs CAP_NET_ADMIN, which the gateway has): room for the events
+    /// that gather while the reader lets them (see [`Events::recv_all`]).
+    pub fn force_buffer(&self, bytes: usize) -> io::Result<()> {
+        let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt reads a c_int of the size given from a live stack value.
+        let r = unsafe {
+            libc::setsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// The events of every datagram queued: waits (up to `wait`) for the first, then takes
+    /// what is queued without waiting, up to about `max` events. An error after some events
+    /// were read is returned by the next call, so that neither is lost.
+    pub fn recv_all(&mut self, max: usize) -> Result<Vec<(EventKind, Entry)>, ConntrackError> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        let mut out = self.recv()?;
+        while !out.is_empty() && out.len() < max {
+            match self.recv_with(libc::MSG_DONTWAIT) {
+                Ok(more) if more.is_empty() => break,
+                Ok(more) => out.extend(more),
+                Err(e) => {
+                    self.deferred = Some(e);
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The events of one datagram (none when `wait` passed). ENOBUFS (events were lost,
     /// the reader fell behind) comes back as [`ConntrackError::Io`] with that errno.
     pub fn recv(&mut self) -> Result<Vec<(EventKind, Entry)>, ConntrackError> {
+        self.recv_with(0)
+    }
+
+    fn recv_with(&mut self, flags: libc::c_int) -> Result<Vec<(EventKind, Entry)>, ConntrackError> {
         let n = {
             let mut slice = &mut self.buf[..];
-            match self.sock.recv(&mut slice, 0) {
+            match self.sock.recv(&mut slice, flags) {
                 Ok(n) => n,
                 Err(e)
                     if matches!(
