@@ -23,7 +23,7 @@
 #   (a resolver's A and AAAA): queries/s and queries lost (the second datagram of a flow
 #   arrives before the gateway handed the flow over).
 # - nullentry (an experiment): offload without the netfilter table's UDP rules, the other
-#   way DESIGN names (the gateway replaces the kernel's own entry of each new flow).
+#   way to tell first datagrams (the gateway replaces the kernel's own entry of each new flow).
 # Env: PATHS ("dnat offload proxy"; nullentry may be added), CLUSTERWAY (target/release/clusterway), OUT (raw output,
 # default a temporary directory that is removed). Nothing outside the namespaces changes.
 set -euo pipefail
@@ -180,7 +180,7 @@ EOF
             || die "$path: the gateway took another dataplane: $(grep dataplane "$dir/clusterway.log")"
         ;;
     nullentry)
-        # The other way DESIGN names, for comparison: offload without the UDP rules of the
+        # The alternative way, for comparison: offload without the UDP rules of the
         # first_packet chain, so the kernel tracks every datagram and confirms an entry of its
         # own (a null binding) for a new flow's first one on its way into the TUN device;
         # the gateway's create then fails with "exists", and it deletes that entry and

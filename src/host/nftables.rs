@@ -14,7 +14,7 @@
 //!   The element is added in the kernel, by a rule at OUTPUT that sees the gateway re-inject
 //!   the first datagram and meet an entry of ours (chain `handed_over`): no netlink call
 //!   per flow. Why this and not "delete the kernel's null-binding entry before creating
-//!   ours" (DESIGN's other way): measured under a DNS load (`bench/udp.sh`, bench/README.md
+//!   ours" (the alternative): measured under a DNS load (`bench/udp.sh`, bench/README.md
 //!   "UDP through a ClusterIP"), with two queries sent back to back on each new socket (a
 //!   resolver's A and AAAA), the other way lost 40-92 queries in every 5 s run: the second
 //!   datagram lands on the tuple between the delete and the create, which fails, and the
