@@ -16,7 +16,7 @@
 //!   per flow. Why this and not "delete the kernel's null-binding entry before creating
 //!   ours" (the alternative): measured under a DNS load (`bench/udp.sh`, bench/README.md
 //!   "UDP through a ClusterIP"), with two queries sent back to back on each new socket (a
-//!   resolver's A and AAAA), the other way lost 40-92 queries in every 5 s run: the second
+//!   resolver's A and AAAA), the other way lost queries in every run (5-92 per 5 s): the second
 //!   datagram lands on the tuple between the delete and the create, which fails, and the
 //!   client is refused; the set lost none, and costs one ctnetlink request per new flow
 //!   instead of up to four. With the set, a datagram is tracked only once its entry
