@@ -18,9 +18,12 @@
 # - steady flows: dnsperf, 4 clients (4 sockets: 4 flows) with up to 100 queries outstanding:
 #   queries/s, average latency, and the gateway process's CPU time per 1,000 queries;
 # - a flow per query: bench/udpflows.py, 64 queries outstanding, each from a fresh socket (a
-#   new source port, so a new flow and a new conntrack entry): queries/s, p50 and p99.
+#   new source port, so a new flow and a new conntrack entry): queries/s, p50 and p99;
+# - two queries per flow: the same with two queries sent back to back on each fresh socket
+#   (a resolver's A and AAAA): queries/s and queries lost (the second datagram of a flow
+#   arrives before the gateway handed the flow over).
 # - nullentry (an experiment): offload without the netfilter table's UDP rules, the other
-#   way DESIGN names (the gateway replaces the kernel's own entry of each new flow).
+#   way to tell first datagrams (the gateway replaces the kernel's own entry of each new flow).
 # Env: PATHS ("dnat offload proxy"; nullentry may be added), CLUSTERWAY (target/release/clusterway), OUT (raw output,
 # default a temporary directory that is removed). Nothing outside the namespaces changes.
 set -euo pipefail
@@ -177,7 +180,7 @@ EOF
             || die "$path: the gateway took another dataplane: $(grep dataplane "$dir/clusterway.log")"
         ;;
     nullentry)
-        # The other way DESIGN names, for comparison: offload without the UDP rules of the
+        # The alternative way, for comparison: offload without the UDP rules of the
         # first_packet chain, so the kernel tracks every datagram and confirms an entry of its
         # own (a null binding) for a new flow's first one on its way into the TUN device;
         # the gateway's create then fails with "exists", and it deletes that entry and
@@ -233,6 +236,10 @@ for rep in $(seq "$REPS"); do
         printf '%s\t%s\tgw_cpu_ms_per_1k\t%s\n' "$path" "$rep" "$cpu" >>"$SAMPLES"
         ip netns exec "$CL" python3 "$REPO/bench/udpflows.py" "$VIP" 53 "$DUR" 64 >"$dir/flows.txt"
         read -r _ answered _ flost _ fqps _ p50 _ p99 <"$dir/flows.txt"
+        ip netns exec "$CL" python3 "$REPO/bench/udpflows.py" "$VIP" 53 "$DUR" 64 2 >"$dir/pairs.txt"
+        read -r _ panswered _ plost _ pqps _ _ _ _ <"$dir/pairs.txt"
+        printf '%s\t%s\tpair_qps\t%s\n' "$path" "$rep" "$pqps" >>"$SAMPLES"
+        printf '%s\t%s\tpair_lost\t%s\n' "$path" "$rep" "$plost" >>"$SAMPLES"
         printf '%s\t%s\tflow_qps\t%s\n' "$path" "$rep" "$fqps" >>"$SAMPLES"
         printf '%s\t%s\tflow_p50_us\t%s\n' "$path" "$rep" "$p50" >>"$SAMPLES"
         printf '%s\t%s\tflow_p99_us\t%s\n' "$path" "$rep" "$p99" >>"$SAMPLES"
@@ -244,7 +251,8 @@ for rep in $(seq "$REPS"); do
                 >"$dir/metrics.txt" || true
         fi
         log "$path rep $rep: steady $qps q/s (avg ${lat} us, lost $lost, gateway ${cpu} ms CPU per 1k);" \
-            "flow per query $fqps q/s (p50 $p50 us, p99 $p99 us, answered $answered, lost $flost)"
+            "flow per query $fqps q/s (p50 $p50 us, p99 $p99 us, answered $answered, lost $flost);" \
+            "two queries per flow $pqps q/s (answered $panswered, lost $plost)"
         stop_all
         ns_down
     done
@@ -262,7 +270,7 @@ for line in open(samples):
     except ValueError:
         pass
 figs = ["steady_qps", "steady_avg_us", "steady_lost", "gw_cpu_ms_per_1k", "flow_qps",
-        "flow_p50_us", "flow_p99_us", "flow_lost"]
+        "flow_p50_us", "flow_p99_us", "flow_lost", "pair_qps", "pair_lost"]
 print("| figure | " + " | ".join(paths) + " |")
 print("|---|" + "---|" * len(paths))
 for f in figs:
@@ -276,7 +284,7 @@ for f in figs:
         m = statistics.median(xs)
         spread = (max(xs) - min(xs)) / m * 50 if m else 0
         cell = f"{m:.0f}" if m >= 100 else f"{m:.1f}"
-        if ref and statistics.median(ref) and f not in ("steady_lost", "flow_lost", "gw_cpu_ms_per_1k"):
+        if ref and statistics.median(ref) and f not in ("steady_lost", "flow_lost", "pair_lost", "gw_cpu_ms_per_1k"):
             cell += f" ({m / statistics.median(ref):.2f})"
         cell += f" ±{spread:.0f}%"
         row.append(cell)

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """DNS queries over UDP, each from a socket (a source port, so a flow) of its own.
 
-    udpflows.py ADDR PORT SECONDS [WINDOW]
+    udpflows.py ADDR PORT SECONDS [WINDOW] [PER_FLOW]
 
-Keeps WINDOW (default 64) queries outstanding, each sent from a fresh socket, for SECONDS;
-a query unanswered after 1 s is counted lost and its socket closed. Prints one line:
+Keeps WINDOW (default 64) flows outstanding, each a fresh socket that sends PER_FLOW
+(default 1) queries back to back (as a resolver sends A and AAAA), for SECONDS; a flow
+with a query unanswered after 1 s counts its missing answers lost and is closed. Prints one line:
 `answered <n> lost <n> qps <answered per second> p50_us <n> p99_us <n>`. The query is an A
 question for svc1.bench.svc.cluster.local (any answer counts: NOERROR or NXDOMAIN).
 Python's own cost is the same for every path it is run against.
@@ -29,6 +30,7 @@ def query(qid):
 def main():
     addr, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     window = int(sys.argv[4]) if len(sys.argv) > 4 else 64
+    per_flow = int(sys.argv[5]) if len(sys.argv) > 5 else 1
     sel = selectors.DefaultSelector()
     outstanding = {}
     answered = lost = 0
@@ -43,8 +45,9 @@ def main():
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setblocking(False)
         s.connect((addr, port))
-        s.send(query(qid))
-        outstanding[s] = time.monotonic()
+        for _ in range(per_flow):
+            s.send(query(qid))
+        outstanding[s] = [time.monotonic(), per_flow]
         sel.register(s, selectors.EVENT_READ)
 
     def close(s):
@@ -60,16 +63,18 @@ def main():
             try:
                 s.recv(2048)
             except OSError:
-                lost += 1
+                lost += outstanding[s][1]
                 close(s)
                 continue
             answered += 1
-            latencies.append(time.monotonic() - outstanding[s])
-            close(s)
+            latencies.append(time.monotonic() - outstanding[s][0])
+            outstanding[s][1] -= 1
+            if outstanding[s][1] == 0:
+                close(s)
         now = time.monotonic()
-        for s, at in list(outstanding.items()):
+        for s, (at, left) in list(outstanding.items()):
             if now - at > 1.0:
-                lost += 1
+                lost += left
                 close(s)
     elapsed = time.monotonic() - start
     latencies.sort()

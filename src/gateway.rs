@@ -231,7 +231,7 @@ fn choose_dataplane(args: &RunArgs) -> Chosen {
     let info = match &host {
         Ok(h) => {
             let ceiling = crate::host::conntrack::table_size();
-            tracing::info!(dataplane = "offload", flow_ceiling = ?ceiling, adopted = h.adopted, "dataplane: offload (TCP flows carried by the kernel's connection tracking; the ceiling is its table size)");
+            tracing::info!(dataplane = "offload", flow_ceiling = ?ceiling, adopted = h.adopted, "dataplane: offload (TCP and UDP flows carried by the kernel's connection tracking; the ceiling is its table size)");
             DataplaneInfo {
                 name: "offload",
                 requested,

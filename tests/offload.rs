@@ -1080,3 +1080,47 @@ fn a_new_connection_on_the_tuple_of_a_closed_flow_replaces_its_entry() {
         our_entries(&topo)
     );
 }
+
+#[test]
+fn with_a_kernel_udp_timeout_below_the_set_timeout_a_flow_still_works_after_a_pause() {
+    let topo = topology(1);
+    let _b = start_backends(&topo);
+    // The operator's choice in the gateway's namespace: entries go before set elements.
+    topo.gateway()
+        .sh("sysctl -qw net.netfilter.nf_conntrack_udp_timeout=2 net.netfilter.nf_conntrack_udp_timeout_stream=2")
+        .unwrap();
+    let gw = start(&topo, &[]);
+    assert!(
+        gw.logged("the kernel's UDP timeout is not above the gateway's UDP set timeout"),
+        "{}",
+        gw.logs()
+    );
+    let s = topo
+        .client()
+        .run(|| -> std::io::Result<std::net::UdpSocket> {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(sa(DNS))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            Ok(s)
+        })
+        .unwrap();
+    let ask = |q: &str| -> String {
+        s.send(q.as_bytes()).unwrap();
+        let mut buf = [0u8; 512];
+        let n = s
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("{q}: {e}\n{}", gw.logs()));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(ask("a"), "pod-1 a");
+    assert_eq!(ask("b"), "pod-1 b");
+    // The entry expires; the flow's element does not. The next datagram is tracked, finds
+    // no entry, takes one of the kernel's own into the TUN device, and is handed over anew
+    // (that entry replaced).
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(our_entries(&topo).iter().all(|e| !e.starts_with("udp")));
+    for q in ["c", "d", "e"] {
+        assert_eq!(ask(q), format!("pod-1 {q}"), "after the entry expired");
+    }
+    assert!(our_entries(&topo).iter().any(|e| e.starts_with("udp")));
+}

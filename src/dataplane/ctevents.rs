@@ -10,8 +10,9 @@
 //!   endpoint (`outlier`);
 //! - a UDP flow (no handshake) is a connection `ok` when its entry first sees a reply, and
 //!   `dial_failed` when it ends without any (no ejection: see `classify_udp`); UDP entries
-//!   are listed once answered; when the table changes, UDP entries whose endpoint is no
-//!   longer usable are deleted ([`stale_udp`]);
+//!   are listed once answered; when a UDP Service port's endpoints change
+//!   ([`udp_fingerprint`]), entries whose endpoint is no longer usable are deleted
+//!   ([`stale_udp`]);
 //! - active TCP flows are the established entries alive; at start the entries of an
 //!   earlier run are adopted (counted active, listed, not counted again as connections);
 //! - bytes: per Service port (and gateway-wide) from the netfilter table's per-Service
@@ -354,6 +355,24 @@ pub fn stale_udp(table: &ServiceTable, entries: &[Entry]) -> Vec<Tuple> {
         .collect()
 }
 
+/// What [`stale_udp`] depends on in a table: the usable endpoints of every UDP Service port,
+/// as a hash. The sweep dumps all of the gateway's entries (a DNS load keeps many), so it
+/// runs only when this changes, not on every table (most changes are other Services').
+/// Headless Services' pod ports are left out: their flows go to the pod address itself,
+/// with nowhere else to move.
+pub fn udp_fingerprint(table: &ServiceTable) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut ports: Vec<(std::net::IpAddr, u16, &[std::net::SocketAddr])> = table
+        .ports()
+        .filter(|p| p.protocol == Protocol::Udp)
+        .map(|p| (p.cluster_ip, p.port, p.usable.as_slice()))
+        .collect();
+    ports.sort_unstable();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ports.hash(&mut h);
+    h.finish()
+}
+
 /// The thread that reads conntrack events and applies them.
 pub struct Reader {
     events: Events,
@@ -399,11 +418,16 @@ impl Reader {
         let mut last_counters = Instant::now() - COUNTERS_EVERY;
         let mut generation = self.accounting.table.load().generation;
         let mut last_sweep = Instant::now();
+        let mut udp_endpoints = udp_fingerprint(&self.accounting.table.load());
         while !shutdown.load(Ordering::Relaxed) {
             let table = self.accounting.table.load_full();
             if table.generation != generation {
                 generation = table.generation;
-                self.end_stale_udp(&table);
+                let now = udp_fingerprint(&table);
+                if now != udp_endpoints {
+                    udp_endpoints = now;
+                    self.end_stale_udp(&table);
+                }
             }
             match self.events.recv_all(BATCH) {
                 Ok(events) => {
@@ -463,7 +487,8 @@ impl Reader {
         }
     }
 
-    /// The table changed: delete the UDP entries whose endpoint went (see [`stale_udp`]).
+    /// The UDP endpoints changed: delete the UDP entries whose endpoint went (see
+    /// [`stale_udp`]).
     fn end_stale_udp(&mut self, table: &ServiceTable) {
         let entries = match self.dump.dump_ours() {
             Ok(entries) => entries,
@@ -813,5 +838,36 @@ mod tests {
             a.apply(EventKind::NewOrUpdate, &entry(state, A), now);
             assert_eq!(a.listed(), 1, "{}", tcp_state::name(state));
         }
+    }
+
+    #[test]
+    fn the_udp_fingerprint_changes_with_udp_endpoints_only() {
+        let udp = udp_accounting();
+        let tcp = accounting();
+        let fp = udp_fingerprint(&udp.table.load());
+        assert_eq!(
+            fp,
+            udp_fingerprint(&udp_accounting().table.load()),
+            "stable"
+        );
+        // A table without UDP ports, and one whose UDP port has another endpoint.
+        assert_ne!(fp, udp_fingerprint(&tcp.table.load()));
+        let moved = Arc::new(ServicePort::for_test(
+            "t",
+            "dns",
+            Protocol::Udp,
+            "10.96.0.53:53",
+            &["10.244.2.10:5353"],
+        ));
+        let service = crate::cluster::table::ServiceEntry {
+            id: moved.service.clone(),
+            cluster_ips: vec![moved.cluster_ip],
+            type_: "ClusterIP".into(),
+            ports: vec![moved],
+            not_exposed: None,
+            unsupported_ports: vec![],
+        };
+        let t = ServiceTable::new(2, vec![service], vec![]);
+        assert_ne!(fp, udp_fingerprint(&t));
     }
 }

@@ -504,4 +504,42 @@ mod tests {
             "127.0.0.1".parse::<IpAddr>().unwrap()
         );
     }
+
+    #[test]
+    fn udp_first_datagrams_get_a_udp_entry_without_tcp_state() {
+        let v4 =
+            etherparse::PacketBuilder::ipv4([192, 168, 77, 2], [10, 96, 0, 53], 64).udp(40000, 53);
+        let mut d4 = Vec::new();
+        v4.write(&mut d4, b"q").unwrap();
+        let v6 = etherparse::PacketBuilder::ipv6([1; 16], [2; 16], 64).udp(40000, 53);
+        let mut d6 = Vec::new();
+        v6.write(&mut d6, b"q").unwrap();
+        let t = etherparse::PacketBuilder::ipv4([192, 168, 77, 2], [10, 96, 0, 10], 64)
+            .tcp(40000, 80, 1, 1000)
+            .syn();
+        let mut s = Vec::new();
+        t.write(&mut s, &[]).unwrap();
+        assert!(is_udp(&d4) && is_udp(&d6));
+        assert!(!is_udp(&s) && !is_udp(&[]) && !is_udp(&[0x45]));
+
+        let key = FlowKey {
+            client: "192.168.77.2:40000".parse().unwrap(),
+            service: "10.96.0.53:53".parse().unwrap(),
+        };
+        let e = udp_entry(
+            key,
+            "10.244.1.10:5353".parse().unwrap(),
+            "10.244.1.1".parse().unwrap(),
+        );
+        assert_eq!(e.orig, Tuple::udp(key.client, key.service));
+        assert_eq!(e.tcp_state, None);
+        assert!(!e.be_liberal);
+        assert_eq!(e.timeout, UDP_OPENING_TIMEOUT);
+        assert_eq!(e.mark, MARK_OWNER);
+        // Any entry of ours without TCP state is reused by a datagram that arrives untracked.
+        assert_eq!(existing(Some(&entry(MARK_OWNER, None))), Existing::Reuse);
+        let too_big = OffloadError::Inject(io::Error::from_raw_os_error(libc::EMSGSIZE));
+        assert!(too_big.is_too_big());
+        assert!(!OffloadError::NoFamily.is_too_big());
+    }
 }

@@ -522,7 +522,8 @@ impl Worker {
     }
 
     /// Flow offload: carry a UDP flow in user space after all (`why`: the kernel path
-    /// cannot), as the proxy dataplane does; logged once per process with the reason.
+    /// cannot, one of three fixed reasons), as the proxy dataplane does; logged once per
+    /// reason and process.
     #[allow(clippy::too_many_arguments)]
     fn proxy_udp(
         &mut self,
@@ -536,10 +537,14 @@ impl Worker {
         epoch: Instant,
         why: &'static str,
     ) -> Option<(bool, usize, Option<usize>)> {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            tracing::info!(reason = why, "a UDP flow is proxied in user space: the kernel path cannot carry it (logged once)");
-        });
+        // Once per reason (there are three), whatever the number of flows.
+        static LOGGED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+        let mut logged = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+        if !logged.contains(&why) {
+            logged.push(why);
+            tracing::info!(reason = why, "a UDP flow is proxied in user space: the kernel path cannot carry it (logged once per reason)");
+        }
+        drop(logged);
         let now = Instant::now();
         self.stats
             .offload

@@ -114,6 +114,31 @@ pub fn raw_probe() -> std::io::Result<()> {
     .map(drop)
 }
 
+/// The kernel's timeout of a UDP entry after a client datagram
+/// (`net.netfilter.nf_conntrack_udp_timeout`), read at most, never changed.
+fn udp_timeout() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_udp_timeout")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// A UDP flow's element in the netfilter table's set must expire before its entry (see
+/// `host::nftables`, [`nftables::UDP_SET_TIMEOUT_S`]). With a shorter kernel timeout the
+/// flows still work: a datagram that finds its entry gone takes one of the kernel's own
+/// into the TUN device and is handed over again, at the cost of a trip through the gateway
+/// after every pause. Said once at start.
+fn warn_if_udp_timeout_short() {
+    if let Some(t) = udp_timeout() {
+        if t <= nftables::UDP_SET_TIMEOUT_S {
+            tracing::warn!(
+                nf_conntrack_udp_timeout = t,
+                set_timeout = nftables::UDP_SET_TIMEOUT_S,
+                "the kernel's UDP timeout is not above the gateway's UDP set timeout: a UDP flow quiet for that long crosses the gateway again"
+            );
+        }
+    }
+}
+
 /// The offload state the gateway keeps on the host while it runs.
 pub struct OffloadHost {
     tun: String,
@@ -132,6 +157,7 @@ impl OffloadHost {
             tun: tun.to_string(),
             routed: BTreeSet::new(),
         })?;
+        warn_if_udp_timeout_short();
         let adopted = Conntrack::open()
             .and_then(|mut ct| ct.dump_ours())
             .map(|v| v.len())

@@ -665,7 +665,7 @@ fn offload_families(status: &Status, out: &mut Vec<MetricFamily>) {
         out.push(
             Family::new(
                 "dataplane",
-                "The dataplane carrying TCP flows (1), and the one asked for.",
+                "The dataplane carrying TCP and UDP flows (1), and the one asked for.",
                 MetricType::GAUGE,
             )
             .gauge(&[("dataplane", d.name), ("requested", d.requested)], 1.0)

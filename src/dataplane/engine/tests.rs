@@ -916,3 +916,88 @@ fn a_queued_fragment_is_not_a_drop_and_a_timed_out_one_is() {
     e.expire(t0 + timeout, Partition::WHOLE, |_| None);
     assert_eq!(stats.drops(), vec![("fragment_timeout", 1)]);
 }
+
+fn offload_engine(now: Instant) -> Engine<u32> {
+    let nat = NatConfig::new(
+        "198.18.0.0/16".parse().unwrap(),
+        "fdc7:7779::/64".parse().unwrap(),
+        4,
+    );
+    // A UDP capacity of 1: offloaded flows are not bounded by it.
+    let mut cfg = EngineConfig::new(nat, 1);
+    cfg.errors = Arc::new(ErrorBudget::new(1000, 1000, now));
+    cfg.service_cidrs = vec!["10.96.0.0/16".parse().unwrap()];
+    cfg.offload = true;
+    Engine::new(cfg, 4000, Arc::new(Stats::default()), now)
+}
+
+#[test]
+fn with_offload_new_udp_flows_are_offloaded_and_refusals_stay_the_engines() {
+    let t0 = Instant::now();
+    let table = table();
+    let mut e = offload_engine(t0);
+    let dns = [10, 96, 0, 53];
+    // Every new flow (many more than the user-space capacity) is handed to the kernel,
+    // its datagram unchanged.
+    for sport in 5000..5010u16 {
+        let d = udp(CLIENT, sport, dns, 53, b"query");
+        let mut r = Run::new(&d);
+        match r.handle(&mut e, &table, d.len(), t0) {
+            Verdict::Offload {
+                len,
+                key,
+                port,
+                endpoint,
+            } => {
+                assert_eq!(&r.buf[..len], &d[..]);
+                assert_eq!(key.client.port(), sport);
+                assert_eq!(port.protocol, Protocol::Udp);
+                assert_eq!(endpoint, "10.244.1.10:5353".parse().unwrap());
+                e.offloaded(key, &port, endpoint, t0);
+            }
+            v => panic!("expected Offload, got {v:?}"),
+        }
+    }
+    assert_eq!(e.udp().len(), 0, "no user-space flow");
+    // A port the Service does not have: ICMP port unreachable from the engine, as before.
+    let d = udp(CLIENT, 6000, dns, 54, b"query");
+    let mut r = Run::new(&d);
+    let v = r.handle(&mut e, &table, d.len(), t0);
+    assert!(matches!(v, Verdict::Reply { .. }), "{v:?}");
+    // The kernel refuses a flow: counted for the Service port, answered with ICMP port
+    // unreachable.
+    let d = udp(CLIENT, 6001, dns, 53, b"query");
+    let mut r = Run::new(&d);
+    let (len, port) = match r.handle(&mut e, &table, d.len(), t0) {
+        Verdict::Offload { len, port, .. } => (len, port),
+        v => panic!("expected Offload, got {v:?}"),
+    };
+    let n = e.refuse_udp(
+        &r.buf,
+        len,
+        &port,
+        ConnResult::TableFull,
+        t0,
+        &mut r.scratch,
+    );
+    assert!(n > 0);
+    let is_icmp = matches!(
+        parsed(&r.scratch[..n]).transport,
+        Some(etherparse::TransportSlice::Icmpv4(_))
+    );
+    assert!(is_icmp);
+    assert_eq!(e.stats.udp_count(ConnResult::TableFull), 1);
+    // refuse_udp is for UDP only.
+    let s = tcp(CLIENT, 7000, WEB, 80, true, false);
+    assert_eq!(
+        e.refuse_udp(
+            &s,
+            s.len(),
+            &port,
+            ConnResult::TableFull,
+            t0,
+            &mut r.scratch
+        ),
+        0
+    );
+}
