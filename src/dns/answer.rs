@@ -189,9 +189,16 @@ fn encode(m: Message, nodata: bool, limit: Option<usize>, failure: Option<String
     };
     match limit {
         Some(limit) if bytes.len() > limit => {
-            let cut = m.truncate();
+            let mut cut = m.truncate();
+            let mut bytes = cut.to_vec().unwrap_or_default();
+            // Questions alone can exceed the limit (a query may carry many, each up to 255
+            // bytes): then the header alone, TC set, tells the client to ask over TCP.
+            if bytes.len() > limit {
+                cut.take_queries();
+                bytes = cut.to_vec().unwrap_or_default();
+            }
             Outcome::Reply(Reply {
-                bytes: cut.to_vec().unwrap_or_default(),
+                bytes,
                 rcode,
                 nodata,
                 truncated: true,

@@ -542,6 +542,30 @@ fn malformed_queries_are_formerr_or_dropped() {
         panic!()
     };
     assert_eq!(r.rcode, "formerr");
+    // Many long questions: even the FORMERR's question section exceeds 512 bytes over UDP,
+    // so the reply is the header alone, TC set (found by fuzzing).
+    let mut many = Message::new();
+    many.set_id(11);
+    for i in 0..9 {
+        let name = format!("{}.{}.cluster.local.", "x".repeat(60), "y".repeat(i + 1));
+        many.add_query(Query::query(
+            Name::from_ascii(&name).unwrap(),
+            RecordType::A,
+        ));
+    }
+    let Outcome::Reply(r) = outcome(&many.to_vec().unwrap()) else {
+        panic!()
+    };
+    assert_eq!(r.rcode, "formerr");
+    assert!(r.truncated);
+    assert!(
+        r.bytes.len() <= CLASSIC_UDP_PAYLOAD,
+        "{} bytes",
+        r.bytes.len()
+    );
+    let m = Message::from_vec(&r.bytes).unwrap();
+    assert_eq!(m.id(), 11);
+    assert!(m.truncated() && m.queries().is_empty());
     // No question at all.
     let mut none = Message::new();
     none.set_id(8);
