@@ -585,6 +585,18 @@ fn udp_flows_are_offloaded_in_both_families_and_later_datagrams_skip_the_tun() {
     );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(answered(), 6.0, "{}", metrics(&topo));
+    // All six are open now (their entries live on): the kernel carries them, and the gauge
+    // and the status API say so.
+    let m = metrics(&topo);
+    assert_eq!(
+        sample(&m, "clusterway_active_flows", r#"protocol="UDP""#),
+        6.0,
+        "{m}"
+    );
+    let status = http_get(topo.gateway(), sa(GATEWAY_STATUS), "/api/v1/status")
+        .unwrap()
+        .text();
+    assert!(status.contains(r#""active_udp":6"#), "{status}");
     let flows = http_get(topo.gateway(), sa(GATEWAY_STATUS), "/api/v1/flows")
         .unwrap()
         .text();

@@ -13,8 +13,9 @@
 //!   are listed once answered; when a UDP Service port's endpoints change
 //!   ([`udp_fingerprint`]), entries whose endpoint is no longer usable are deleted
 //!   ([`stale_udp`]);
-//! - active TCP flows are the established entries alive; at start the entries of an
-//!   earlier run are adopted (counted active, listed, not counted again as connections);
+//! - active TCP flows are the established entries alive, active UDP flows the answered
+//!   ones; at start the entries of an earlier run are adopted (counted active, listed, not
+//!   counted again as connections);
 //! - bytes: per Service port (and gateway-wide) from the netfilter table's per-Service
 //!   counters, read with the table-wide ones (`super::svcbytes`; no sysctl needed); per
 //!   flow from the entry's counters when it ends, if the namespace keeps them
@@ -216,6 +217,10 @@ impl Accounting {
                 if let Some(p) = &port {
                     self.stats.udp_flow(p, orig.src, ConnResult::Ok);
                 }
+                self.stats
+                    .offload
+                    .udp_active
+                    .fetch_add(1, Ordering::Relaxed);
                 if let Some(ep) = endpoint {
                     self.outliers.succeeded(ep);
                 }
@@ -251,14 +256,11 @@ impl Accounting {
                     tracing::info!(endpoint = %ep, why, ejected_s = ejected.as_secs(), "offloaded flow failed before it was established; endpoint ejected");
                 }
             }
-            Some(Outcome::Ended { assured: true }) => {
-                let _ =
-                    self.stats
-                        .tcp_active
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                            Some(n.saturating_sub(1))
-                        });
+            // An answered UDP flow's entry is gone (its Established was counted active).
+            Some(Outcome::Ended { .. }) if udp => {
+                decrement(&self.stats.offload.udp_active);
             }
+            Some(Outcome::Ended { assured: true }) => decrement(&self.stats.tcp_active),
             Some(Outcome::Ended { assured: false }) | None => {}
         }
         match kind {
@@ -316,9 +318,11 @@ impl Accounting {
         let alive: std::collections::HashSet<Tuple> =
             entries.iter().filter_map(|e| e.orig).collect();
         self.listed.retain(|t, _| alive.contains(t));
-        let mut active = 0;
+        let (mut active, mut udp_active) = (0, 0);
         for e in entries.iter().filter(|e| is_flow(e)) {
-            if !is_udp(e)
+            if is_udp(e) && e.status & status::SEEN_REPLY != 0 {
+                udp_active += 1;
+            } else if !is_udp(e)
                 && e.status & status::ASSURED != 0
                 && !matches!(e.tcp_state, Some(tcp_state::CLOSE | tcp_state::TIME_WAIT))
             {
@@ -329,7 +333,18 @@ impl Accounting {
             }
         }
         self.stats.tcp_active.store(active, Ordering::Relaxed);
+        self.stats
+            .offload
+            .udp_active
+            .store(udp_active, Ordering::Relaxed);
     }
+}
+
+/// One less, never below zero (an entry adopted before its events were seen).
+fn decrement(n: &std::sync::atomic::AtomicU64) {
+    let _ = n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(1))
+    });
 }
 
 /// The UDP entries of ours whose endpoint is no longer a usable endpoint of their Service
@@ -747,6 +762,11 @@ mod tests {
         // UDP flows are not TCP connections.
         assert_eq!(a.stats.tcp_count(ConnResult::Ok), 0);
         assert_eq!(a.stats.tcp_active.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            a.stats.udp_active_now(),
+            1,
+            "an answered UDP flow is active"
+        );
         let mut end = udp_entry(A);
         end.counters_orig = Some((3, 300));
         end.counters_reply = Some((3, 900));
@@ -754,16 +774,23 @@ mod tests {
         assert_eq!(a.listed(), 0);
         assert_eq!(a.stats.bytes_to_client.load(Ordering::Relaxed), 900);
         assert_eq!(a.stats.tcp_active.load(Ordering::Relaxed), 0);
+        assert_eq!(a.stats.udp_active_now(), 0, "its entry is gone");
         // Unanswered: dial_failed, and the endpoint stays in.
         let mut quiet = udp_entry(0);
         quiet.orig = Some(Tuple::udp(sa("192.168.77.2:40001"), sa("10.96.0.53:53")));
         a.apply(Destroy, &quiet, now);
         assert_eq!(a.stats.udp_count(ConnResult::DialFailed), 1);
         assert!(!a.outliers.is_ejected(sa("10.244.1.10:5353"), now));
-        // Resync adopts UDP entries without counting them as active TCP connections.
-        a.resync(&[udp_entry(A)]);
-        assert_eq!(a.listed(), 1);
+        assert_eq!(
+            a.stats.udp_active_now(),
+            0,
+            "an unanswered flow was never active"
+        );
+        // Resync adopts UDP entries as active UDP flows (the answered ones), not as TCP
+        // connections.
+        a.resync(&[udp_entry(A), quiet]);
         assert_eq!(a.stats.tcp_active.load(Ordering::Relaxed), 0);
+        assert_eq!(a.stats.udp_active_now(), 1);
     }
 
     #[test]

@@ -149,6 +149,10 @@ pub struct OffloadStats {
     /// UDP flows carried in user space after all: the kernel path could not take them
     /// (see `Worker::hand_over_udp`).
     pub udp_proxied: AtomicU64,
+    /// UDP flows the kernel carries that have been answered and whose entry is alive
+    /// (kept by the conntrack-event reader; `Stats::udp_active_now` adds them to the
+    /// flows in user space).
+    pub udp_active: AtomicU64,
 }
 
 impl OffloadStats {

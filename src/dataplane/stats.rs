@@ -210,6 +210,11 @@ fn result_index(r: ConnResult) -> usize {
 }
 
 impl Stats {
+    /// UDP flows open now: those in user space and those the kernel carries (offload).
+    pub fn udp_active_now(&self) -> u64 {
+        self.udp_active.load(Ordering::Relaxed) + self.offload.udp_active.load(Ordering::Relaxed)
+    }
+
     pub fn count_drop(&self, reason: Reason) {
         self.count_drops(reason, 1);
     }

@@ -544,7 +544,7 @@ pub fn status(status: &Status, with_history: bool) -> Value {
         },
         "totals": {
             "active_tcp": stats.tcp_active.load(Ordering::Relaxed),
-            "active_udp": stats.udp_active.load(Ordering::Relaxed),
+            "active_udp": stats.udp_active_now(),
             "max_tcp": status.max_tcp_flows,
             "max_udp": status.max_udp_flows,
             "tcp": results(true),

@@ -182,17 +182,14 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
     out.push(
         Family::new(
             "active_flows",
-            "Proxied TCP connections and UDP flows open now.",
+            "TCP connections and UDP flows open now, proxied or carried by the kernel (offload).",
             MetricType::GAUGE,
         )
         .gauge(
             &[("protocol", "TCP")],
             stats.tcp_active.load(Ordering::Relaxed) as f64,
         )
-        .gauge(
-            &[("protocol", "UDP")],
-            stats.udp_active.load(Ordering::Relaxed) as f64,
-        )
+        .gauge(&[("protocol", "UDP")], stats.udp_active_now() as f64)
         .0,
     );
 

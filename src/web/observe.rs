@@ -97,10 +97,7 @@ fn sample(status: &Status) {
                 .stats
                 .tcp_active
                 .load(std::sync::atomic::Ordering::Relaxed),
-            active_udp: status
-                .stats
-                .udp_active
-                .load(std::sync::atomic::Ordering::Relaxed),
+            active_udp: status.stats.udp_active_now(),
         };
         let mut rates: HashMap<(String, String), f64> = HashMap::new();
         for (k, n) in &per {
