@@ -36,19 +36,23 @@ pub enum DropReason {
     /// The TCP connection limit was reached; the connection was closed.
     #[error("too many TCP connections")]
     TcpLimit,
+    /// This client already holds its share of TCP connections; the new one was closed.
+    #[error("too many TCP connections from this client")]
+    TcpClientLimit,
     /// A TCP client sent a length prefix and then stalled or closed.
     #[error("a TCP query was cut short")]
     TcpTruncated,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Runt,
         DropReason::NotAQuery,
         DropReason::ForwardTableFull,
         DropReason::ForwardTimeout,
         DropReason::ForwardUnmatched,
         DropReason::TcpLimit,
+        DropReason::TcpClientLimit,
         DropReason::TcpTruncated,
     ];
 
@@ -61,6 +65,7 @@ impl DropReason {
             DropReason::ForwardTimeout => "forward_timeout",
             DropReason::ForwardUnmatched => "forward_unmatched",
             DropReason::TcpLimit => "tcp_limit",
+            DropReason::TcpClientLimit => "tcp_client_limit",
             DropReason::TcpTruncated => "tcp_truncated",
         }
     }
