@@ -537,6 +537,15 @@ fn a_resolver_in_front_curl_by_name_and_statefulset_pods_reached() {
         .unwrap_or_else(|e| panic!("curl {name} by name: {e}\ngateway log:\n{}", gw.logs()));
         assert_eq!(body, pod, "{name}");
     }
+    // Masqueraded like Service traffic: the pod sees the gateway's address on its link,
+    // not the client's, so its answer comes back through the gateway.
+    let seen = curl_by_name(
+        &topo,
+        dir.path(),
+        &format!("http://db-0.db.t.{ZONE}:8080/ip"),
+    )
+    .unwrap_or_else(|e| panic!("curl db-0/ip: {e}\ngateway log:\n{}", gw.logs()));
+    assert_eq!(seen.trim(), "10.244.1.1", "the source db-0 saw");
     // A non-exposed Service's name does not resolve.
     let err = curl_by_name(&topo, dir.path(), &format!("http://hidden.t.{ZONE}/"))
         .expect_err("hidden must not resolve");
