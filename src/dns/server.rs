@@ -7,7 +7,8 @@
 //!   and [`MAX_TCP_PER_CLIENT`] from one address (past either, new ones are closed,
 //!   counted), each closed after [`TCP_IDLE`] without a query;
 //! - with `--dns-forward`: out-of-zone UDP queries go to the forwarder from one connected
-//!   socket, tracked in a bounded [`InFlight`] table (expired after 5 s); TCP ones are
+//!   socket, tracked in a bounded [`InFlight`] table (expired after 5 s, a share per
+//!   client address); TCP ones are
 //!   relayed over a TCP connection of their own, under the same timeout.
 //!
 //! The in-flight table is the one structure written by several tasks (the listeners insert,
@@ -272,9 +273,12 @@ impl Shell {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(peer, client_id, index, Instant::now());
-        let Some(id) = id else {
-            self.dropped(DropReason::ForwardTableFull, peer.ip().to_canonical());
-            return;
+        let id = match id {
+            Ok(id) => id,
+            Err(reason) => {
+                self.dropped(reason, peer.ip().to_canonical());
+                return;
+            }
         };
         let mut out = query.to_vec();
         out[..2].copy_from_slice(&id.to_be_bytes());

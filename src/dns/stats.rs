@@ -27,6 +27,9 @@ pub enum DropReason {
     /// The forwarder's in-flight table is full.
     #[error("too many forwarded queries in flight")]
     ForwardTableFull,
+    /// This client already has its share of queries in flight to the forwarder.
+    #[error("too many forwarded queries in flight from this client")]
+    ForwardClientLimit,
     /// The forwarder did not answer in time.
     #[error("the forwarder did not answer in time")]
     ForwardTimeout,
@@ -45,10 +48,11 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Runt,
         DropReason::NotAQuery,
         DropReason::ForwardTableFull,
+        DropReason::ForwardClientLimit,
         DropReason::ForwardTimeout,
         DropReason::ForwardUnmatched,
         DropReason::TcpLimit,
@@ -62,6 +66,7 @@ impl DropReason {
             DropReason::Runt => "runt",
             DropReason::NotAQuery => "not_a_query",
             DropReason::ForwardTableFull => "forward_table_full",
+            DropReason::ForwardClientLimit => "forward_client_limit",
             DropReason::ForwardTimeout => "forward_timeout",
             DropReason::ForwardUnmatched => "forward_unmatched",
             DropReason::TcpLimit => "tcp_limit",
