@@ -306,7 +306,7 @@ impl RunArgs {
                 }
             }
         }
-        Ok(())
+        self.dns.validate()
     }
 
     /// Table sizes from `RLIMIT_NOFILE` unless given: a TCP flow holds two descriptors

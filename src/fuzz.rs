@@ -249,7 +249,8 @@ items:
 /// The gateway's DNS answer (`dns::answer::handle`) for arbitrary bytes, as a query over
 /// UDP and over TCP, from an allowed client and from one outside a Service's allowed range,
 /// with and without forwarding. What must hold for any input: no panic; a reply parses as a
-/// DNS message, is a response, carries the query's ID, and over UDP fits in 512 bytes or
+/// DNS message, is a response, carries the query's ID, has TC set exactly when it is counted
+/// as truncated, and over UDP fits in 512 bytes or
 /// the payload size the query's EDNS record offers (at most 1,232).
 pub fn dns(data: &[u8]) {
     use crate::dns::answer::{
@@ -287,6 +288,8 @@ pub fn dns(data: &[u8]) {
             };
             assert_eq!(msg.message_type(), MessageType::Response);
             assert_eq!(msg.id(), u16::from_be_bytes([data[0], data[1]]));
+            // What the truncation counter counts is what the client sees.
+            assert_eq!(reply.truncated, msg.truncated(), "{msg:?}");
             if transport == Transport::Udp {
                 assert!(
                     reply.bytes.len() <= offered,

@@ -352,6 +352,12 @@ async fn serve(
     // The DNS server (names): bound here, serving from the same table the dataplane reads.
     let dns_task = if args.dns.enabled() {
         let policy = args.policy();
+        if let (Some(fwd), None) = (args.dns.dns_forward, &policy.allow_sources) {
+            // The operator asked for forwarding; without --allow-source every client that
+            // reaches the listener can use the forwarder (an open resolver if that is the
+            // Internet).
+            tracing::warn!(forward = %fwd, "--dns-forward without --allow-source: any client that reaches --dns-listen may resolve any name through the forwarder");
+        }
         let dns = crate::dns::server::DnsServer::bind(&args.dns, policy.allow_sources).await?;
         tracing::info!(listen = ?dns.local_addrs(), zone = %args.dns.dns_zone, forward = ?args.dns.dns_forward, "DNS server listening");
         Some(tokio::spawn(dns.run(table.clone(), stats.dns.clone())))

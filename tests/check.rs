@@ -828,6 +828,11 @@ fn against_an_api_server_a_denied_permission_and_unrouted_pods_block() {
     assert!(text.contains("kubectl apply -f docker/rbac.yaml"), "{text}");
     let reach = line(&text, "✘", "endpoints reachable");
     assert!(reach.contains("0/2 routed"), "{reach}");
+    // Pods not reachable at all: an overlay network is one cause; its way out is named.
+    assert!(
+        text.contains("run the gateway on a node of the cluster") && text.contains("docker/k8s/"),
+        "{text}"
+    );
     assert!(text.contains("not ready: "), "{text}");
 
     // --context picks the other entry of the same file.
@@ -1126,7 +1131,7 @@ fn a_pod_behind_only_the_default_route_is_not_dialled() {
     let fix = report.fix(name);
     assert!(fix.contains("pod CIDR"), "{fix}");
     assert!(
-        fix.contains("run the gateway on a node of the cluster"),
+        fix.contains("run the gateway on a node of the cluster") && fix.contains("docker/k8s/"),
         "{fix}"
     );
     assert!(ok, "a warning does not block: {dump}");

@@ -22,7 +22,8 @@ const ZONE: &str = "svc.cluster.local";
 
 /// The Services of the test, for a topology with 3 pods: `web` (ClusterIP, dual-stack,
 /// pods 1 and 2), `db` (headless, a StatefulSet's db-0 and db-1 on pods 1 and 2),
-/// `legacy` (ExternalName), `hidden` (opted out), `big` (headless, 60 endpoints that
+/// `legacy` (ExternalName), `hidden` (opted out), `inner` (allows only 10.99.0.0/16,
+/// not the client), `big` (headless, 60 endpoints that
 /// exist only as names, for truncation). Pod 3 backs no headless Service. `extra` adds
 /// more items.
 fn snapshot(topo: &Topology, extra: &str) -> String {
@@ -84,6 +85,12 @@ items:
   metadata: {{name: hidden, namespace: t, annotations: {{clusterway.io/expose: "false"}}}}
   spec:
     clusterIP: 10.96.0.11
+    ports: [{{name: http, port: 80, protocol: TCP}}]
+- apiVersion: v1
+  kind: Service
+  metadata: {{name: inner, namespace: t, annotations: {{clusterway.io/allow-sources: "10.99.0.0/16"}}}}
+  spec:
+    clusterIP: 10.96.0.13
     ports: [{{name: http, port: 80, protocol: TCP}}]
 - apiVersion: v1
   kind: Service
@@ -220,8 +227,30 @@ fn dig_every_record_type_over_udp_and_tcp_and_names_follow_the_file() {
         let st = |args: &str| status(&topo, GW, &format!("{transport} {args}"));
         assert_eq!(st(&format!("hidden.t.{ZONE} A")), "NXDOMAIN");
         assert_eq!(st(&format!("nosuch.t.{ZONE} A")), "NXDOMAIN");
+        // A Service whose allowed sources leave this client out does not exist for it.
+        assert_eq!(st(&format!("inner.t.{ZONE} A")), "NXDOMAIN");
         assert_eq!(st(&format!("web.t.{ZONE} MX")), "NOERROR");
         assert!(q(&format!("web.t.{ZONE} MX")).is_empty(), "NODATA");
+        // An empty non-terminal exists: NODATA, not NXDOMAIN (RFC 2308, RFC 8020).
+        assert_eq!(st(&format!("t.{ZONE} A")), "NOERROR");
+        // RFC 2308: NXDOMAIN and NODATA both carry the zone's SOA in the authority
+        // section, its TTL the SOA minimum (--dns-ttl).
+        for name in [
+            format!("nosuch.t.{ZONE} A"),
+            format!("web.t.{ZONE} MX"),
+            format!("t.{ZONE} A"),
+        ] {
+            let auth = dig(&topo, GW, &format!("{transport} +noall +authority {name}"));
+            let fields: Vec<&str> = auth.split_whitespace().collect();
+            assert!(
+                fields.len() >= 5
+                    && fields[0] == "cluster.local."
+                    && fields[1] == "7"
+                    && fields[3] == "SOA"
+                    && fields[4] == "ns.dns.cluster.local.",
+                "{name}: {auth}"
+            );
+        }
         assert_eq!(st("example.com A"), "REFUSED");
     }
     // The TTL is --dns-ttl.
@@ -236,6 +265,11 @@ fn dig_every_record_type_over_udp_and_tcp_and_names_follow_the_file() {
         short(&topo, GW, &format!("+noedns big.t.{ZONE} A")).len(),
         60
     );
+    let retried = dig(&topo, GW, &format!("+noedns big.t.{ZONE} A"));
+    assert!(
+        retried.contains("Truncated, retrying in TCP mode") && retried.contains("ANSWER: 60"),
+        "{retried}"
+    );
 
     // A Service added to the file appears in DNS (the file source reloads on change).
     let added = r#"- apiVersion: v1
@@ -245,19 +279,28 @@ fn dig_every_record_type_over_udp_and_tcp_and_names_follow_the_file() {
     clusterIP: 10.96.0.12
     ports: [{name: http, port: 80, protocol: TCP}]
 "#;
+    let server: SocketAddr = format!("{GW}:53").parse().unwrap();
+    let fresh = format!("fresh.t.{ZONE}.");
+    assert_eq!(
+        resolve_a(&topo, server, &fresh),
+        Some(vec![]),
+        "not there yet"
+    );
     let start = Instant::now();
     gw.update_snapshot(&snapshot(&topo, added));
     assert!(
         wait_for(
-            || answers(&topo, GW, &format!("fresh.t.{ZONE} A"), &["10.96.0.12"]),
+            || resolve_a(&topo, server, &fresh).is_some_and(|a| a == ["10.96.0.12"]),
             Duration::from_secs(10)
         ),
         "the new Service never resolved; log:\n{}",
         gw.logs()
     );
-    eprintln!(
-        "a Service added to the file resolved after {:?} (including dig's own round trips)",
-        start.elapsed()
+    let took = start.elapsed();
+    eprintln!("a Service added to the file resolved after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "a Service added to the file must resolve within a second, took {took:?}"
     );
 
     // Failed queries are counted by response code in /metrics.
@@ -287,6 +330,34 @@ fn dig_every_record_type_over_udp_and_tcp_and_names_follow_the_file() {
         events.contains("dns_failed") && events.contains(&format!("NXDOMAIN hidden.t.{ZONE}.")),
         "{events}"
     );
+}
+
+/// The A records of `name` asked once over UDP from the client namespace, in this
+/// process (no dig started, a 300 ms wait): `Some(vec![])` for a negative answer, `None`
+/// without a reply.
+fn resolve_a(topo: &Topology, server: SocketAddr, name: &str) -> Option<Vec<String>> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut m = Message::new();
+    m.set_id(7);
+    m.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
+    let query = m.to_vec().ok()?;
+    topo.client().run(move || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .ok()?;
+        sock.send_to(&query, server).ok()?;
+        let mut buf = [0u8; 1232];
+        let n = sock.recv(&mut buf).ok()?;
+        let reply = Message::from_vec(&buf[..n]).ok()?;
+        Some(
+            reply
+                .answers()
+                .iter()
+                .map(|r| r.data().to_string())
+                .collect(),
+        )
+    })
 }
 
 fn gw_metrics(topo: &Topology) -> String {
@@ -397,6 +468,23 @@ fn a_resolver_in_front_curl_by_name_and_statefulset_pods_reached() {
             "10.244.0.0/16",
         ],
     );
+    // --pod-cidr: the gateway routes the pod range into its device with its own route
+    // protocol (75), the routes a routing daemon announces, as it does the Service CIDR.
+    assert!(
+        wait_for(
+            || {
+                topo.gateway()
+                    .sh("ip -4 route show proto 75 10.244.0.0/16")
+                    .is_ok_and(|o| o.contains("dev cw0"))
+            },
+            Duration::from_secs(15)
+        ),
+        "no route for --pod-cidr; routes:\n{}\ngateway log:\n{}",
+        topo.gateway()
+            .sh("ip route show proto 75")
+            .unwrap_or_default(),
+        gw.logs()
+    );
     // Traffic from the client to pod addresses enters the TUN device, as it would from a
     // router that sends the pod CIDR to the gateway; the gateway itself still reaches the
     // pods over its own links (their /24s are more specific than the /16 it routes).
@@ -449,6 +537,15 @@ fn a_resolver_in_front_curl_by_name_and_statefulset_pods_reached() {
         .unwrap_or_else(|e| panic!("curl {name} by name: {e}\ngateway log:\n{}", gw.logs()));
         assert_eq!(body, pod, "{name}");
     }
+    // Masqueraded like Service traffic: the pod sees the gateway's address on its link,
+    // not the client's, so its answer comes back through the gateway.
+    let seen = curl_by_name(
+        &topo,
+        dir.path(),
+        &format!("http://db-0.db.t.{ZONE}:8080/ip"),
+    )
+    .unwrap_or_else(|e| panic!("curl db-0/ip: {e}\ngateway log:\n{}", gw.logs()));
+    assert_eq!(seen.trim(), "10.244.1.1", "the source db-0 saw");
     // A non-exposed Service's name does not resolve.
     let err = curl_by_name(&topo, dir.path(), &format!("http://hidden.t.{ZONE}/"))
         .expect_err("hidden must not resolve");
@@ -529,6 +626,8 @@ remote-control:
             &format!("{GW}:53"),
             "--dns-forward",
             "127.0.0.1:5300",
+            "--allow-source",
+            "192.168.77.2/32",
         ],
     );
     assert!(
@@ -545,6 +644,24 @@ remote-control:
     // The zone itself is still answered by the gateway.
     assert_eq!(short(&topo, GW, &format!("web.t.{ZONE} A")), ["10.96.0.10"]);
     let metrics = gw_metrics(&topo);
-    assert!(metric(&metrics, "clusterway_dns_forwarded_total") >= 3.0);
+    let forwarded = metric(&metrics, "clusterway_dns_forwarded_total");
+    assert!(forwarded >= 3.0, "{forwarded}");
+    // --allow-source applies to queries as to traffic: from the gateway's own address
+    // (192.168.77.1, outside 192.168.77.2/32) every query is REFUSED, the zone's and the
+    // forwarder's alike, and nothing more is forwarded.
+    for name in [format!("web.t.{ZONE} A"), "www.example.test A".to_string()] {
+        let out = topo
+            .gateway()
+            .sh(&format!(
+                "dig @{GW} -b {GW} +time=2 +tries=1 +noall +comments {name}"
+            ))
+            .expect("dig from the gateway's address");
+        assert!(out.contains("status: REFUSED"), "{name}: {out}");
+    }
+    let metrics = gw_metrics(&topo);
+    assert_eq!(
+        metric(&metrics, "clusterway_dns_forwarded_total"),
+        forwarded
+    );
     drop(upstream);
 }

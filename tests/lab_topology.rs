@@ -1,6 +1,8 @@
 //! Smoke test of the lab topology and the demo backends, without the gateway: the client
 //! reaches pod IPs by plain routing through the gateway namespace (HTTP and UDP, IPv4 and
-//! IPv6), and every namespace is gone after the topology is dropped. Needs root.
+//! IPv6), and every namespace is gone after the topology is dropped. Then `clusterway lab`
+//! itself: the name commands it prints (dig against its DNS server, curl by name) work as
+//! printed. Needs root (and dig, curl for the last).
 
 mod common;
 
@@ -91,4 +93,138 @@ fn namespaces_are_removed_when_a_test_panics() {
     assert_eq!(namespaces_with_prefix(&prefix), Vec::<String>::new());
     let status = sleeper.into_inner().unwrap().unwrap().wait().unwrap();
     assert!(!status.success(), "the process in the namespace was killed");
+}
+
+/// `clusterway lab`, stopped with SIGINT (its own cleanup) when dropped.
+struct Lab(std::process::Child);
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: kill(2) on our own child, no memory effects.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lab shows names: `clusterway lab` starts the DNS server, and every `dig` command it
+/// prints (and the `curl --resolve` by name) works as printed, answering what the demo
+/// snapshot says; no tool is reported missing here (they are installed).
+#[test]
+fn the_lab_s_printed_name_commands_work() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let prefix = clusterway::lab::netns::unique_prefix();
+    let child = Command::new(BIN)
+        .args(["lab", "--prefix", &prefix, "--status-addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting clusterway lab");
+    let mut lab = Lab(child);
+    let stderr = lab.0.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the lab never printed its instructions:\n{}",
+            printed.join("\n")
+        );
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            assert!(
+                !matches!(lab.0.try_wait(), Ok(Some(_))),
+                "the lab exited during start:\n{}",
+                printed.join("\n")
+            );
+            continue;
+        };
+        let done = line.contains("Ctrl-C stops everything");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = printed.join("\n");
+    assert!(!text.contains("is not installed here"), "{text}");
+    let dns_ip = clusterway::lab::LAB_DNS.split(':').next().unwrap();
+    // The printed command without `sudo ` and without its comment.
+    let command = |line: &str| {
+        let cmd = line.trim().strip_prefix("sudo ").unwrap_or(line.trim());
+        cmd.split("  #").next().unwrap().trim().to_string()
+    };
+    let run = |cmd: &str| {
+        let out = Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .expect("running a printed command");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let digs: Vec<String> = printed
+        .iter()
+        .filter(|l| l.contains(&format!("dig @{dns_ip} ")))
+        .map(|l| command(l))
+        .collect();
+    assert!(digs.len() >= 6, "{text}");
+    let pod1 = "10.244.1.10";
+    for cmd in &digs {
+        let out = run(cmd);
+        assert!(out.contains("status: NOERROR"), "{cmd}:\n{out}");
+        let answers: usize = out
+            .split("ANSWER: ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(answers >= 1, "{cmd}: no answer\n{out}");
+        let want = if cmd.ends_with(" web.demo.svc.cluster.local A") {
+            clusterway::lab::WEB_V4.to_string()
+        } else if cmd.ends_with(" web.demo.svc.cluster.local AAAA") {
+            clusterway::lab::WEB_V6.to_string()
+        } else if cmd.contains("db-0.db.demo") {
+            pod1.to_string()
+        } else if cmd.contains(" -x ") || cmd.contains(" SRV") {
+            // PTR of the ClusterIP, and the SRV target.
+            "web.demo.svc.cluster.local.".to_string()
+        } else {
+            String::new()
+        };
+        assert!(out.contains(&want), "{cmd}: want {want}\n{out}");
+    }
+    // By name through the gateway (curl --resolve, as printed).
+    let curl = printed
+        .iter()
+        .find(|l| l.contains("curl --resolve web.demo.svc.cluster.local"))
+        .map(|l| command(l))
+        .unwrap_or_else(|| panic!("no curl by name in:\n{text}"));
+    let body = run(&format!("{curl} -sS --max-time 5"));
+    assert!(body.starts_with("pod-"), "{curl}: {body:?}");
+    drop(lab);
+    assert_eq!(namespaces_with_prefix(&prefix), Vec::<String>::new());
 }

@@ -164,7 +164,8 @@ pub fn judge(targets: &[Target], probes: &[Probe]) -> Check {
              <node-1>` per node's pod range, or the routes your CNI announces over BGP);\n\
              with an overlay network (VXLAN or Geneve: Flannel, Calico VXLAN, Cilium's tunnel \
              mode) pod IPs are not routable outside the cluster: run the gateway on a node of \
-             the cluster instead",
+             the cluster instead (docker/k8s/: a DaemonSet or Deployment on the host network \
+             of labelled nodes)",
         )
     } else if routed > 0 {
         Check::pass(NAME, detail)
@@ -176,7 +177,11 @@ pub fn judge(targets: &[Target], probes: &[Probe]) -> Check {
              route the pod CIDR to a node (e.g. `ip route add 10.244.1.0/24 via <node-1>` per \
              node's pod range, or the routes your CNI announces over BGP),\n\
              or run the gateway on a host next to the nodes (same L2 network / VPC, with \
-             the cloud's routes for pod ranges), and check that firewalls let it through",
+             the cloud's routes for pod ranges), and check that firewalls let it through;\n\
+             with an overlay network (VXLAN or Geneve: Flannel, Calico VXLAN, Cilium's tunnel \
+             mode) pod IPs are not routable outside the cluster: run the gateway on a node of \
+             the cluster instead (docker/k8s/: a DaemonSet or Deployment on the host network \
+             of labelled nodes)",
         )
     }
 }
@@ -229,7 +234,11 @@ mod tests {
             ],
         );
         assert!(c.blocks(), "{c:?}");
-        assert!(c.fix.unwrap().contains("pod CIDR"));
+        let fix = c.fix.unwrap();
+        assert!(fix.contains("pod CIDR"), "{fix}");
+        // Not reachable at all: the overlay case too, and its way out.
+        assert!(fix.contains("run the gateway on a node"), "{fix}");
+        assert!(fix.contains("docker/k8s/"), "{fix}");
         assert_eq!(judge(&[], &[]).severity, Severity::Warning);
     }
 
@@ -250,6 +259,7 @@ mod tests {
             let fix = c.fix.unwrap();
             assert!(fix.contains("pod CIDR"), "{fix}");
             assert!(fix.contains("run the gateway on a node"), "{fix}");
+            assert!(fix.contains("docker/k8s/"), "{fix}");
         }
     }
 

@@ -169,7 +169,8 @@ enum Respond {
     Forward,
 }
 
-/// Encodes `m`; over UDP (`limit`) a reply that does not fit is cut to the question, TC set.
+/// Encodes `m`; over UDP (`limit`) a reply that does not fit is cut to the question, TC set;
+/// over TCP the encoder keeps what fits in 65,535 bytes, TC set.
 fn encode(m: Message, nodata: bool, limit: Option<usize>, failure: Option<String>) -> Outcome {
     let rcode = rcode_label(m.response_code());
     let bytes = match m.to_vec() {
@@ -205,11 +206,14 @@ fn encode(m: Message, nodata: bool, limit: Option<usize>, failure: Option<String
                 failure,
             })
         }
+        // Over TCP the encoder itself stops at 65,535 bytes (a message's length is 16
+        // bits): it keeps the records that fit and sets TC (a headless Service of some
+        // 4,000 endpoints). Counted as truncated like a cut UDP reply.
         _ => Outcome::Reply(Reply {
+            truncated: bytes.get(2).is_some_and(|flags| flags & 0x02 != 0),
             bytes,
             rcode,
             nodata,
-            truncated: false,
             failure,
         }),
     }

@@ -53,6 +53,32 @@ impl DnsArgs {
     pub fn enabled(&self) -> bool {
         !self.dns_listen.is_empty()
     }
+
+    /// What clap cannot check: `--dns-forward` needs a server to forward for, and must not
+    /// be one of its own listeners (every out-of-zone query would go round until the
+    /// in-flight table is full).
+    pub fn validate(&self) -> Result<(), String> {
+        let Some(fwd) = self.dns_forward else {
+            return Ok(());
+        };
+        if self.dns_listen.is_empty() {
+            return Err(format!(
+                "--dns-forward {fwd} without --dns-listen: there is no DNS server to forward for"
+            ));
+        }
+        for listen in &self.dns_listen {
+            let same_port = listen.port() == fwd.port();
+            let same_ip =
+                listen.ip() == fwd.ip() || (listen.ip().is_unspecified() && fwd.ip().is_loopback());
+            if same_port && same_ip {
+                return Err(format!(
+                    "--dns-forward {fwd} is this server's own --dns-listen {listen}: queries \
+                     would be forwarded to itself"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `cluster.local` or `cluster.local.` → the lowercase FQDN.
@@ -94,6 +120,13 @@ pub fn parse_forward(s: &str) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        dns: DnsArgs,
+    }
 
     #[test]
     fn flags_parse_and_reject_clearly() {
@@ -116,5 +149,47 @@ mod tests {
             Ok("[fd00::1]:5353".parse().unwrap())
         );
         assert!(parse_forward("resolver").is_err());
+    }
+
+    #[test]
+    fn a_forwarder_needs_a_listener_other_than_itself() {
+        let args = |v: &[&str]| {
+            let mut all = vec!["x"];
+            all.extend_from_slice(v);
+            Cli::parse_from(all).dns
+        };
+        assert_eq!(args(&[]).validate(), Ok(()));
+        assert_eq!(
+            args(&["--dns-listen", "10.0.0.1:53", "--dns-forward", "10.0.0.53"]).validate(),
+            Ok(())
+        );
+        let e = args(&["--dns-forward", "10.0.0.53"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("without --dns-listen"), "{e}");
+        let e = args(&["--dns-listen", "10.0.0.1:53", "--dns-forward", "10.0.0.1"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("to itself"), "{e}");
+        let e = args(&[
+            "--dns-listen",
+            "0.0.0.0:53",
+            "--dns-forward",
+            "127.0.0.1:53",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("to itself"), "{e}");
+        // Another port of the same host is another server.
+        assert_eq!(
+            args(&[
+                "--dns-listen",
+                "0.0.0.0:53",
+                "--dns-forward",
+                "127.0.0.1:5300"
+            ])
+            .validate(),
+            Ok(())
+        );
     }
 }

@@ -4,14 +4,17 @@
 //! - one UDP task per `--dns-listen` address: receive, answer from the current snapshot,
 //!   send (replies over 512 bytes, or the client's EDNS size, go out truncated with TC);
 //! - one TCP accept task per address, at most [`MAX_TCP_CONNECTIONS`] connections at once
-//!   (past it new ones are closed, counted), each closed after [`TCP_IDLE`] without a query;
+//!   and [`MAX_TCP_PER_CLIENT`] from one address (past either, new ones are closed,
+//!   counted), each closed after [`TCP_IDLE`] without a query;
 //! - with `--dns-forward`: out-of-zone UDP queries go to the forwarder from one connected
-//!   socket, tracked in a bounded [`InFlight`] table (expired after 5 s); TCP ones are
+//!   socket, tracked in a bounded [`InFlight`] table (expired after 5 s, a share per
+//!   client address); TCP ones are
 //!   relayed over a TCP connection of their own, under the same timeout.
 //!
 //! The in-flight table is the one structure written by several tasks (the listeners insert,
 //! the forwarder's reader takes): a short mutex, never held across an await.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +34,9 @@ use crate::cluster::table::ServiceTable;
 
 /// Open TCP connections at most (each is a descriptor and a task).
 pub const MAX_TCP_CONNECTIONS: usize = 128;
+/// Open TCP connections from one client address at most, so that one host cannot hold
+/// every slot (it would still answer over UDP; others would lose TCP).
+pub const MAX_TCP_PER_CLIENT: usize = 16;
 /// A TCP connection without a complete query for this long is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Largest UDP datagram read (a query is small; anything longer is cut and then FORMERR).
@@ -112,6 +118,7 @@ impl DnsServer {
             inflight,
             listeners,
             forwarder: self.forwarder.clone(),
+            tcp_clients: Mutex::new(HashMap::new()),
         });
         for (i, sock) in self.udp.into_iter().enumerate() {
             tasks.spawn(shell.clone().serve_udp(i, sock));
@@ -139,6 +146,47 @@ struct Shell {
     inflight: Arc<Mutex<InFlight>>,
     listeners: Arc<[Arc<UdpSocket>]>,
     forwarder: Option<(SocketAddr, Arc<UdpSocket>)>,
+    /// Open TCP connections per client address (only addresses with one open: at most
+    /// [`MAX_TCP_CONNECTIONS`] entries).
+    tcp_clients: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One client's claim on a TCP connection slot, given back when dropped.
+struct ClientSlot {
+    shell: Arc<Shell>,
+    client: IpAddr,
+}
+
+impl ClientSlot {
+    /// Takes a slot for `client`, or `None` when it holds [`MAX_TCP_PER_CLIENT`] already.
+    fn take(shell: &Arc<Shell>, client: IpAddr) -> Option<ClientSlot> {
+        let mut open = shell.tcp_clients.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(client).or_insert(0);
+        if *n >= MAX_TCP_PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            shell: shell.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .shell
+            .tcp_clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
 }
 
 /// The local address worth naming as the NS's address (not a wildcard).
@@ -225,9 +273,12 @@ impl Shell {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(peer, client_id, index, Instant::now());
-        let Some(id) = id else {
-            self.dropped(DropReason::ForwardTableFull, peer.ip().to_canonical());
-            return;
+        let id = match id {
+            Ok(id) => id,
+            Err(reason) => {
+                self.dropped(reason, peer.ip().to_canonical());
+                return;
+            }
         };
         let mut out = query.to_vec();
         out[..2].copy_from_slice(&id.to_be_bytes());
@@ -313,8 +364,14 @@ impl Shell {
                     continue;
                 }
             };
+            let client = peer.ip().to_canonical();
+            let Some(slot) = ClientSlot::take(&self, client) else {
+                self.dropped(DropReason::TcpClientLimit, client);
+                drop(stream);
+                continue;
+            };
             let Ok(permit) = limit.clone().try_acquire_owned() else {
-                self.dropped(DropReason::TcpLimit, peer.ip().to_canonical());
+                self.dropped(DropReason::TcpLimit, client);
                 drop(stream);
                 continue;
             };
@@ -330,6 +387,7 @@ impl Shell {
                     .tcp_open
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 drop(permit);
+                drop(slot);
             });
         }
     }
@@ -445,8 +503,39 @@ mod tests {
         m.to_vec().unwrap()
     }
 
+    async fn connect_from(src: IpAddr, to: SocketAddr) -> TcpStream {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(src, 0)).unwrap();
+        sock.connect(to).await.unwrap()
+    }
+
+    /// A connection from `src` that has asked `q` once and read the answer.
+    async fn ask_tcp(src: IpAddr, to: SocketAddr, q: &[u8]) -> TcpStream {
+        let mut s = connect_from(src, to).await;
+        s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+        s.write_all(q).await.unwrap();
+        let len = tokio::time::timeout(Duration::from_secs(5), s.read_u16())
+            .await
+            .expect("a TCP answer")
+            .unwrap();
+        let mut reply = vec![0u8; usize::from(len)];
+        s.read_exact(&mut reply).await.unwrap();
+        assert_eq!(Message::from_vec(&reply).unwrap().answers().len(), 1);
+        s
+    }
+
+    /// The server closes `s` at once.
+    async fn assert_closed(mut s: TcpStream) {
+        let mut one = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read(&mut one))
+            .await
+            .expect("the connection is closed");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    }
+
     /// On loopback, port chosen by the kernel: UDP and TCP answer from the table; past
-    /// MAX_TCP_CONNECTIONS a new connection is closed at once and counted.
+    /// MAX_TCP_PER_CLIENT from one address, or MAX_TCP_CONNECTIONS in all, a new connection
+    /// is closed at once and counted.
     #[tokio::test]
     async fn udp_tcp_and_the_connection_bound() {
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\n\
@@ -474,30 +563,27 @@ mod tests {
         assert_eq!(m.id(), 42);
         assert_eq!(m.answers()[0].data().to_string(), "10.96.0.10");
 
-        // Fill every TCP slot with a connection that asks one question each (so each is
-        // accepted and counted), then one more.
-        let mut held = Vec::new();
+        // One client holds at most MAX_TCP_PER_CLIENT connections; every connection asks
+        // one question (so it is accepted and counted) and stays open.
         let q = query("web.a.svc.cluster.local.");
-        for _ in 0..MAX_TCP_CONNECTIONS {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
-            s.write_all(&q).await.unwrap();
-            let len = tokio::time::timeout(Duration::from_secs(5), s.read_u16())
-                .await
-                .expect("a TCP answer")
-                .unwrap();
-            let mut reply = vec![0u8; usize::from(len)];
-            s.read_exact(&mut reply).await.unwrap();
-            assert_eq!(Message::from_vec(&reply).unwrap().answers().len(), 1);
-            held.push(s);
+        let mut held = Vec::new();
+        let first: IpAddr = "127.0.0.2".parse().unwrap();
+        for _ in 0..MAX_TCP_PER_CLIENT {
+            held.push(ask_tcp(first, addr, &q).await);
         }
-        let mut extra = TcpStream::connect(addr).await.unwrap();
-        let mut one = [0u8; 1];
-        let closed = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut one))
-            .await
-            .expect("the extra connection is closed");
-        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        assert_closed(connect_from(first, addr).await).await;
+        assert_eq!(stats.dropped_of(DropReason::TcpClientLimit), 1);
+        // Other clients fill every other slot, then one more connection is closed.
+        let mut others = (3u8..).map(|i| IpAddr::from([127, 0, 0, i]));
+        while held.len() < MAX_TCP_CONNECTIONS {
+            let src = others.next().unwrap();
+            for _ in 0..MAX_TCP_PER_CLIENT.min(MAX_TCP_CONNECTIONS - held.len()) {
+                held.push(ask_tcp(src, addr, &q).await);
+            }
+        }
+        assert_closed(connect_from("127.0.0.200".parse().unwrap(), addr).await).await;
         assert_eq!(stats.dropped_of(DropReason::TcpLimit), 1);
+        assert_eq!(stats.dropped_of(DropReason::TcpClientLimit), 1);
         assert_eq!(
             stats.tcp_open.load(std::sync::atomic::Ordering::Relaxed),
             MAX_TCP_CONNECTIONS as u64

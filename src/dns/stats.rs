@@ -27,6 +27,9 @@ pub enum DropReason {
     /// The forwarder's in-flight table is full.
     #[error("too many forwarded queries in flight")]
     ForwardTableFull,
+    /// This client already has its share of queries in flight to the forwarder.
+    #[error("too many forwarded queries in flight from this client")]
+    ForwardClientLimit,
     /// The forwarder did not answer in time.
     #[error("the forwarder did not answer in time")]
     ForwardTimeout,
@@ -36,19 +39,24 @@ pub enum DropReason {
     /// The TCP connection limit was reached; the connection was closed.
     #[error("too many TCP connections")]
     TcpLimit,
+    /// This client already holds its share of TCP connections; the new one was closed.
+    #[error("too many TCP connections from this client")]
+    TcpClientLimit,
     /// A TCP client sent a length prefix and then stalled or closed.
     #[error("a TCP query was cut short")]
     TcpTruncated,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Runt,
         DropReason::NotAQuery,
         DropReason::ForwardTableFull,
+        DropReason::ForwardClientLimit,
         DropReason::ForwardTimeout,
         DropReason::ForwardUnmatched,
         DropReason::TcpLimit,
+        DropReason::TcpClientLimit,
         DropReason::TcpTruncated,
     ];
 
@@ -58,9 +66,11 @@ impl DropReason {
             DropReason::Runt => "runt",
             DropReason::NotAQuery => "not_a_query",
             DropReason::ForwardTableFull => "forward_table_full",
+            DropReason::ForwardClientLimit => "forward_client_limit",
             DropReason::ForwardTimeout => "forward_timeout",
             DropReason::ForwardUnmatched => "forward_unmatched",
             DropReason::TcpLimit => "tcp_limit",
+            DropReason::TcpClientLimit => "tcp_client_limit",
             DropReason::TcpTruncated => "tcp_truncated",
         }
     }

@@ -537,6 +537,36 @@ mod tests {
         );
     }
 
+    /// `--pod-cidr` ranges are routed and announced like the Service CIDR, in both modes
+    /// (pods of exposed headless Services are reached through them); IPv6 ones only
+    /// where the host has IPv6.
+    #[test]
+    fn pod_cidrs_are_routed_and_announced_in_both_modes() {
+        let mut t = table(vec![ServicePort::for_test(
+            "a",
+            "web",
+            Protocol::Tcp,
+            "10.96.0.10:80",
+            &["10.244.1.1:80"],
+        )]);
+        t.pod_cidrs = nets(&["10.244.0.0/16", "fd00:10:244::/56"])
+            .into_iter()
+            .collect();
+        let cidrs = nets(&["10.96.0.0/12"]).into_iter().collect::<Vec<_>>();
+        assert_eq!(
+            wanted(AnnounceMode::Aggregated, &cidrs, &t, true),
+            nets(&["10.96.0.0/12", "10.244.0.0/16", "fd00:10:244::/56"])
+        );
+        assert_eq!(
+            wanted(AnnounceMode::PerService, &cidrs, &t, true),
+            nets(&["10.96.0.10/32", "10.244.0.0/16", "fd00:10:244::/56"])
+        );
+        assert_eq!(
+            wanted(AnnounceMode::Aggregated, &cidrs, &t, false),
+            nets(&["10.96.0.0/12", "10.244.0.0/16"])
+        );
+    }
+
     #[test]
     fn route_tables_are_checked() {
         assert_eq!(parse_route_table("main"), Ok(254));

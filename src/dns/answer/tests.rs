@@ -497,6 +497,49 @@ fn large_answers_truncate_over_udp_and_come_whole_over_tcp() {
     assert!(r.bytes.len() > CLASSIC_UDP_PAYLOAD && r.bytes.len() <= MAX_UDP_PAYLOAD as usize);
 }
 
+/// Over TCP a message is at most 65,535 bytes: 5,000 A records (16 bytes each) are not.
+/// The client gets as many as fit, TC set, counted as truncated, not a SERVFAIL or nothing.
+#[test]
+fn an_answer_past_the_tcp_limit_keeps_what_fits() {
+    let names = big(5000);
+    let (m, r) = ask_full(
+        &names,
+        &cfg(),
+        "big.a.svc.cluster.local.",
+        RecordType::A,
+        CLIENT,
+        Transport::Tcp,
+    );
+    assert_eq!(m.response_code(), ResponseCode::NoError);
+    assert_eq!(r.rcode, "noerror");
+    assert!(
+        m.truncated() && r.truncated,
+        "{} answers, {} bytes",
+        m.answers().len(),
+        r.bytes.len()
+    );
+    assert!(!r.nodata);
+    assert!(r.bytes.len() <= usize::from(u16::MAX), "{}", r.bytes.len());
+    // As many as fit: one more would not.
+    let n = m.answers().len();
+    assert!(
+        n < 5000 && r.bytes.len() + 16 > usize::from(u16::MAX),
+        "{n} answers"
+    );
+    assert!(n > 4000, "{n} answers");
+    assert_eq!(m.queries().len(), 1);
+    // Over UDP the same answer is the header and question.
+    let (m, r) = ask_full(
+        &names,
+        &cfg(),
+        "big.a.svc.cluster.local.",
+        RecordType::A,
+        CLIENT,
+        Transport::Udp,
+    );
+    assert!(m.truncated() && r.truncated && m.answers().is_empty());
+}
+
 fn outcome(bytes: &[u8]) -> Outcome {
     handle(
         bytes,
