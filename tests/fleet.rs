@@ -218,6 +218,8 @@ struct Attempt {
     /// `Err(true)`: the connection could not be opened; `Err(false)`: it was opened, then
     /// lost (the flow was on a gateway that left); `Ok(gateway)`.
     result: Result<Option<usize>, bool>,
+    /// What went wrong, for the failure message.
+    why: String,
 }
 
 /// New connections from the client, one every 10 ms (100/s), until `stop`.
@@ -231,12 +233,12 @@ fn load(
         while !stop.load(Ordering::Relaxed) {
             let at = Instant::now();
             // http_get_here names a failed connect `connect`; anything later is a lost flow.
-            let result = match http_get_here(WEB, "/ip", Duration::from_secs(1)) {
-                Ok(r) if r.status == 200 => Ok(gateway_of(&r.text())),
-                Ok(_) => Err(false),
-                Err(e) => Err(e.to_string() == "connect"),
+            let (result, why) = match http_get_here(WEB, "/ip", Duration::from_secs(1)) {
+                Ok(r) if r.status == 200 => (Ok(gateway_of(&r.text())), String::new()),
+                Ok(r) => (Err(false), format!("HTTP {}", r.status)),
+                Err(e) => (Err(e.to_string() == "connect"), format!("{e:#}")),
             };
-            out.push(Attempt { at, result });
+            out.push(Attempt { at, result, why });
             next += Duration::from_millis(10);
             if let Some(d) = next.checked_duration_since(Instant::now()) {
                 std::thread::sleep(d);
@@ -517,6 +519,54 @@ impl Fleet {
         next_hops(&self.rt, prefix)
     }
 
+    /// A `vtysh` command on the router, its JSON answer (`Null` when there is none).
+    fn router_vty(&self, command: &str) -> serde_json::Value {
+        let out = Command::new("vtysh")
+            .arg("--vty_socket")
+            .arg(self.dir.path().join("rt"))
+            .args(["-c", command])
+            .output()
+            .expect("vtysh");
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// Waits until the router has both gateways again, and fails if it had gateway `k`
+    /// while `k`'s `/readyz` did not yet say ready. The router's table is read before
+    /// `/readyz` each time (readiness only grows while a gateway starts), so a next hop seen
+    /// with `/readyz` still failing right after was announced before the gateway was ready.
+    fn wait_announced_when_ready(&self, k: usize) {
+        let status: SocketAddr = STATUS.parse().unwrap();
+        let start = Instant::now();
+        let mut polls = 0u32;
+        loop {
+            let announced = self.hops(CIDR).contains(&GW_UPLINK[k].to_string());
+            let readyz = http_get(&self.gw[k], status, "/readyz");
+            let ready = readyz.as_ref().is_ok_and(|r| r.status == 200);
+            polls += 1;
+            assert!(
+                !announced || ready,
+                "gw{} announced before it was ready: /readyz {:?}",
+                k + 1,
+                readyz.map(|r| (r.status, r.text()))
+            );
+            if announced && self.both_hops() {
+                eprintln!(
+                    "gw{} announced again after {:?}, ready first ({polls} polls)",
+                    k + 1,
+                    start.elapsed()
+                );
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "gw{} was not announced again: {:?}",
+                k + 1,
+                self.hops(CIDR)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn both_hops(&self) -> bool {
         self.hops(CIDR) == [GW_UPLINK[0], GW_UPLINK[1]]
     }
@@ -539,10 +589,25 @@ fn summary(attempts: &[Attempt]) -> String {
     let refused = attempts.iter().filter(|a| a.result == Err(true)).count();
     let lost = attempts.iter().filter(|a| a.result == Err(false)).count();
     let via = |k| attempts.iter().filter(|a| a.result == Ok(Some(k))).count();
+    let first = attempts.first().map(|a| a.at);
+    let failed: Vec<String> = attempts
+        .iter()
+        .filter(|a| a.result.is_err())
+        .take(10)
+        .map(|a| {
+            let at = first.map_or(Duration::ZERO, |f| a.at.duration_since(f));
+            format!("{at:.2?}: {}", a.why)
+        })
+        .collect();
     format!(
-        "{n} new connections: {} via gw1, {} via gw2, {refused} could not connect, {lost} lost after connecting",
+        "{n} new connections: {} via gw1, {} via gw2, {refused} could not connect, {lost} lost after connecting{}",
         via(0),
-        via(1)
+        via(1),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" (from the first: {})", failed.join("; "))
+        }
     )
 }
 
@@ -688,11 +753,12 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
         "no announcement event: {events}"
     );
 
-    // SIGTERM under 100 new connections per second: the routes go first, /readyz says
-    // draining, the process exits after the router has dropped it, no connection fails.
+    // SIGTERM under 100 new connections per second for 10 s: the routes go first, /readyz
+    // says draining, the process exits after the router has dropped it, no connection fails.
     let stop = Arc::new(AtomicBool::new(false));
+    let load_start = Instant::now();
     let loader = load(&f.cl, stop.clone());
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(2));
     let t0 = Instant::now();
     f.gateway(0).signal(libc::SIGTERM);
     let mut dropped = None;
@@ -720,11 +786,19 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // The stream goes on past the exit, to 10 s in all.
+    let end = load_start + Duration::from_secs(10);
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
     stop.store(true, Ordering::Relaxed);
     let attempts = loader.join().unwrap().unwrap();
     eprintln!(
         "SIGTERM: router dropped gw1 after {dropped:?}, process exited after {exited:?}; {}",
+        summary(&attempts)
+    );
+    // A steady stream, not a trickle: 100/s for 10 s, with room for a busy machine.
+    assert!(
+        attempts.len() >= 800,
+        "the load did not keep up 100 new connections/s: {}",
         summary(&attempts)
     );
     let logs = f.gateway(0).logs();
@@ -743,13 +817,9 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
     );
     assert!(attempts.iter().any(|a| a.result == Ok(Some(0))));
 
-    // A restarted gateway is announced again once ready.
+    // A restarted gateway is announced again, and only once ready.
     f.start_gateway(0, &["--from-file", &snap]);
-    assert!(
-        wait_for(|| f.both_hops(), Duration::from_secs(30)),
-        "gw1 was not announced again: {:?}",
-        f.hops(CIDR)
-    );
+    f.wait_announced_when_ready(0);
 
     // The TUN device down: the gateway cannot forward, its route goes; up again: back.
     let t0 = Instant::now();
@@ -793,6 +863,30 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
         "gw2's route stayed after SIGKILL: {:?}",
         f.hops(CIDR)
     );
+    // Nothing of gw2 was left on its host to announce: no TUN device, no route of protocol 75.
+    let left = Command::new("ip")
+        .args([
+            "-n",
+            f.gw[1].name(),
+            "route",
+            "show",
+            "table",
+            "all",
+            "proto",
+            "75",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        left.status.success() && left.stdout.is_empty(),
+        "routes of protocol 75 left after SIGKILL: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    let tun = Command::new("ip")
+        .args(["-n", f.gw[1].name(), "link", "show", "dev", "cw0"])
+        .output()
+        .unwrap();
+    assert!(!tun.status.success(), "cw0 outlived its process");
     let late: Vec<_> = attempts
         .iter()
         .filter(|a| a.at >= t0 + Duration::from_secs(2))
@@ -807,11 +901,7 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
     // gw2 back, then its link cut (the host "dies"): BFD takes it out within 2 s.
     f.gateway(1).stop();
     f.start_gateway(1, &["--from-file", &snap]);
-    assert!(
-        wait_for(|| f.both_hops(), Duration::from_secs(30)),
-        "gw2 was not announced again: {:?}",
-        f.hops(CIDR)
-    );
+    f.wait_announced_when_ready(1);
     let t0 = Instant::now();
     f.gw[1]
         .sh(&format!("ip addr del {}/24 dev uplink", GW_UPLINK[1]))
@@ -823,6 +913,13 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
         "BFD did not take gw2 out within 2 s: {:?}",
         f.hops(CIDR)
     );
+    // BFD, not the BGP hold time (9 s), took it out: the router's BFD session is down.
+    let bfd = f.router_vty("show bfd peers json");
+    let peer = bfd
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["peer"] == GW_UPLINK[1]))
+        .unwrap_or_else(|| panic!("no BFD session with gw2 on the router: {bfd}"));
+    assert_eq!(peer["status"], "down", "{peer}");
 
     // Per-Service: a host route per ClusterIP with endpoints; a Service whose endpoints go
     // away is withdrawn, and comes back with them.
