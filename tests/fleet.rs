@@ -964,3 +964,203 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
         d.stop();
     }
 }
+
+/// `ip route show ARGS` in `ns`, one route a line; empty when the table does not exist (yet).
+fn kernel_routes(ns: &Netns, args: &str) -> String {
+    ns.sh(&format!("ip -4 route show {args} 2>/dev/null || true"))
+        .unwrap()
+}
+
+/// `clusterway run --route-table 100`: the routes live in table 100, not main, with the
+/// announced metric (75) and, while draining, the other one (4075); BIRD (`kernel table 100`)
+/// and FRR (`ip import-table 100`), configured by `clusterway routes --route-table 100`, pick
+/// up exactly the announced ones. One gateway per daemon, each in a namespace of its own;
+/// the BGP peer is never there (the daemons' tables are read, not a router's).
+#[test]
+fn a_route_table_of_its_own_is_what_bird_and_frr_pick_up() {
+    let p = clusterway::lab::netns::unique_prefix();
+    let dir = tempfile::Builder::new()
+        .prefix("clusterway-table-")
+        .tempdir()
+        .unwrap();
+    set_mode(dir.path(), 0o755);
+    let snap = dir.path().join("snapshot.yaml");
+    std::fs::write(&snap, SNAPSHOT).unwrap();
+    let snap = snap.to_str().unwrap().to_owned();
+    let bgp = |format: &str| {
+        routes_config(&[
+            "--format",
+            format,
+            "--peer",
+            "10.11.1.1",
+            "--peer-as",
+            "65000",
+            "--local-as",
+            "65010",
+            "--router-id",
+            "10.11.1.2",
+            "--route-table",
+            "100",
+        ])
+    };
+    let bird_ns = Netns::create(&format!("{p}-tb")).unwrap();
+    let frr_ns = Netns::create(&format!("{p}-tf")).unwrap();
+    for ns in [&bird_ns, &frr_ns] {
+        ns.sh("ip link add uplink type veth peer name uplink-peer \
+             && ip addr add 10.11.1.2/24 dev uplink && ip link set dev uplink-peer up \
+             && ip link set dev uplink up")
+            .unwrap();
+    }
+
+    // BIRD, then FRR, each beside a gateway of its own.
+    let bdir = dir.path().join("bird");
+    std::fs::create_dir_all(&bdir).unwrap();
+    std::fs::write(bdir.join("bird.conf"), bgp("bird-bgp")).unwrap();
+    let ctl = bdir.join("bird.ctl").to_str().unwrap().to_owned();
+    let conf = bdir.join("bird.conf").to_str().unwrap().to_owned();
+    let mut daemons = vec![Proc::spawn(
+        &bird_ns,
+        "bird",
+        &bdir.join("bird.log"),
+        "bird",
+        &["-f", "-c", &conf, "-s", &ctl],
+    )];
+    daemons.extend(start_frr(&frr_ns, &dir.path().join("frr"), &bgp("frr-bgp")));
+    let mut gateways: Vec<Proc> = [&bird_ns, &frr_ns]
+        .iter()
+        .enumerate()
+        .map(|(k, ns)| {
+            Proc::spawn(
+                ns,
+                &format!("gateway beside {}", ["BIRD", "FRR"][k]),
+                &dir.path().join(format!("gw{k}.log")),
+                BIN,
+                &[
+                    "run",
+                    "--from-file",
+                    &snap,
+                    "--service-cidr",
+                    CIDR,
+                    "--status-addr",
+                    STATUS,
+                    "--route-table",
+                    "100",
+                    "--drain-timeout",
+                    "30s",
+                ],
+            )
+        })
+        .collect();
+
+    let bird_has = || {
+        let out = Command::new("birdc")
+            .args(["-s", &ctl, "show", "route", "for", "10.96.0.1", "all"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(CIDR)
+    };
+    let vty = dir.path().join("frr");
+    let frr_json = |cmd: &str| -> serde_json::Value {
+        let out = Command::new("vtysh")
+            .arg("--vty_socket")
+            .arg(&vty)
+            .args(["-c", cmd])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    // BGP's table: the prefix is there when FRR would announce it.
+    let frr_has = || {
+        frr_json(&format!("show bgp ipv4 unicast {CIDR} json"))["paths"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    };
+
+    for (k, ns) in [&bird_ns, &frr_ns].into_iter().enumerate() {
+        assert!(
+            wait_for(
+                || kernel_routes(ns, "table 100 proto 75").contains(CIDR),
+                Duration::from_secs(15)
+            ),
+            "gateway {k}: no route in table 100: {}",
+            gateways[k].logs()
+        );
+        let t100 = kernel_routes(ns, "table 100 proto 75");
+        assert!(
+            t100.contains(&format!("{CIDR} dev cw0")) && t100.contains("metric 75"),
+            "{t100}"
+        );
+        assert_eq!(
+            kernel_routes(ns, "table main proto 75"),
+            "",
+            "the main table has none of the gateway's routes"
+        );
+    }
+    assert!(
+        wait_for(bird_has, Duration::from_secs(15)),
+        "BIRD did not learn {CIDR} from table 100"
+    );
+    assert!(
+        wait_for(frr_has, Duration::from_secs(15)),
+        "FRR did not import {CIDR} from table 100 into BGP: {}",
+        frr_json("show ip route json")
+    );
+    // zebra copies the imported route into the main table, which forwards.
+    assert!(
+        wait_for(
+            || kernel_routes(&frr_ns, &format!("table main {CIDR}")).contains("dev cw0"),
+            Duration::from_secs(5)
+        ),
+        "FRR's copy of the route is not in the main table: {}",
+        kernel_routes(&frr_ns, "table main")
+    );
+
+    // SIGTERM: the routes stay in table 100 with metric 4075 (still forwarding), and
+    // neither daemon has them any more.
+    for g in &gateways {
+        g.signal(libc::SIGTERM);
+    }
+    for (k, ns) in [&bird_ns, &frr_ns].into_iter().enumerate() {
+        assert!(
+            wait_for(
+                || kernel_routes(ns, "table 100 proto 75").contains("metric 4075"),
+                Duration::from_secs(5)
+            ),
+            "gateway {k} draining: {}",
+            kernel_routes(ns, "table 100 proto 75")
+        );
+    }
+    assert!(
+        wait_for(|| !bird_has(), Duration::from_secs(5)),
+        "BIRD still has {CIDR} while the gateway drains"
+    );
+    assert!(
+        wait_for(|| !frr_has(), Duration::from_secs(5)),
+        "FRR still announces {CIDR} while the gateway drains"
+    );
+    // Gone from the daemons' tables, not the daemons gone.
+    for d in &mut daemons {
+        assert!(!d.exited(), "{} stopped:\n{}", d.what, d.logs());
+    }
+    assert!(
+        frr_json("show bgp ipv4 unicast summary json")["peers"]["10.11.1.1"].is_object(),
+        "FRR's bgpd does not answer"
+    );
+    // The second SIGTERM stops at once (the drain had 30 s left), and nothing is left.
+    for g in &gateways {
+        g.signal(libc::SIGTERM);
+    }
+    for (k, ns) in [&bird_ns, &frr_ns].into_iter().enumerate() {
+        assert!(
+            wait_for(|| gateways[k].exited(), Duration::from_secs(5)),
+            "gateway {k} did not stop at the second SIGTERM"
+        );
+        assert_eq!(kernel_routes(ns, "table 100 proto 75"), "");
+    }
+    for g in &mut gateways {
+        g.stop();
+    }
+    for d in &mut daemons {
+        d.stop();
+    }
+}
