@@ -7,6 +7,7 @@
   failover.py flows HOST PORT COUNT SECONDS OUT   (in the client namespace) COUNT long-lived
       keep-alive connections opened at once, each asking `GET /ip` every 100 ms for SECONDS;
       one line per connection to OUT: gateway (the first answer)  broken_at_unix_s (or -)
+      how (what the failed request saw, or -)
   failover.py watch NS PREFIX NEXTHOP SECONDS OUT   (in the host namespace, read-only) polls
       `ip -n NS route show exact PREFIX` every 5 ms; writes the first time NEXTHOP is gone
       (unix seconds), or nothing.
@@ -80,12 +81,13 @@ def load(host, port, seconds, out):
 
 def keepalive(host, port, end):
     """One long-lived connection: `GET /ip` every 100 ms until `end`. Returns (gateway,
-    broken_at): the first answer, and when a request first failed (None if none did)."""
+    broken_at, how): the first answer, when a request first failed (None if none did), and
+    what it saw."""
     gateway = ""
     try:
         s = socket.create_connection((host, port), timeout=1.0)
-    except OSError:
-        return gateway, time.time()
+    except OSError as e:
+        return gateway, time.time(), f"connect: {e}"
     s.settimeout(1.0)
     buf = b""
     try:
@@ -94,7 +96,7 @@ def keepalive(host, port, end):
             while b"\r\n\r\n" not in buf:
                 chunk = s.recv(4096)
                 if not chunk:
-                    return gateway, time.time()
+                    return gateway, time.time(), "closed"
                 buf += chunk
             head, buf = buf.split(b"\r\n\r\n", 1)
             length = 0
@@ -105,16 +107,16 @@ def keepalive(host, port, end):
             while len(buf) < length:
                 chunk = s.recv(4096)
                 if not chunk:
-                    return gateway, time.time()
+                    return gateway, time.time(), "closed mid-body"
                 buf += chunk
             body, buf = buf[:length], buf[length:]
             if not head.startswith(b"HTTP/1.1 200"):
-                return gateway, time.time()
+                return gateway, time.time(), head.split(b"\r\n")[0].decode(errors="replace")
             gateway = gateway or body.strip().decode()
             time.sleep(0.1)
-        return gateway, None
-    except OSError:
-        return gateway, time.time()
+        return gateway, None, "-"
+    except OSError as e:
+        return gateway, time.time(), str(e) or type(e).__name__
     finally:
         s.close()
 
@@ -135,8 +137,8 @@ def flows(host, port, count, seconds, out):
     for th in threads:
         th.join()
     with open(out, "w") as f:
-        for gateway, broken in results:
-            f.write(f"{gateway or '-'}\t{'-' if broken is None else f'{broken:.6f}'}\n")
+        for gateway, broken, how in results:
+            f.write(f"{gateway or '-'}\t{'-' if broken is None else f'{broken:.6f}'}\t{how}\n")
 
 
 def flowsummary(t_event, gateway, flowfile):
@@ -144,7 +146,7 @@ def flowsummary(t_event, gateway, flowfile):
     when = []
     with open(flowfile) as f:
         for line in f:
-            gw, broken = line.rstrip("\n").split("\t")
+            gw, broken = line.rstrip("\n").split("\t")[:2]
             if gw == "-":
                 continue
             lost = broken != "-" and float(broken) >= t_event

@@ -144,8 +144,16 @@ gw_start() { # k
     GWPID[$k]=$!
 }
 gw_stop() { # k (immediate)
+    # SIGTERM, not SIGINT: a background job of a script starts with SIGINT ignored, and a
+    # gateway started a moment ago may not have its handler yet (it would never stop).
+    # A second SIGTERM skips the drain; SIGKILL after 10 s.
     local k=$1 pid=${GWPID[$1]}
-    if [ "$pid" != 0 ] && kill -0 "$pid" 2>/dev/null; then kill -INT "$pid"; wait "$pid" 2>/dev/null || true; fi
+    if [ "$pid" != 0 ] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"; sleep 0.2; kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
     GWPID[$k]=0
 }
 both() { [ "$(ip -n "$P-rt" -4 route show exact "$PREFIX" | grep -c ' via ')" = 2 ]; }
@@ -189,6 +197,7 @@ for mode in $MODES; do
             wait "$watch" || true
             t_drop=$(cat "$RUN/drop" 2>/dev/null || echo -)
             read -r drop recover failed lost attempts < <(python3 "$HERE/failover.py" summary "$t_event" "$t_drop" "$RUN/load.tsv")
+            cp "$RUN/flows.tsv" "$OUT/flows-$mode-$event-$run.tsv"
             read -r f_on f_lost f_others f_broken f_when < <(python3 "$HERE/failover.py" flowsummary "$t_event" "10.12.$k.1" "$RUN/flows.tsv")
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$event" "$run" "$drop" "$recover" "$failed" "$lost" "$attempts" \
                 "$f_on" "$f_lost" "$f_others" "$f_broken" "$f_when" | tee -a "$RESULTS" >&2
