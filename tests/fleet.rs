@@ -1003,6 +1003,32 @@ fn a_route_table_of_its_own_is_what_bird_and_frr_pick_up() {
             "100",
         ])
     };
+    // Each format says on stderr what a table of its own costs with its daemon.
+    for (format, warning) in [
+        ("bird-bgp", "BIRD only reads this table"),
+        ("frr-bgp", "FRR keeps announcing an imported table's routes"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["routes", "--format", format, "--peer", "10.11.1.1"])
+            .args(["--peer-as", "65000", "--local-as", "65010"])
+            .args(["--router-id", "10.11.1.2", "--route-table", "100"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(warning), "{format}: {stderr}");
+        let main = Command::new(BIN)
+            .args(["routes", "--format", format, "--peer", "10.11.1.1"])
+            .args(["--peer-as", "65000", "--local-as", "65010"])
+            .args(["--router-id", "10.11.1.2"])
+            .output()
+            .unwrap();
+        assert!(main.status.success());
+        assert!(
+            !String::from_utf8_lossy(&main.stderr).contains(warning),
+            "{format} warns about the main table"
+        );
+    }
     let bird_ns = Netns::create(&format!("{p}-tb")).unwrap();
     let frr_ns = Netns::create(&format!("{p}-tf")).unwrap();
     for ns in [&bird_ns, &frr_ns] {
