@@ -4,11 +4,19 @@
   failover.py load HOST PORT SECONDS OUT      (in the client namespace) new connections at
       100/s, open loop, each `GET /ip` with 1 s timeouts; one line per attempt to OUT:
       start_unix_s  ok(1/0)  stage(connect|request|-)  answer
+  failover.py flows HOST PORT COUNT SECONDS OUT   (in the client namespace) COUNT long-lived
+      keep-alive connections opened at once, each asking `GET /ip` every 100 ms for SECONDS;
+      one line per connection to OUT: gateway (the first answer)  broken_at_unix_s (or -)
+      how (what the failed request saw, or -)
   failover.py watch NS PREFIX NEXTHOP SECONDS OUT   (in the host namespace, read-only) polls
       `ip -n NS route show exact PREFIX` every 5 ms; writes the first time NEXTHOP is gone
       (unix seconds), or nothing.
   failover.py summary T_EVENT T_DROP LOADFILE   prints: drop_s recover_s failed
       lost_after_connect attempts (attempts from 1 s before the event on)
+  failover.py flowsummary T_EVENT GATEWAY FLOWFILE   prints: on_gateway broken_on_gateway
+      on_others broken_on_others lost_after_s (long-lived connections through GATEWAY, the
+      one of the event, and through the others; broken: after the event; lost_after_s: the
+      median time from the event to a GATEWAY flow breaking, `-` when none did)
 """
 import socket
 import subprocess
@@ -71,6 +79,90 @@ def load(host, port, seconds, out):
             f.write(f"{t:.6f}\t{ok}\t{stage}\t{answer}\n")
 
 
+def keepalive(host, port, end):
+    """One long-lived connection: `GET /ip` every 100 ms until `end`. Returns (gateway,
+    broken_at, how): the first answer, when a request first failed (None if none did), and
+    what it saw."""
+    gateway = ""
+    try:
+        s = socket.create_connection((host, port), timeout=1.0)
+    except OSError as e:
+        return gateway, time.time(), f"connect: {e}"
+    s.settimeout(1.0)
+    buf = b""
+    try:
+        while time.time() < end:
+            s.sendall(b"GET /ip HTTP/1.1\r\nHost: x\r\n\r\n")
+            while b"\r\n\r\n" not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return gateway, time.time(), "closed"
+                buf += chunk
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            while len(buf) < length:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return gateway, time.time(), "closed mid-body"
+                buf += chunk
+            body, buf = buf[:length], buf[length:]
+            if not head.startswith(b"HTTP/1.1 200"):
+                return gateway, time.time(), head.split(b"\r\n")[0].decode(errors="replace")
+            gateway = gateway or body.strip().decode()
+            time.sleep(0.1)
+        return gateway, None, "-"
+    except OSError as e:
+        return gateway, time.time(), str(e) or type(e).__name__
+    finally:
+        s.close()
+
+
+def flows(host, port, count, seconds, out):
+    end = time.time() + seconds
+    results = []
+    lock = threading.Lock()
+
+    def one():
+        r = keepalive(host, port, end)
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(count)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    with open(out, "w") as f:
+        for gateway, broken, how in results:
+            f.write(f"{gateway or '-'}\t{'-' if broken is None else f'{broken:.6f}'}\t{how}\n")
+
+
+def flowsummary(t_event, gateway, flowfile):
+    on = broken_on = others = broken_others = 0
+    when = []
+    with open(flowfile) as f:
+        for line in f:
+            gw, broken = line.rstrip("\n").split("\t")[:2]
+            if gw == "-":
+                continue
+            lost = broken != "-" and float(broken) >= t_event
+            if gw == gateway:
+                on += 1
+                broken_on += lost
+                if lost:
+                    when.append(float(broken) - t_event)
+            else:
+                others += 1
+                broken_others += lost
+    when.sort()
+    median = f"{when[len(when) // 2]:.3f}" if when else "-"
+    print(f"{on} {broken_on} {others} {broken_others} {median}")
+
+
 def watch(ns, prefix, nexthop, seconds, out):
     end = time.time() + seconds
     while time.time() < end:
@@ -105,6 +197,10 @@ if __name__ == "__main__":
         load(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
     elif cmd == "watch":
         watch(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6])
+    elif cmd == "flows":
+        flows(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6])
+    elif cmd == "flowsummary":
+        flowsummary(float(sys.argv[2]), sys.argv[3], sys.argv[4])
     elif cmd == "summary":
         t_drop = float(sys.argv[3]) if sys.argv[3] != "-" else None
         summary(float(sys.argv[2]), t_drop, sys.argv[4])

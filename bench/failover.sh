@@ -4,7 +4,9 @@
 # connections at 100/s from a client. For each event — SIGKILL, link cut, SIGTERM of one
 # gateway — it measures the time from the event to the router's table change, the time until
 # new connections succeed again, and the failed connections; with BFD (100 ms × 3) and
-# without (BGP hold time 9 s). See bench/README.md, "Failover".
+# without (BGP hold time 9 s). Beside the new connections, 40 long-lived keep-alive
+# connections opened before the event tell what happens to the flows the lost gateway and
+# the surviving one carried. See bench/README.md, "Failover".
 #
 # Never touches the host namespace: links, addresses, routes, sysctls and daemons live in
 # namespaces this script creates; a trap removes them on exit. Run it under the bench lock:
@@ -142,8 +144,16 @@ gw_start() { # k
     GWPID[$k]=$!
 }
 gw_stop() { # k (immediate)
+    # SIGTERM, not SIGINT: a background job of a script starts with SIGINT ignored, and a
+    # gateway started a moment ago may not have its handler yet (it would never stop).
+    # A second SIGTERM skips the drain; SIGKILL after 10 s.
     local k=$1 pid=${GWPID[$1]}
-    if [ "$pid" != 0 ] && kill -0 "$pid" 2>/dev/null; then kill -INT "$pid"; wait "$pid" 2>/dev/null || true; fi
+    if [ "$pid" != 0 ] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"; sleep 0.2; kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
     GWPID[$k]=0
 }
 both() { [ "$(ip -n "$P-rt" -4 route show exact "$PREFIX" | grep -c ' via ')" = 2 ]; }
@@ -156,7 +166,7 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) p
 
 topology
 RESULTS="$OUT/runs.tsv"
-printf 'mode\tevent\trun\tdrop_s\trecover_s\tfailed\tlost_after_connect\tattempts\n' >"$RESULTS"
+printf 'mode\tevent\trun\tdrop_s\trecover_s\tfailed\tlost_after_connect\tattempts\tflows_on_gw\tflows_lost_on_gw\tflows_on_others\tflows_broken_on_others\tflows_lost_after_s\n' >"$RESULTS"
 k=$TARGET
 for mode in $MODES; do
     log "mode $mode: starting the daemons"
@@ -170,6 +180,8 @@ for mode in $MODES; do
             secs=8; [ "$mode/$event" = nobfd/linkcut ] && secs=16
             ip netns exec "$P-cl" python3 "$HERE/failover.py" load 10.96.0.10 80 "$secs" "$RUN/load.tsv" &
             load=$!
+            ip netns exec "$P-cl" python3 "$HERE/failover.py" flows 10.96.0.10 80 40 "$secs" "$RUN/flows.tsv" &
+            flows=$!
             sleep 2
             rm -f "$RUN/drop"
             python3 "$HERE/failover.py" watch "$P-rt" "$PREFIX" "${GW_UP[$((k-1))]}" 20 "$RUN/drop" &
@@ -181,10 +193,14 @@ for mode in $MODES; do
                 linkcut) ip -n "$P-g$k" addr del "${GW_UP[$((k-1))]}/24" dev uplink ;;
             esac
             wait "$load" || true
+            wait "$flows" || true
             wait "$watch" || true
             t_drop=$(cat "$RUN/drop" 2>/dev/null || echo -)
             read -r drop recover failed lost attempts < <(python3 "$HERE/failover.py" summary "$t_event" "$t_drop" "$RUN/load.tsv")
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$event" "$run" "$drop" "$recover" "$failed" "$lost" "$attempts" | tee -a "$RESULTS" >&2
+            cp "$RUN/flows.tsv" "$OUT/flows-$mode-$event-$run.tsv"
+            read -r f_on f_lost f_others f_broken f_when < <(python3 "$HERE/failover.py" flowsummary "$t_event" "10.12.$k.1" "$RUN/flows.tsv")
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$event" "$run" "$drop" "$recover" "$failed" "$lost" "$attempts" \
+                "$f_on" "$f_lost" "$f_others" "$f_broken" "$f_when" | tee -a "$RESULTS" >&2
             # Restore the gateway.
             case $event in
                 sigkill|sigterm) wait "${GWPID[$k]}" 2>/dev/null || true; GWPID[$k]=0; gw_start "$k" ;;
@@ -199,11 +215,13 @@ for mode in $MODES; do
 done
 
 {
-    printf '| mode | event | router drops the gateway (median) | new connections succeed again (median) | failed connections per event (median) | of which lost after connecting | runs |\n|---|---|---|---|---|---|---|\n'
+    printf '| mode | event | router drops the gateway (median) | new connections succeed again (median) | failed connections per event (median) | of which lost after connecting | long-lived flows lost on the gateway (all runs) | lost after (median) | broken on the survivor (all runs) | runs |\n|---|---|---|---|---|---|---|---|---|---|\n'
     for mode in $MODES; do for event in $EVENTS; do
         sel() { awk -F'\t' -v m="$mode" -v e="$event" -v c="$1" 'NR>1 && $1==m && $2==e {print $c}' "$RESULTS"; }
-        printf '| %s | %s | %s s | %s s | %s | %s | %s |\n' "$mode" "$event" \
-            "$(sel 4 | median)" "$(sel 5 | median)" "$(sel 6 | median)" "$(sel 7 | median)" "$(sel 3 | wc -l)"
+        sum() { sel "$1" | awk '{s+=$1} END {print s+0}'; }
+        printf '| %s | %s | %s s | %s s | %s | %s | %s/%s | %s s | %s/%s | %s |\n' "$mode" "$event" \
+            "$(sel 4 | median)" "$(sel 5 | median)" "$(sel 6 | median)" "$(sel 7 | median)" \
+            "$(sum 10)" "$(sum 9)" "$(sel 13 | grep -vx -- - | median)" "$(sum 12)" "$(sum 11)" "$(sel 3 | wc -l)"
     done; done
 } | tee "$OUT/summary.md"
 log "results in $OUT"

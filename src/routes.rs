@@ -407,6 +407,21 @@ pub fn run(args: RoutesArgs) -> Result<()> {
     if let Some(f @ (Format::BirdBgp | Format::FrrBgp)) = args.format {
         let frr = f == Format::FrrBgp;
         let opts = bgp_options(&args, frr)?;
+        if opts.route_table != crate::host::netlink::MAIN_TABLE {
+            if frr {
+                // Seen with FRR 8.4.4: `ip import-table` keeps the imported route after the
+                // TUN device vanished, and BGP goes on announcing it.
+                tracing::warn!(
+                    table = opts.route_table,
+                    "FRR keeps announcing an imported table's routes after the gateway                      crashes (its TUN device gone); the main table (the default) is withdrawn"
+                );
+            } else {
+                tracing::warn!(
+                    table = opts.route_table,
+                    "BIRD only reads this table: the host forwards by its main table, so add                      a policy rule (ip rule add to <Service CIDR> lookup <table>) or keep main"
+                );
+            }
+        }
         let text = if frr {
             crate::bgp_config::frr(&opts, &args.tun_name)
         } else {

@@ -896,3 +896,102 @@ fn container_gateway_serves_the_lab() {
         started.elapsed()
     );
 }
+
+/// Seconds of a compose duration (`15s`, `1m30s`) or a systemd time span (`15s`, `1min`).
+fn seconds(s: &str) -> u64 {
+    let mut total = 0;
+    let mut num = String::new();
+    let mut unit = String::new();
+    let mut flush = |num: &mut String, unit: &mut String| {
+        if num.is_empty() {
+            return;
+        }
+        let n: u64 = num.parse().unwrap();
+        total += match unit.as_str() {
+            "" | "s" | "sec" => n,
+            "m" | "min" => n * 60,
+            "h" => n * 3600,
+            other => panic!("unit {other} in {s}"),
+        };
+        num.clear();
+        unit.clear();
+    };
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            if !unit.is_empty() {
+                flush(&mut num, &mut unit);
+            }
+            num.push(c);
+        } else {
+            unit.push(c);
+        }
+    }
+    flush(&mut num, &mut unit);
+    total
+}
+
+/// The container and the systemd unit leave the SIGTERM drain its time (`--drain-timeout`,
+/// 5 s by default, then the routes and the device go), and with BIRD announcing the routes
+/// both start BIRD first and stop the gateway first, so the drain's withdrawal reaches the
+/// routers through a BIRD that still runs.
+#[test]
+fn deployment_files_give_the_drain_its_time_and_order_bird() {
+    let drain = help("run");
+    assert!(
+        drain.contains("--drain-timeout") && drain.contains("[default: 5s]"),
+        "run --help: {drain}"
+    );
+    let doc = compose();
+    let svc = compose_service(&doc);
+    assert_eq!(svc["stop_signal"].as_str(), Some("SIGTERM"));
+    let grace = seconds(
+        svc["stop_grace_period"]
+            .as_str()
+            .expect("stop_grace_period"),
+    );
+    assert!(
+        grace >= 10,
+        "stop_grace_period {grace}s: 5s of drain and the stop"
+    );
+
+    let unit = read(&docker_file("clusterway.service"));
+    let stop = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("clusterway.service sets TimeoutStopSec");
+    assert!(seconds(stop) >= 10, "TimeoutStopSec={stop}");
+    assert!(unit.contains("KillSignal=SIGTERM"));
+
+    // The BIRD sidecar: an override file on top of compose.yaml.
+    let bird: Value =
+        serde_yaml_ng::from_str(&read(&docker_file("compose.bird.yaml"))).expect("parses");
+    let sidecar = &bird["services"]["bird"];
+    assert_eq!(sidecar["network_mode"].as_str(), Some("host"));
+    assert!(strings(&sidecar["volumes"])
+        .iter()
+        .any(|v| v.starts_with("./bird.conf:/etc/bird/bird.conf")));
+    assert!(sidecar["build"]["dockerfile_inline"]
+        .as_str()
+        .is_some_and(|d| d.contains("bird2")));
+    // compose stops a service before the ones it depends on: the gateway must depend on
+    // BIRD, never BIRD on the gateway.
+    assert!(
+        strings(&sidecar["depends_on"]).is_empty(),
+        "BIRD must not depend on the gateway (it would stop first)"
+    );
+    let overlay = &bird["services"]["clusterway"];
+    assert_eq!(strings(&overlay["depends_on"]), ["bird"]);
+    assert!(
+        doc["services"]
+            .as_mapping()
+            .unwrap()
+            .contains_key("clusterway"),
+        "compose.bird.yaml extends compose.yaml's `clusterway` service"
+    );
+
+    let dropin = read(&docker_file("clusterway-bird.conf"));
+    let lines: Vec<&str> = dropin.lines().map(str::trim).collect();
+    assert!(lines.contains(&"[Unit]"));
+    assert!(lines.contains(&"After=bird.service"), "{dropin}");
+    assert!(lines.contains(&"Wants=bird.service"), "{dropin}");
+}

@@ -218,6 +218,8 @@ struct Attempt {
     /// `Err(true)`: the connection could not be opened; `Err(false)`: it was opened, then
     /// lost (the flow was on a gateway that left); `Ok(gateway)`.
     result: Result<Option<usize>, bool>,
+    /// What went wrong, for the failure message.
+    why: String,
 }
 
 /// New connections from the client, one every 10 ms (100/s), until `stop`.
@@ -231,12 +233,12 @@ fn load(
         while !stop.load(Ordering::Relaxed) {
             let at = Instant::now();
             // http_get_here names a failed connect `connect`; anything later is a lost flow.
-            let result = match http_get_here(WEB, "/ip", Duration::from_secs(1)) {
-                Ok(r) if r.status == 200 => Ok(gateway_of(&r.text())),
-                Ok(_) => Err(false),
-                Err(e) => Err(e.to_string() == "connect"),
+            let (result, why) = match http_get_here(WEB, "/ip", Duration::from_secs(1)) {
+                Ok(r) if r.status == 200 => (Ok(gateway_of(&r.text())), String::new()),
+                Ok(r) => (Err(false), format!("HTTP {}", r.status)),
+                Err(e) => (Err(e.to_string() == "connect"), format!("{e:#}")),
             };
-            out.push(Attempt { at, result });
+            out.push(Attempt { at, result, why });
             next += Duration::from_millis(10);
             if let Some(d) = next.checked_duration_since(Instant::now()) {
                 std::thread::sleep(d);
@@ -517,6 +519,54 @@ impl Fleet {
         next_hops(&self.rt, prefix)
     }
 
+    /// A `vtysh` command on the router, its JSON answer (`Null` when there is none).
+    fn router_vty(&self, command: &str) -> serde_json::Value {
+        let out = Command::new("vtysh")
+            .arg("--vty_socket")
+            .arg(self.dir.path().join("rt"))
+            .args(["-c", command])
+            .output()
+            .expect("vtysh");
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// Waits until the router has both gateways again, and fails if it had gateway `k`
+    /// while `k`'s `/readyz` did not yet say ready. The router's table is read before
+    /// `/readyz` each time (readiness only grows while a gateway starts), so a next hop seen
+    /// with `/readyz` still failing right after was announced before the gateway was ready.
+    fn wait_announced_when_ready(&self, k: usize) {
+        let status: SocketAddr = STATUS.parse().unwrap();
+        let start = Instant::now();
+        let mut polls = 0u32;
+        loop {
+            let announced = self.hops(CIDR).contains(&GW_UPLINK[k].to_string());
+            let readyz = http_get(&self.gw[k], status, "/readyz");
+            let ready = readyz.as_ref().is_ok_and(|r| r.status == 200);
+            polls += 1;
+            assert!(
+                !announced || ready,
+                "gw{} announced before it was ready: /readyz {:?}",
+                k + 1,
+                readyz.map(|r| (r.status, r.text()))
+            );
+            if announced && self.both_hops() {
+                eprintln!(
+                    "gw{} announced again after {:?}, ready first ({polls} polls)",
+                    k + 1,
+                    start.elapsed()
+                );
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "gw{} was not announced again: {:?}",
+                k + 1,
+                self.hops(CIDR)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn both_hops(&self) -> bool {
         self.hops(CIDR) == [GW_UPLINK[0], GW_UPLINK[1]]
     }
@@ -539,10 +589,25 @@ fn summary(attempts: &[Attempt]) -> String {
     let refused = attempts.iter().filter(|a| a.result == Err(true)).count();
     let lost = attempts.iter().filter(|a| a.result == Err(false)).count();
     let via = |k| attempts.iter().filter(|a| a.result == Ok(Some(k))).count();
+    let first = attempts.first().map(|a| a.at);
+    let failed: Vec<String> = attempts
+        .iter()
+        .filter(|a| a.result.is_err())
+        .take(10)
+        .map(|a| {
+            let at = first.map_or(Duration::ZERO, |f| a.at.duration_since(f));
+            format!("{at:.2?}: {}", a.why)
+        })
+        .collect();
     format!(
-        "{n} new connections: {} via gw1, {} via gw2, {refused} could not connect, {lost} lost after connecting",
+        "{n} new connections: {} via gw1, {} via gw2, {refused} could not connect, {lost} lost after connecting{}",
         via(0),
-        via(1)
+        via(1),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" (from the first: {})", failed.join("; "))
+        }
     )
 }
 
@@ -688,11 +753,12 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
         "no announcement event: {events}"
     );
 
-    // SIGTERM under 100 new connections per second: the routes go first, /readyz says
-    // draining, the process exits after the router has dropped it, no connection fails.
+    // SIGTERM under 100 new connections per second for 10 s: the routes go first, /readyz
+    // says draining, the process exits after the router has dropped it, no connection fails.
     let stop = Arc::new(AtomicBool::new(false));
+    let load_start = Instant::now();
     let loader = load(&f.cl, stop.clone());
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(2));
     let t0 = Instant::now();
     f.gateway(0).signal(libc::SIGTERM);
     let mut dropped = None;
@@ -720,11 +786,19 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // The stream goes on past the exit, to 10 s in all.
+    let end = load_start + Duration::from_secs(10);
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
     stop.store(true, Ordering::Relaxed);
     let attempts = loader.join().unwrap().unwrap();
     eprintln!(
         "SIGTERM: router dropped gw1 after {dropped:?}, process exited after {exited:?}; {}",
+        summary(&attempts)
+    );
+    // A steady stream, not a trickle: 100/s for 10 s, with room for a busy machine.
+    assert!(
+        attempts.len() >= 800,
+        "the load did not keep up 100 new connections/s: {}",
         summary(&attempts)
     );
     let logs = f.gateway(0).logs();
@@ -743,13 +817,9 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
     );
     assert!(attempts.iter().any(|a| a.result == Ok(Some(0))));
 
-    // A restarted gateway is announced again once ready.
+    // A restarted gateway is announced again, and only once ready.
     f.start_gateway(0, &["--from-file", &snap]);
-    assert!(
-        wait_for(|| f.both_hops(), Duration::from_secs(30)),
-        "gw1 was not announced again: {:?}",
-        f.hops(CIDR)
-    );
+    f.wait_announced_when_ready(0);
 
     // The TUN device down: the gateway cannot forward, its route goes; up again: back.
     let t0 = Instant::now();
@@ -793,6 +863,30 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
         "gw2's route stayed after SIGKILL: {:?}",
         f.hops(CIDR)
     );
+    // Nothing of gw2 was left on its host to announce: no TUN device, no route of protocol 75.
+    let left = Command::new("ip")
+        .args([
+            "-n",
+            f.gw[1].name(),
+            "route",
+            "show",
+            "table",
+            "all",
+            "proto",
+            "75",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        left.status.success() && left.stdout.is_empty(),
+        "routes of protocol 75 left after SIGKILL: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    let tun = Command::new("ip")
+        .args(["-n", f.gw[1].name(), "link", "show", "dev", "cw0"])
+        .output()
+        .unwrap();
+    assert!(!tun.status.success(), "cw0 outlived its process");
     let late: Vec<_> = attempts
         .iter()
         .filter(|a| a.at >= t0 + Duration::from_secs(2))
@@ -807,11 +901,7 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
     // gw2 back, then its link cut (the host "dies"): BFD takes it out within 2 s.
     f.gateway(1).stop();
     f.start_gateway(1, &["--from-file", &snap]);
-    assert!(
-        wait_for(|| f.both_hops(), Duration::from_secs(30)),
-        "gw2 was not announced again: {:?}",
-        f.hops(CIDR)
-    );
+    f.wait_announced_when_ready(1);
     let t0 = Instant::now();
     f.gw[1]
         .sh(&format!("ip addr del {}/24 dev uplink", GW_UPLINK[1]))
@@ -823,6 +913,13 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
         "BFD did not take gw2 out within 2 s: {:?}",
         f.hops(CIDR)
     );
+    // BFD, not the BGP hold time (9 s), took it out: the router's BFD session is down.
+    let bfd = f.router_vty("show bfd peers json");
+    let peer = bfd
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["peer"] == GW_UPLINK[1]))
+        .unwrap_or_else(|| panic!("no BFD session with gw2 on the router: {bfd}"));
+    assert_eq!(peer["status"], "down", "{peer}");
 
     // Per-Service: a host route per ClusterIP with endpoints; a Service whose endpoints go
     // away is withdrawn, and comes back with them.
@@ -864,6 +961,232 @@ fn gateways_are_announced_spread_drained_and_failed_over() {
         g.stop();
     }
     for d in &mut f.daemons {
+        d.stop();
+    }
+}
+
+/// `ip route show ARGS` in `ns`, one route a line; empty when the table does not exist (yet).
+fn kernel_routes(ns: &Netns, args: &str) -> String {
+    ns.sh(&format!("ip -4 route show {args} 2>/dev/null || true"))
+        .unwrap()
+}
+
+/// `clusterway run --route-table 100`: the routes live in table 100, not main, with the
+/// announced metric (75) and, while draining, the other one (4075); BIRD (`kernel table 100`)
+/// and FRR (`ip import-table 100`), configured by `clusterway routes --route-table 100`, pick
+/// up exactly the announced ones. One gateway per daemon, each in a namespace of its own;
+/// the BGP peer is never there (the daemons' tables are read, not a router's).
+#[test]
+fn a_route_table_of_its_own_is_what_bird_and_frr_pick_up() {
+    let p = clusterway::lab::netns::unique_prefix();
+    let dir = tempfile::Builder::new()
+        .prefix("clusterway-table-")
+        .tempdir()
+        .unwrap();
+    set_mode(dir.path(), 0o755);
+    let snap = dir.path().join("snapshot.yaml");
+    std::fs::write(&snap, SNAPSHOT).unwrap();
+    let snap = snap.to_str().unwrap().to_owned();
+    let bgp = |format: &str| {
+        routes_config(&[
+            "--format",
+            format,
+            "--peer",
+            "10.11.1.1",
+            "--peer-as",
+            "65000",
+            "--local-as",
+            "65010",
+            "--router-id",
+            "10.11.1.2",
+            "--route-table",
+            "100",
+        ])
+    };
+    // Each format says on stderr what a table of its own costs with its daemon.
+    for (format, warning) in [
+        ("bird-bgp", "BIRD only reads this table"),
+        ("frr-bgp", "FRR keeps announcing an imported table's routes"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["routes", "--format", format, "--peer", "10.11.1.1"])
+            .args(["--peer-as", "65000", "--local-as", "65010"])
+            .args(["--router-id", "10.11.1.2", "--route-table", "100"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(warning), "{format}: {stderr}");
+        let main = Command::new(BIN)
+            .args(["routes", "--format", format, "--peer", "10.11.1.1"])
+            .args(["--peer-as", "65000", "--local-as", "65010"])
+            .args(["--router-id", "10.11.1.2"])
+            .output()
+            .unwrap();
+        assert!(main.status.success());
+        assert!(
+            !String::from_utf8_lossy(&main.stderr).contains(warning),
+            "{format} warns about the main table"
+        );
+    }
+    let bird_ns = Netns::create(&format!("{p}-tb")).unwrap();
+    let frr_ns = Netns::create(&format!("{p}-tf")).unwrap();
+    for ns in [&bird_ns, &frr_ns] {
+        ns.sh("ip link add uplink type veth peer name uplink-peer \
+             && ip addr add 10.11.1.2/24 dev uplink && ip link set dev uplink-peer up \
+             && ip link set dev uplink up")
+            .unwrap();
+    }
+
+    // BIRD, then FRR, each beside a gateway of its own.
+    let bdir = dir.path().join("bird");
+    std::fs::create_dir_all(&bdir).unwrap();
+    std::fs::write(bdir.join("bird.conf"), bgp("bird-bgp")).unwrap();
+    let ctl = bdir.join("bird.ctl").to_str().unwrap().to_owned();
+    let conf = bdir.join("bird.conf").to_str().unwrap().to_owned();
+    let mut daemons = vec![Proc::spawn(
+        &bird_ns,
+        "bird",
+        &bdir.join("bird.log"),
+        "bird",
+        &["-f", "-c", &conf, "-s", &ctl],
+    )];
+    daemons.extend(start_frr(&frr_ns, &dir.path().join("frr"), &bgp("frr-bgp")));
+    let mut gateways: Vec<Proc> = [&bird_ns, &frr_ns]
+        .iter()
+        .enumerate()
+        .map(|(k, ns)| {
+            Proc::spawn(
+                ns,
+                &format!("gateway beside {}", ["BIRD", "FRR"][k]),
+                &dir.path().join(format!("gw{k}.log")),
+                BIN,
+                &[
+                    "run",
+                    "--from-file",
+                    &snap,
+                    "--service-cidr",
+                    CIDR,
+                    "--status-addr",
+                    STATUS,
+                    "--route-table",
+                    "100",
+                    "--drain-timeout",
+                    "30s",
+                ],
+            )
+        })
+        .collect();
+
+    let bird_has = || {
+        let out = Command::new("birdc")
+            .args(["-s", &ctl, "show", "route", "for", "10.96.0.1", "all"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(CIDR)
+    };
+    let vty = dir.path().join("frr");
+    let frr_json = |cmd: &str| -> serde_json::Value {
+        let out = Command::new("vtysh")
+            .arg("--vty_socket")
+            .arg(&vty)
+            .args(["-c", cmd])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    // BGP's table: the prefix is there when FRR would announce it.
+    let frr_has = || {
+        frr_json(&format!("show bgp ipv4 unicast {CIDR} json"))["paths"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    };
+
+    for (k, ns) in [&bird_ns, &frr_ns].into_iter().enumerate() {
+        assert!(
+            wait_for(
+                || kernel_routes(ns, "table 100 proto 75").contains(CIDR),
+                Duration::from_secs(15)
+            ),
+            "gateway {k}: no route in table 100: {}",
+            gateways[k].logs()
+        );
+        let t100 = kernel_routes(ns, "table 100 proto 75");
+        assert!(
+            t100.contains(&format!("{CIDR} dev cw0")) && t100.contains("metric 75"),
+            "{t100}"
+        );
+        assert_eq!(
+            kernel_routes(ns, "table main proto 75"),
+            "",
+            "the main table has none of the gateway's routes"
+        );
+    }
+    assert!(
+        wait_for(bird_has, Duration::from_secs(15)),
+        "BIRD did not learn {CIDR} from table 100"
+    );
+    assert!(
+        wait_for(frr_has, Duration::from_secs(15)),
+        "FRR did not import {CIDR} from table 100 into BGP: {}",
+        frr_json("show ip route json")
+    );
+    // zebra copies the imported route into the main table, which forwards.
+    assert!(
+        wait_for(
+            || kernel_routes(&frr_ns, &format!("table main {CIDR}")).contains("dev cw0"),
+            Duration::from_secs(5)
+        ),
+        "FRR's copy of the route is not in the main table: {}",
+        kernel_routes(&frr_ns, "table main")
+    );
+
+    // SIGTERM: the routes stay in table 100 with metric 4075 (still forwarding), and
+    // neither daemon has them any more.
+    for g in &gateways {
+        g.signal(libc::SIGTERM);
+    }
+    for (k, ns) in [&bird_ns, &frr_ns].into_iter().enumerate() {
+        assert!(
+            wait_for(
+                || kernel_routes(ns, "table 100 proto 75").contains("metric 4075"),
+                Duration::from_secs(5)
+            ),
+            "gateway {k} draining: {}",
+            kernel_routes(ns, "table 100 proto 75")
+        );
+    }
+    assert!(
+        wait_for(|| !bird_has(), Duration::from_secs(5)),
+        "BIRD still has {CIDR} while the gateway drains"
+    );
+    assert!(
+        wait_for(|| !frr_has(), Duration::from_secs(5)),
+        "FRR still announces {CIDR} while the gateway drains"
+    );
+    // Gone from the daemons' tables, not the daemons gone.
+    for d in &mut daemons {
+        assert!(!d.exited(), "{} stopped:\n{}", d.what, d.logs());
+    }
+    assert!(
+        frr_json("show bgp ipv4 unicast summary json")["peers"]["10.11.1.1"].is_object(),
+        "FRR's bgpd does not answer"
+    );
+    // The second SIGTERM stops at once (the drain had 30 s left), and nothing is left.
+    for g in &gateways {
+        g.signal(libc::SIGTERM);
+    }
+    for (k, ns) in [&bird_ns, &frr_ns].into_iter().enumerate() {
+        assert!(
+            wait_for(|| gateways[k].exited(), Duration::from_secs(5)),
+            "gateway {k} did not stop at the second SIGTERM"
+        );
+        assert_eq!(kernel_routes(ns, "table 100 proto 75"), "");
+    }
+    for g in &mut gateways {
+        g.stop();
+    }
+    for d in &mut daemons {
         d.stop();
     }
 }

@@ -258,6 +258,12 @@ fn kube_outage_keeps_forwarding_then_resyncs_and_410_relists() {
     );
     for _ in 0..5 {
         assert_eq!(get(&topo, "10.96.201.10:80").as_deref(), Ok("pod-1"));
+        // A stale table keeps the routes, so a routing daemon keeps announcing them
+        // (withdrawing on every gateway of a fleet at once would be an outage).
+        assert!(
+            gw.routes_via_tun(ip("10.96.201.10")),
+            "the route went with the API server"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(count(&gw.logs(), "lost the API server"), 1, "{}", gw.logs());

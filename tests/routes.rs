@@ -227,3 +227,101 @@ fn default_next_hop_is_the_source_of_the_default_route() {
          # no IPv6 address for this gateway (pass --gateway-address): fd00:10:96::/112 not routed\n"
     );
 }
+
+/// The BGP formats' flags, and the fleet flags of `clusterway run`: each malformed value is
+/// refused before anything is printed or set up, and the message names the flag.
+#[test]
+fn bad_bgp_and_fleet_flags_are_refused_naming_the_flag() {
+    // One flag of a good command line replaced by a bad value at a time.
+    let good = |format: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("--format", format.to_owned()),
+            ("--peer", "192.0.2.1".into()),
+            ("--peer-as", "65000".into()),
+            ("--local-as", "65010".into()),
+            ("--router-id", "192.0.2.10".into()),
+        ]
+    };
+    for format in ["bird-bgp", "frr-bgp"] {
+        let out = routes(
+            &good(format)
+                .iter()
+                .flat_map(|(f, v)| [*f, v.as_str()])
+                .collect::<Vec<_>>(),
+        );
+        assert!(stdout_ok(&out).contains("65010"), "{format}: the good line");
+    }
+    let cases: [(&str, &str, &str, &str); 10] = [
+        ("bird-bgp", "--peer", "router1", "not an IP address"),
+        ("bird-bgp", "--peer", "fe80::1", "link-local"),
+        ("bird-bgp", "--peer-as", "0", "reserved"),
+        ("frr-bgp", "--peer-as", "4294967296", "not an AS number"),
+        ("bird-bgp", "--local-as", "23456", "AS_TRANS"),
+        ("frr-bgp", "--local-as", "AS-1", "not an AS number"),
+        ("bird-bgp", "--router-id", "2001:db8::1", "invalid value"),
+        ("bird-bgp", "--route-table", "255", "local"),
+        ("frr-bgp", "--route-table", "wan", "not a routing table"),
+        ("frr-bgp", "--route-table", "300", "1-252"),
+    ];
+    for (format, flag, value, why) in cases {
+        let mut line = good(format);
+        match line.iter_mut().find(|(f, _)| *f == flag) {
+            Some(slot) => slot.1 = value.into(),
+            None => line.push((flag, value.into())),
+        }
+        let args: Vec<&str> = line.iter().flat_map(|(f, v)| [*f, v.as_str()]).collect();
+        let out = routes(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(out.stdout.is_empty(), "{args:?} printed something");
+        assert!(
+            stderr.contains(flag) && stderr.contains(why),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A flag left out is named too.
+    for (flag, why) in [
+        ("--peer", "at least one --peer"),
+        ("--peer-as", "--peer-as N"),
+        ("--local-as", "--local-as N"),
+    ] {
+        let line: Vec<(&str, String)> = good("bird-bgp")
+            .into_iter()
+            .filter(|(f, _)| *f != flag)
+            .collect();
+        let args: Vec<&str> = line.iter().flat_map(|(f, v)| [*f, v.as_str()]).collect();
+        let out = routes(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // `clusterway run`: refused at start, before a device or a route exists (inside a
+    // namespace of the test's own all the same).
+    let ns = Netns::create(&format!("{}-run", clusterway::lab::netns::unique_prefix()))
+        .expect("creating a namespace");
+    for (flag, value, why) in [
+        ("--route-table", "0", "unspecified"),
+        ("--route-table", "253", "default"),
+        ("--route-table", "wan", "not a routing table"),
+        ("--announce", "everything", "per-service"),
+        ("--drain-timeout", "soon", "not a duration"),
+    ] {
+        let out = ns
+            .exec(BIN, ["run", "--service-cidr", "10.96.0.0/12"])
+            .args(["--from-file", "/nonexistent/cluster.yaml", flag, value])
+            .output()
+            .expect("running clusterway run in the namespace");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "run {flag} {value} succeeded");
+        assert!(
+            stderr.contains(flag) && stderr.contains(why),
+            "run {flag} {value}: {stderr}"
+        );
+        let links = ns.sh("ip -o link show").unwrap();
+        assert!(!links.contains("cw0"), "run {flag} {value} made a device");
+    }
+}

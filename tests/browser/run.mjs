@@ -51,6 +51,14 @@ try {
   await page.waitForSelector('#h-ready.ok', { timeout: 10000 });
   step('live updates connected, gateway ready');
 
+  // The announcement card: each routed prefix, its state and since when.
+  await page.waitForSelector('#announce:not([hidden]) #announce-list li .pill.ok', { timeout: 10000 });
+  const announced = await page.$$eval('#announce-list li', (lis) => lis.map((li) => li.textContent));
+  if (!announced.some((t) => /\d+\.\d+\.\d+\.\d+\/\d+ announced since \S+/.test(t))) {
+    throw new Error('the announcement card shows no announced prefix with its time: ' + JSON.stringify(announced));
+  }
+  step('announced routes: ' + announced.join(' | '));
+
   // A change in the snapshot shows up without a reload: rename demo/sticky to demo/canary.
   await page.evaluate(() => { window.__notReloaded = true; });
   const text = readFileSync(snapshot, 'utf8');
