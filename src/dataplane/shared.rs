@@ -269,6 +269,11 @@ impl SharedFlows {
     pub fn served(&self, port: &ServicePort, client: IpAddr, endpoint: SocketAddr, now: Instant) {
         lock(&self.balancer).served(port, client, endpoint, now);
     }
+
+    /// ClientIP affinities held now.
+    pub fn affinities(&self) -> usize {
+        lock(&self.balancer).affinities()
+    }
 }
 
 #[cfg(test)]
