@@ -399,7 +399,7 @@ async fn serve(
                 );
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read conntrack events: offloaded flows are carried but not counted or listed")
+                tracing::warn!(error = %crate::cluster::kubeconfig::error_chain(&e), "cannot read conntrack events: offloaded flows are carried but not counted or listed")
             }
         }
     }

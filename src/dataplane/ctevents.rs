@@ -43,10 +43,12 @@ use arc_swap::ArcSwap;
 
 use super::ctsweep::{self, Sweeper};
 use super::flows::FlowGuard;
+use super::limits::LogLimit;
 use super::outlier::Outliers;
 use super::shared::SharedFlows;
 use super::stats::{ConnResult, NoticeKind, Stats};
 use super::svcbytes::ByService;
+use crate::cluster::kubeconfig::error_chain;
 use crate::cluster::table::{Lookup, Protocol, ServicePort, ServiceTable};
 use crate::host::conntrack::{
     self, status, tcp_state, Conntrack, ConntrackError, Entry, EventKind, Events, Tuple,
@@ -406,7 +408,7 @@ impl Reader {
         let events = Events::open(WAIT)?;
         events.keep_only(&COUNTED_STATES)?;
         if let Err(e) = events.force_buffer(EVENTS_BUFFER) {
-            tracing::debug!(error = %e, "events buffer left at the rmem_max sysctl");
+            tracing::debug!(error = %error_chain(&e), "events buffer left at the rmem_max sysctl");
         }
         let dump = Conntrack::open()?;
         let mut r = Reader {
@@ -419,7 +421,7 @@ impl Reader {
         match nftables::by_service() {
             Ok(_) => r.accounting.per_port_from_table = true,
             Err(e) => {
-                tracing::warn!(error = %e, reason = e.label(), "cannot read the per-Service byte counters; bytes per Service come from conntrack accounting when it is on")
+                tracing::warn!(error = %error_chain(&e), reason = e.label(), "cannot read the per-Service byte counters; bytes per Service come from conntrack accounting when it is on")
             }
         }
         let entries = r.dump.dump_ours()?;
@@ -433,6 +435,7 @@ impl Reader {
         let mut generation = self.accounting.table.load().generation;
         let mut last_sweep = Instant::now();
         let mut udp_endpoints = udp_fingerprint(&self.accounting.table.load());
+        let lost_log = LogLimit::new(Duration::from_secs(10));
         while !shutdown.load(Ordering::Relaxed) {
             let table = self.accounting.table.load_full();
             if table.generation != generation {
@@ -465,16 +468,20 @@ impl Reader {
                         .offload
                         .events_lost
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "conntrack events were lost (reader behind); resyncing from a dump"
-                    );
+                    // A flood can make this happen again and again: one line per 10 s.
+                    if let Some(suppressed) = lost_log.allow(Instant::now()) {
+                        tracing::warn!(
+                            suppressed,
+                            "conntrack events were lost (reader behind); resyncing from a dump"
+                        );
+                    }
                     match self.dump.dump_ours() {
                         Ok(entries) => self.accounting.resync(&entries),
-                        Err(e) => tracing::warn!(error = %e, "conntrack dump failed"),
+                        Err(e) => tracing::warn!(error = %error_chain(&e), "conntrack dump failed"),
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, reason = e.label(), "reading conntrack events failed");
+                    tracing::warn!(error = %error_chain(&e), reason = e.label(), "reading conntrack events failed");
                     std::thread::sleep(WAIT);
                 }
             }
@@ -494,7 +501,7 @@ impl Reader {
                 if self.accounting.per_port_from_table {
                     let table = self.accounting.table.load();
                     if let Err(e) = self.by_service.read(&table, &self.accounting.stats) {
-                        tracing::warn!(error = %e, reason = e.label(), "reading the per-Service byte counters failed");
+                        tracing::warn!(error = %error_chain(&e), reason = e.label(), "reading the per-Service byte counters failed");
                     }
                 }
             }
@@ -507,7 +514,7 @@ impl Reader {
         let entries = match self.dump.dump_ours() {
             Ok(entries) => entries,
             Err(e) => {
-                tracing::warn!(error = %e, "conntrack dump failed; UDP flows to removed endpoints go on until they idle out");
+                tracing::warn!(error = %error_chain(&e), "conntrack dump failed; UDP flows to removed endpoints go on until they idle out");
                 return;
             }
         };
@@ -517,7 +524,7 @@ impl Reader {
             match self.dump.delete(t) {
                 Ok(_) => deleted += 1,
                 Err(e) => {
-                    tracing::debug!(client = %t.src, error = %e, "cannot delete a stale UDP entry")
+                    tracing::debug!(client = %t.src, error = %error_chain(&e), "cannot delete a stale UDP entry")
                 }
             }
         }
