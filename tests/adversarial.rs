@@ -478,6 +478,11 @@ fn spoofed_syn_flood_at_an_affinity_service() {
     assert_survived("syn-affinity", &o);
     assert_syn_flood_accounted(&o);
     assert!(o.packets_in > 0.0);
+    // A spoofed SYN's handshake never completes, so it records no ClientIP affinity (with
+    // offload too, where the kernel carries the flow): only the legitimate client's, from
+    // its connection before the flood, of 250 spoofed sources.
+    let affinities = metric(&o, "clusterway_client_affinities");
+    assert!(affinities <= 1.0, "{affinities} affinities: {}", o.metrics);
 }
 
 #[test]

@@ -274,6 +274,12 @@ impl SharedFlows {
     pub fn affinities(&self) -> usize {
         lock(&self.balancer).affinities()
     }
+
+    /// ClientIP affinities held now, and those not recorded because the table was full.
+    pub fn affinity_counts(&self) -> (usize, u64) {
+        let b = lock(&self.balancer);
+        (b.affinities(), b.affinities_refused())
+    }
 }
 
 #[cfg(test)]
