@@ -91,8 +91,11 @@ pub fn engine(data: &[u8]) {
         4,
     );
     let mut config = EngineConfig::new(nat, 4);
-    // Both dataplanes' decisions: an odd-length input runs the engine as flow offload does.
+    // Both dataplanes' decisions: an odd-length input runs the engine as flow offload does,
+    // half of those with TCP affinities left to the conntrack events (as the gateway runs
+    // when it reads them).
     config.offload = data.len() % 2 == 1;
+    config.affinity_from_events = data.len() % 4 == 3;
     let mut engine: Engine<u32> = Engine::new(config, 4000, Arc::new(Stats::default()), t0);
     let mut buf = vec![0u8; MAX_PACKET];
     let mut scratch = vec![0u8; 2048];

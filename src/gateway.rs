@@ -384,9 +384,13 @@ async fn serve(
     if offload.host.is_ok() {
         let outliers = Arc::new(crate::dataplane::outlier::Outliers::new());
         config.outliers = Some(outliers.clone());
-        let accounting = Accounting::new(table.clone(), stats.clone(), outliers);
+        let mut accounting = Accounting::new(table.clone(), stats.clone(), outliers);
+        // An established entry records its client's ClientIP affinity (not the hand-over
+        // of its SYN: a spoofed one never gets there).
+        accounting.affinity = Some(shared.clone());
         match EventReader::open(accounting) {
             Ok(reader) => {
+                config.affinity_from_events = true;
                 tracing::info!(
                     active = stats.tcp_active.load(Ordering::Relaxed),
                     listed = reader.accounting.listed(),
@@ -401,7 +405,7 @@ async fn serve(
                 );
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read conntrack events: offloaded flows are carried but not counted or listed")
+                tracing::warn!(error = %crate::cluster::kubeconfig::error_chain(&e), "cannot read conntrack events: offloaded flows are carried but not counted or listed")
             }
         }
     }

@@ -238,6 +238,19 @@ fn kube_outage_keeps_forwarding_then_resyncs_and_410_relists() {
         "a 410 makes the watcher re-list"
     );
     assert!(!gw.logged("lost the API server"));
+    // Each failure is counted by its reason.
+    let errors = |reason: &str| {
+        metric_value(
+            &gateway_metrics(&topo),
+            &format!("clusterway_api_watch_errors_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert!(
+        wait_for(|| errors("gone") >= 1.0, Duration::from_secs(3)),
+        "{}",
+        gateway_metrics(&topo)
+    );
+    assert_eq!(errors("server_error"), 0.0);
 
     // Dropped connections: the watch is re-established (from its resourceVersion).
     api.drop_connections();
@@ -267,6 +280,11 @@ fn kube_outage_keeps_forwarding_then_resyncs_and_410_relists() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(count(&gw.logs(), "lost the API server"), 1, "{}", gw.logs());
+    assert!(
+        errors("unreachable") + errors("stream_broken") >= 1.0,
+        "{}",
+        gateway_metrics(&topo)
+    );
     // Changes made while the gateway cannot see them...
     api.apply(slice("t", "web-a", "web", 8080, "TCP", &[pod(&topo, 2)]));
     api.apply(service("t", "new", "10.96.201.20", 80, "TCP"));
@@ -306,6 +324,7 @@ fn kube_outage_keeps_forwarding_then_resyncs_and_410_relists() {
         gw.logs()
     );
     assert_eq!(get(&topo, "10.96.201.10:80").as_deref(), Ok("pod-2"));
+    assert!(errors("server_error") >= 1.0, "{}", gateway_metrics(&topo));
     api.fail_with(None);
     assert!(
         wait_for(

@@ -236,7 +236,7 @@ enum Msg {
     CidrsUnavailable(String),
     Failed(Resource, WatchError),
     /// A watch was answered 410 Gone; the watcher re-lists.
-    Expired(Resource),
+    Expired(Resource, WatchError),
     /// After a failure, the API server accepted the resumed watch (no re-list).
     Resumed(Resource),
 }
@@ -329,7 +329,7 @@ async fn watch_resource<K>(
                             // 410 Gone: the history was compacted; the watcher re-lists
                             // and the complete list replaces the objects. Not an outage.
                             Some(410) => {
-                                if tx.send(Msg::Expired(resource)).await.is_err() {
+                                if tx.send(Msg::Expired(resource, error)).await.is_err() {
                                     return;
                                 }
                             }
@@ -643,8 +643,12 @@ impl KubeSource {
                 agg.failing.remove(&resource);
                 self.maybe_recovered(agg);
             }
-            Msg::Expired(resource) => {
+            Msg::Expired(resource, error) => {
+                // A failed watch like any other for the error counters (reason `gone`),
+                // but not an outage: the watcher re-lists at once.
                 SourceCounters::inc(&self.counters.watch_expired);
+                SourceCounters::inc(&self.counters.watch_errors);
+                SourceCounters::inc(&self.counters.watch_errors_by_reason[error.index()]);
                 tracing::info!(
                     resource = resource.label(),
                     "watch expired (410 Gone); re-listing"

@@ -2,7 +2,10 @@
 //! conntrack events (update, destroy) of the gateway's entries.
 //!
 //! - a flow whose entry reaches ESTABLISHED (ASSURED) is a connection `ok` for its Service
-//!   port, and clears its endpoint's failures;
+//!   port, and clears its endpoint's failures; then, and only then, its client's ClientIP
+//!   affinity follows the endpoint ([`Accounting::affinity`]): a spoofed SYN, whose
+//!   handshake never completes, leaves none (as with the proxy, where it is the dial that
+//!   succeeded);
 //! - one reset by the endpoint before it was established, or whose entry ends without any
 //!   reply (the endpoint never answered: the sweep of [`super::ctsweep`] deletes such an
 //!   entry after 10 s and counts it at once; its own DESTROY event is not counted again),
@@ -41,9 +44,12 @@ use arc_swap::ArcSwap;
 
 use super::ctsweep::{self, Sweeper};
 use super::flows::FlowGuard;
+use super::limits::LogLimit;
 use super::outlier::Outliers;
+use super::shared::SharedFlows;
 use super::stats::{ConnResult, NoticeKind, Stats};
 use super::svcbytes::ByService;
+use crate::cluster::kubeconfig::error_chain;
 use crate::cluster::table::{Lookup, Protocol, ServicePort, ServiceTable};
 use crate::host::conntrack::{
     self, status, tcp_state, Conntrack, ConntrackError, Entry, EventKind, Events, Tuple,
@@ -165,6 +171,10 @@ pub struct Accounting {
     /// Bytes per Service port come from the table's per-Service counters
     /// (`super::svcbytes`): an ended entry's counters then go to its flow only.
     pub per_port_from_table: bool,
+    /// The workers' balancer: an established TCP flow records its client's ClientIP
+    /// affinity here (the engine then does not at hand-over; see
+    /// `EngineConfig::affinity_from_events`).
+    pub affinity: Option<Arc<SharedFlows>>,
 }
 
 impl Accounting {
@@ -179,6 +189,7 @@ impl Accounting {
             outliers,
             listed: HashMap::new(),
             per_port_from_table: false,
+            affinity: None,
         }
     }
 
@@ -237,6 +248,11 @@ impl Accounting {
                 self.stats.tcp_active.fetch_add(1, Ordering::Relaxed);
                 if let Some(ep) = endpoint {
                     self.outliers.succeeded(ep);
+                    // The handshake completed: the client is real, and its affinity
+                    // follows the endpoint that answered.
+                    if let (Some(p), Some(shared)) = (&port, &self.affinity) {
+                        shared.served(p, orig.src.ip(), ep, now);
+                    }
                 }
             }
             Some(Outcome::Failed(why)) => {
@@ -407,7 +423,7 @@ impl Reader {
         let events = Events::open(WAIT)?;
         events.keep_only(&COUNTED_STATES)?;
         if let Err(e) = events.force_buffer(EVENTS_BUFFER) {
-            tracing::debug!(error = %e, "events buffer left at the rmem_max sysctl");
+            tracing::debug!(error = %error_chain(&e), "events buffer left at the rmem_max sysctl");
         }
         let dump = Conntrack::open()?;
         let mut r = Reader {
@@ -420,7 +436,7 @@ impl Reader {
         match nftables::by_service() {
             Ok(_) => r.accounting.per_port_from_table = true,
             Err(e) => {
-                tracing::warn!(error = %e, reason = e.label(), "cannot read the per-Service byte counters; bytes per Service come from conntrack accounting when it is on")
+                tracing::warn!(error = %error_chain(&e), reason = e.label(), "cannot read the per-Service byte counters; bytes per Service come from conntrack accounting when it is on")
             }
         }
         let entries = r.dump.dump_ours()?;
@@ -434,6 +450,7 @@ impl Reader {
         let mut generation = self.accounting.table.load().generation;
         let mut last_sweep = Instant::now();
         let mut udp_endpoints = udp_fingerprint(&self.accounting.table.load());
+        let lost_log = LogLimit::new(Duration::from_secs(10));
         while !shutdown.load(Ordering::Relaxed) {
             let table = self.accounting.table.load_full();
             if table.generation != generation {
@@ -466,16 +483,20 @@ impl Reader {
                         .offload
                         .events_lost
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "conntrack events were lost (reader behind); resyncing from a dump"
-                    );
+                    // A flood can make this happen again and again: one line per 10 s.
+                    if let Some(suppressed) = lost_log.allow(Instant::now()) {
+                        tracing::warn!(
+                            suppressed,
+                            "conntrack events were lost (reader behind); resyncing from a dump"
+                        );
+                    }
                     match self.dump.dump_ours() {
                         Ok(entries) => self.accounting.resync(&entries),
-                        Err(e) => tracing::warn!(error = %e, "conntrack dump failed"),
+                        Err(e) => tracing::warn!(error = %error_chain(&e), "conntrack dump failed"),
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, reason = e.label(), "reading conntrack events failed");
+                    tracing::warn!(error = %error_chain(&e), reason = e.label(), "reading conntrack events failed");
                     std::thread::sleep(WAIT);
                 }
             }
@@ -495,7 +516,7 @@ impl Reader {
                 if self.accounting.per_port_from_table {
                     let table = self.accounting.table.load();
                     if let Err(e) = self.by_service.read(&table, &self.accounting.stats) {
-                        tracing::warn!(error = %e, reason = e.label(), "reading the per-Service byte counters failed");
+                        tracing::warn!(error = %error_chain(&e), reason = e.label(), "reading the per-Service byte counters failed");
                     }
                 }
             }
@@ -508,7 +529,7 @@ impl Reader {
         let entries = match self.dump.dump_ours() {
             Ok(entries) => entries,
             Err(e) => {
-                tracing::warn!(error = %e, "conntrack dump failed; UDP flows to removed endpoints go on until they idle out");
+                tracing::warn!(error = %error_chain(&e), "conntrack dump failed; UDP flows to removed endpoints go on until they idle out");
                 return;
             }
         };
@@ -518,7 +539,7 @@ impl Reader {
             match self.dump.delete(t) {
                 Ok(_) => deleted += 1,
                 Err(e) => {
-                    tracing::debug!(client = %t.src, error = %e, "cannot delete a stale UDP entry")
+                    tracing::debug!(client = %t.src, error = %error_chain(&e), "cannot delete a stale UDP entry")
                 }
             }
         }
@@ -590,14 +611,16 @@ mod tests {
     }
 
     fn accounting() -> Accounting {
+        accounting_with(None)
+    }
+
+    /// The accounting of one TCP Service port (`10.96.0.10:80` → `10.244.1.10:8080`), with
+    /// ClientIP affinity of `affinity` when given.
+    fn accounting_with(affinity: Option<Duration>) -> Accounting {
         let eps = ["10.244.1.10:8080"];
-        let port = Arc::new(ServicePort::for_test(
-            "t",
-            "web",
-            Protocol::Tcp,
-            "10.96.0.10:80",
-            &eps,
-        ));
+        let mut port = ServicePort::for_test("t", "web", Protocol::Tcp, "10.96.0.10:80", &eps);
+        port.affinity = affinity;
+        let port = Arc::new(port);
         let service = crate::cluster::table::ServiceEntry {
             id: port.service.clone(),
             cluster_ips: vec![port.cluster_ip],
@@ -641,6 +664,53 @@ mod tests {
         assert_eq!(a.stats.bytes_to_client.load(Ordering::Relaxed), 70_000);
         assert_eq!(a.stats.tcp_count(ConnResult::Ok), 1);
         assert_eq!(a.stats.tcp_count(ConnResult::DialFailed), 0);
+    }
+
+    /// A spoofed SYN (handed over, answered by the pod, never acknowledged) or a refused
+    /// one leaves no ClientIP affinity; an established flow records it.
+    #[test]
+    fn affinity_is_recorded_only_when_the_handshake_completed() {
+        let mut a = accounting_with(Some(Duration::from_secs(600)));
+        let shared = Arc::new(SharedFlows::new(
+            crate::dataplane::nat::NatConfig::new(
+                "198.18.0.0/16".parse().unwrap(),
+                "fdc7:7779::/64".parse().unwrap(),
+                16,
+            ),
+            Instant::now(),
+        ));
+        a.affinity = Some(shared.clone());
+        let now = Instant::now();
+        let syn_recv = || entry(tcp_state::SYN_RECV, status::SEEN_REPLY);
+        for (kind, e) in [
+            (EventKind::NewOrUpdate, entry(tcp_state::SYN_SENT, 0)),
+            (EventKind::NewOrUpdate, syn_recv()),
+            (EventKind::Destroy, syn_recv()),
+            (
+                EventKind::NewOrUpdate,
+                entry(tcp_state::CLOSE, status::SEEN_REPLY),
+            ),
+        ] {
+            a.apply(kind, &e, now);
+            assert_eq!(shared.affinities(), 0, "{kind:?} {:?}", e.tcp_state);
+        }
+        a.apply(
+            EventKind::NewOrUpdate,
+            &entry(tcp_state::ESTABLISHED, A),
+            now,
+        );
+        assert_eq!(shared.affinities(), 1);
+        // The client's next flow goes to the endpoint that served it.
+        let table = a.table.load();
+        let port = port_of(
+            &table,
+            &Tuple::tcp(sa("192.168.77.2:1"), sa("10.96.0.10:80")),
+        )
+        .expect("the port");
+        let next = shared
+            .pick(&port, "192.168.77.2".parse().unwrap(), now)
+            .expect("candidates");
+        assert_eq!(next.first(), sa("10.244.1.10:8080"));
     }
 
     #[test]

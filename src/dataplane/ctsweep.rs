@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::ctevents::{is_flow, Accounting};
+use crate::cluster::kubeconfig::error_chain;
 use crate::host::conntrack::{
     status, tcp_state, Conntrack, ConntrackError, Entry, EventKind, Tuple,
 };
@@ -151,7 +152,7 @@ impl Sweeper {
         let (entries, complete) = match dump {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(error = %e, reason = e.label(), "sweeping unanswered offloaded flows failed");
+                tracing::warn!(error = %error_chain(&e), reason = e.label(), "sweeping unanswered offloaded flows failed");
                 return;
             }
         };
@@ -170,7 +171,7 @@ impl Sweeper {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, reason = err.label(), "deleting an unanswered offloaded flow failed");
+                    tracing::warn!(error = %error_chain(&err), reason = err.label(), "deleting an unanswered offloaded flow failed");
                     self.deleter = None;
                     return;
                 }

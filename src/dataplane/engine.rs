@@ -53,6 +53,11 @@ pub struct EngineConfig {
     pub offload: bool,
     /// Flow offload: endpoints ejected for failing flows, skipped by new ones.
     pub outliers: Option<Arc<super::outlier::Outliers>>,
+    /// Flow offload with the kernel's conntrack events read (`dataplane::ctevents`): a
+    /// TCP flow's ClientIP affinity is recorded when its entry is established, not when
+    /// its SYN is handed over, so a spoofed SYN (its handshake never completes) leaves
+    /// none. Without the events the hand-over is all the gateway sees, and records it.
+    pub affinity_from_events: bool,
 }
 
 impl EngineConfig {
@@ -68,6 +73,7 @@ impl EngineConfig {
             reassembly_timeout: Duration::from_secs(5),
             offload: false,
             outliers: None,
+            affinity_from_events: false,
         }
     }
 }
@@ -139,6 +145,7 @@ pub struct Engine<T> {
     /// See [`EngineConfig::offload`].
     offload: bool,
     outliers: Option<Arc<super::outlier::Outliers>>,
+    affinity_from_events: bool,
 }
 
 impl<T> Engine<T> {
@@ -189,6 +196,7 @@ impl<T> Engine<T> {
             generation: 0,
             offload: config.offload,
             outliers: config.outliers.clone(),
+            affinity_from_events: config.affinity_from_events,
         }
     }
 
@@ -710,9 +718,12 @@ impl<T> Engine<T> {
         }
     }
 
-    /// Flow offload: the flow of a [`Verdict::Offload`] was handed to the kernel; ClientIP
-    /// affinity follows the endpoint. (The connection is counted when conntrack reports
-    /// how it went: `dataplane::ctevents`.)
+    /// Flow offload: the flow of a [`Verdict::Offload`] was handed to the kernel. A UDP
+    /// flow is served from its first datagram, so ClientIP affinity follows the endpoint
+    /// now; a TCP flow's affinity waits for its entry to be established (reported by
+    /// `dataplane::ctevents`, see [`EngineConfig::affinity_from_events`]): a spoofed SYN
+    /// must leave no state in the gateway. (The connection is counted when conntrack
+    /// reports how it went.)
     pub fn offloaded(
         &mut self,
         key: FlowKey,
@@ -720,6 +731,9 @@ impl<T> Engine<T> {
         endpoint: SocketAddr,
         now: Instant,
     ) {
+        if port.protocol == Protocol::Tcp && self.affinity_from_events {
+            return;
+        }
         self.nat.served(port, key.client.ip(), endpoint, now);
     }
 

@@ -269,6 +269,17 @@ impl SharedFlows {
     pub fn served(&self, port: &ServicePort, client: IpAddr, endpoint: SocketAddr, now: Instant) {
         lock(&self.balancer).served(port, client, endpoint, now);
     }
+
+    /// ClientIP affinities held now.
+    pub fn affinities(&self) -> usize {
+        lock(&self.balancer).affinities()
+    }
+
+    /// ClientIP affinities held now, and those not recorded because the table was full.
+    pub fn affinity_counts(&self) -> (usize, u64) {
+        let b = lock(&self.balancer);
+        (b.affinities(), b.affinities_refused())
+    }
 }
 
 #[cfg(test)]

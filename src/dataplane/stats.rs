@@ -148,6 +148,10 @@ pub struct Stats {
     pub tcp_early_drops: AtomicU64,
     /// TCP flows waiting for their handshake now (copied like `tcp_early_drops`).
     pub tcp_pending: AtomicU64,
+    /// ClientIP affinities held now, and those not recorded because the table was full
+    /// (copied from the shared balancer like `tcp_early_drops`).
+    pub affinities: AtomicU64,
+    pub affinities_refused: AtomicU64,
     malformed: [AtomicU64; 32],
     other: [AtomicU64; OTHER_REASONS],
     tcp: [AtomicU64; 5],

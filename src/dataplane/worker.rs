@@ -270,6 +270,11 @@ impl Worker {
             let (early, pending) = (nat.early_drops(), nat.pending() as u64);
             self.stats.tcp_early_drops.store(early, Ordering::Relaxed);
             self.stats.tcp_pending.store(pending, Ordering::Relaxed);
+            let (held, refused) = nat.affinity_counts();
+            self.stats.affinities.store(held as u64, Ordering::Relaxed);
+            self.stats
+                .affinities_refused
+                .store(refused, Ordering::Relaxed);
         }
     }
 

@@ -411,19 +411,26 @@ fn render_by_service() -> String {
 }
 
 /// The per-Service byte counters now: (direction, frontend, bytes) of every element of the
-/// sets, from `nft -j list table inet clusterway`.
+/// sets, from `nft -j list set inet clusterway NAME`, one set at a time. Not the whole
+/// table: its `udp4`/`udp6` sets hold an element per UDP flow handed over, up to 65,536
+/// each, which clients control (a spoofed UDP flood fills them), and listing them every
+/// few seconds cost tens of MiB of JSON; these four hold one element per Service frontend.
 pub fn by_service() -> Result<Vec<(Direction, Frontend, u64)>, NftError> {
-    let out = Command::new("nft")
-        .args(["-j", "list", "table", "inet", "clusterway"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(NftError::Spawn)?;
-    if !out.status.success() {
-        return Err(NftError::Refused(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
+    let mut all = Vec::new();
+    for (name, _, _) in BY_SERVICE_SETS {
+        let out = Command::new("nft")
+            .args(["-j", "list", "set", "inet", "clusterway", name])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(NftError::Spawn)?;
+        if !out.status.success() {
+            return Err(NftError::Refused(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        all.extend(parse_by_service(&out.stdout)?);
     }
-    parse_by_service(&out.stdout)
+    Ok(all)
 }
 
 /// The per-Service sets' elements in `nft -j` output (pure). Elements that do not parse

@@ -22,6 +22,7 @@ use ipnet::IpNet;
 
 use super::conntrack::{self, Conntrack, ConntrackError, NatEntry, Tuple};
 use super::nftables::{self, NftError, Ruleset};
+use crate::cluster::kubeconfig::error_chain;
 
 /// The probe's entry: TEST-NET-1 addresses (RFC 5737), never seen on a real network, with
 /// a mark of ours the data path never uses.
@@ -49,10 +50,12 @@ const PROBE_MARK: u32 = 0xffff;
 #[derive(Debug, thiserror::Error)]
 pub enum Unavailable {
     /// ctnetlink refused the probe (no conntrack NAT in this kernel, no permission).
-    #[error("conntrack cannot create NAT entries here: {0}")]
+    /// (The cause is the error's `source()`, not in its text: a chain printed with `{:#}`
+    /// or [`Unavailable::reason`] would name it twice.)
+    #[error("conntrack cannot create NAT entries here")]
     Conntrack(#[from] ConntrackError),
     /// The netfilter table could not be installed.
-    #[error("the netfilter table could not be installed: {0}")]
+    #[error("the netfilter table could not be installed")]
     Table(#[from] NftError),
     /// No raw socket for re-injecting first packets (no CAP_NET_RAW).
     #[error("cannot open a raw socket to re-inject first packets (CAP_NET_RAW is needed)")]
@@ -69,19 +72,9 @@ impl Unavailable {
         }
     }
 
-    /// The whole chain of causes on one line (the reason the status page shows).
+    /// The whole chain of causes on one line, each once (the reason the status page shows).
     pub fn reason(&self) -> String {
-        let mut s = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !s.contains(&text) {
-                s.push_str(": ");
-                s.push_str(&text);
-            }
-            cause = c.source();
-        }
-        s
+        error_chain(self)
     }
 }
 
@@ -162,7 +155,7 @@ impl OffloadHost {
             .and_then(|mut ct| ct.dump_ours())
             .map(|v| v.len())
             .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "cannot list the conntrack entries of an earlier run");
+                tracing::warn!(error = %error_chain(&e), "cannot list the conntrack entries of an earlier run");
                 0
             });
         Ok(OffloadHost {
@@ -190,11 +183,41 @@ impl OffloadHost {
     /// Remove the table and every entry of ours.
     pub fn stop(&self) {
         if let Err(e) = nftables::remove() {
-            tracing::warn!(error = %e, "could not remove the netfilter table");
+            tracing::warn!(error = %error_chain(&e), "could not remove the netfilter table");
         }
         match Conntrack::open().and_then(|mut ct| ct.flush_ours()) {
             Ok(()) => {}
-            Err(e) => tracing::warn!(error = %e, "could not remove the conntrack entries"),
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "could not remove the conntrack entries")
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Why offload is unavailable names each cause once, in its reason and in an error
+    /// chain (`{:#}`, as `main` prints errors).
+    #[test]
+    fn the_cause_of_unavailable_is_named_once() {
+        let e = Unavailable::from(NftError::Refused("syntax error".into()));
+        assert_eq!(
+            e.reason(),
+            "the netfilter table could not be installed: nft refused the ruleset: syntax error"
+        );
+        let chained = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(chained.matches("syntax error").count(), 1, "{chained}");
+
+        let denied = std::io::Error::from_raw_os_error(libc::EPERM);
+        let text = denied.to_string();
+        let e = Unavailable::from(ConntrackError::Socket(denied));
+        assert_eq!(e.reason().matches(&text).count(), 1, "{}", e.reason());
+        assert!(e
+            .reason()
+            .starts_with("conntrack cannot create NAT entries here: "));
+        let chained = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(chained.matches(&text).count(), 1, "{chained}");
     }
 }

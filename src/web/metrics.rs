@@ -453,6 +453,26 @@ pub fn gather(status: &Status) -> Vec<MetricFamily> {
         .gauge(&[], stats.tcp_pending.load(Ordering::Relaxed) as f64)
         .0,
     );
+    out.push(
+        Family::new(
+            "client_affinities",
+            "ClientIP affinities held: one per client and Service port, recorded once a flow \
+             was served, expiring with the Service's timeoutSeconds, at most 65,536.",
+            MetricType::GAUGE,
+        )
+        .gauge(&[], stats.affinities.load(Ordering::Relaxed) as f64)
+        .0,
+    );
+    out.push(
+        Family::new(
+            "client_affinities_refused_total",
+            "ClientIP affinities not recorded because the table was full of live ones (the \
+             client was balanced without one).",
+            MetricType::COUNTER,
+        )
+        .counter(&[], stats.affinities_refused.load(Ordering::Relaxed) as f64)
+        .0,
+    );
     // --- The announcement (src/host/announce.rs) ---
     let mut announced = Family::new(
         "route_announced",

@@ -1001,3 +1001,62 @@ fn with_offload_new_udp_flows_are_offloaded_and_refusals_stay_the_engines() {
         0
     );
 }
+
+/// With offload and the conntrack events read, handing a TCP SYN to the kernel records no
+/// ClientIP affinity (the events do once the flow is established: a spoofed SYN's never
+/// is); without the events the hand-over is all there is. A UDP flow is served from its
+/// first datagram, so its affinity is recorded at hand-over either way.
+#[test]
+fn with_offload_a_handed_over_syn_leaves_no_affinity_when_the_events_record_it() {
+    let t0 = Instant::now();
+    let table = table();
+    let sticky = |port: &ServicePort| {
+        let mut p = port.clone();
+        p.affinity = Some(Duration::from_secs(600));
+        p
+    };
+    for from_events in [true, false] {
+        let nat = NatConfig::new(
+            "198.18.0.0/16".parse().unwrap(),
+            "fdc7:7779::/64".parse().unwrap(),
+            4,
+        );
+        let mut cfg = EngineConfig::new(nat, 1);
+        cfg.errors = Arc::new(ErrorBudget::new(1000, 1000, t0));
+        cfg.service_cidrs = vec!["10.96.0.0/16".parse().unwrap()];
+        cfg.offload = true;
+        cfg.affinity_from_events = from_events;
+        let mut e: Engine<u32> = Engine::new(cfg, 4000, Arc::new(Stats::default()), t0);
+        let syn = tcp(CLIENT, 7000, WEB, 80, true, false);
+        let mut r = Run::new(&syn);
+        let (key, port, endpoint) = match r.handle(&mut e, &table, syn.len(), t0) {
+            Verdict::Offload {
+                key,
+                port,
+                endpoint,
+                ..
+            } => (key, port, endpoint),
+            v => panic!("expected Offload, got {v:?}"),
+        };
+        assert_eq!(port.protocol, Protocol::Tcp);
+        e.offloaded(key, &sticky(&port), endpoint, t0);
+        assert_eq!(
+            e.nat().affinities(),
+            usize::from(!from_events),
+            "affinity_from_events = {from_events}"
+        );
+        let d = udp(CLIENT, 5000, [10, 96, 0, 53], 53, b"query");
+        let mut r = Run::new(&d);
+        let (key, port, endpoint) = match r.handle(&mut e, &table, d.len(), t0) {
+            Verdict::Offload {
+                key,
+                port,
+                endpoint,
+                ..
+            } => (key, port, endpoint),
+            v => panic!("expected Offload, got {v:?}"),
+        };
+        e.offloaded(key, &sticky(&port), endpoint, t0);
+        assert_eq!(e.nat().affinities(), 1 + usize::from(!from_events));
+    }
+}
