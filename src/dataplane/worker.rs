@@ -414,7 +414,32 @@ impl Worker {
         scratch: &mut [u8],
     ) -> Option<(bool, usize, Option<usize>)> {
         let now = Instant::now();
-        // The raw socket sends the packet as it is: its checksum must be whole.
+        let result = self.try_hand_over(buf, len, hdr, key, &port, endpoint, now)?;
+        match result {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::debug!(client = %key.client, service = %port.service, endpoint = %endpoint, error = ?e, reason = e.label(), "flow not offloaded; resetting the client");
+                let r = self.not_handed_over(&e);
+                let n = self.engine.refuse_tcp(buf, len, &port, r, now, scratch);
+                (n > 0).then_some((true, n, None))
+            }
+        }
+    }
+
+    /// Completes the first packet's checksum (the raw socket sends it as it is) and hands
+    /// its flow to the kernel; a flow handed over is counted and recorded by the engine.
+    /// `None`: the packet was malformed (counted, dropped).
+    #[allow(clippy::too_many_arguments)]
+    fn try_hand_over(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        hdr: &VirtioNetHdr,
+        key: FlowKey,
+        port: &Arc<ServicePort>,
+        endpoint: SocketAddr,
+        now: Instant,
+    ) -> Option<Result<(), super::offload::OffloadError>> {
         if hdr.needs_csum() && hdr.complete_checksum(&mut buf[..len]).is_err() {
             self.stats
                 .count_drop(Reason::Malformed(packet::DropReason::BadVnetHeader));
@@ -424,25 +449,22 @@ impl Worker {
             Some(off) => off.hand_over(key, endpoint, &buf[..len], now),
             None => Err(super::offload::OffloadError::NoFamily),
         };
-        match result {
-            Ok(how) => {
-                let new = how == super::offload::HandedOver::New;
-                self.stats.offload.handed_over(new);
-                self.engine.offloaded(key, &port, endpoint, now);
-                tracing::trace!(client = %key.client, service = %key.service, endpoint = %endpoint, new, "flow handed to conntrack");
-                None
-            }
-            Err(e) => {
-                self.stats.offload.failed(e.label());
-                tracing::debug!(client = %key.client, service = %port.service, endpoint = %endpoint, error = ?e, reason = e.label(), "flow not offloaded; resetting the client");
-                let r = if e.is_table_full() {
-                    ConnResult::TableFull
-                } else {
-                    ConnResult::DialFailed
-                };
-                let n = self.engine.refuse_tcp(buf, len, &port, r, now, scratch);
-                (n > 0).then_some((true, n, None))
-            }
+        Some(result.map(|how| {
+            let new = how == super::offload::HandedOver::New;
+            self.stats.offload.handed_over(new);
+            self.engine.offloaded(key, port, endpoint, now);
+            tracing::trace!(client = %key.client, service = %key.service, endpoint = %endpoint, new, "flow handed to conntrack");
+        }))
+    }
+
+    /// A flow the kernel did not take: counted by reason; the connection result its
+    /// refusal counts.
+    fn not_handed_over(&self, e: &super::offload::OffloadError) -> ConnResult {
+        self.stats.offload.failed(e.label());
+        if e.is_table_full() {
+            ConnResult::TableFull
+        } else {
+            ConnResult::DialFailed
         }
     }
 
@@ -475,23 +497,9 @@ impl Worker {
             };
             return self.proxy_udp(buf, len, hdr, key, port, endpoint, scratch, epoch, why);
         }
-        if hdr.needs_csum() && hdr.complete_checksum(&mut buf[..len]).is_err() {
-            self.stats
-                .count_drop(Reason::Malformed(packet::DropReason::BadVnetHeader));
-            return None;
-        }
-        let result = match self.offload.as_mut() {
-            Some(off) => off.hand_over(key, endpoint, &buf[..len], now),
-            None => Err(super::offload::OffloadError::NoFamily),
-        };
+        let result = self.try_hand_over(buf, len, hdr, key, &port, endpoint, now)?;
         match result {
-            Ok(how) => {
-                let new = how == super::offload::HandedOver::New;
-                self.stats.offload.handed_over(new);
-                self.engine.offloaded(key, &port, endpoint, now);
-                tracing::trace!(client = %key.client, service = %key.service, endpoint = %endpoint, new, "UDP flow handed to conntrack");
-                None
-            }
+            Ok(()) => None,
             Err(e) if e.is_too_big() => {
                 // The entry exists but no datagram took it: remove it, so that the flow's
                 // socket cannot meet it as its reply direction.
@@ -513,13 +521,8 @@ impl Worker {
                 )
             }
             Err(e) => {
-                self.stats.offload.failed(e.label());
                 tracing::debug!(client = %key.client, service = %port.service, endpoint = %endpoint, error = ?e, reason = e.label(), "UDP flow not offloaded; refusing the datagram");
-                let r = if e.is_table_full() {
-                    ConnResult::TableFull
-                } else {
-                    ConnResult::DialFailed
-                };
+                let r = self.not_handed_over(&e);
                 let n = self.engine.refuse_udp(buf, len, &port, r, now, scratch);
                 (n > 0).then_some((true, n, None))
             }
