@@ -138,11 +138,16 @@ impl Ruleset {
         s.push_str(&set("routed4", "ipv4_addr", &v4));
         s.push_str(&set("routed6", "ipv6_addr", &v6));
         s.push_str(&udp_sets());
+        // Every packet the host forwards passes this chain: one jump by protocol, so that a
+        // TCP packet past its SYN (almost all of them) costs a flag test, no set lookup.
         s.push_str(&format!(
             "  chain first_packet {{\n    type filter hook prerouting priority raw; policy accept;\n    \
              iifname {tun} return\n    \
-             ip daddr @routed4 {syn} notrack\n    \
-             ip6 daddr @routed6 {syn} notrack\n{udp}  }}\n",
+             meta l4proto vmap {{ tcp : jump first_tcp, udp : jump first_udp }}\n  }}\n  \
+             chain first_tcp {{\n    \
+             {syn} ip daddr @routed4 notrack\n    \
+             {syn} ip6 daddr @routed6 notrack\n  }}\n  \
+             chain first_udp {{\n{udp}  }}\n",
             udp = udp_first_packet()
         ));
         for (chain, hook, prio) in [
@@ -521,8 +526,13 @@ table inet clusterway {
   chain first_packet {
     type filter hook prerouting priority raw; policy accept;
     iifname \"cw0\" return
-    ip daddr @routed4 tcp flags & (fin | syn | rst | ack) == syn notrack
-    ip6 daddr @routed6 tcp flags & (fin | syn | rst | ack) == syn notrack
+    meta l4proto vmap { tcp : jump first_tcp, udp : jump first_udp }
+  }
+  chain first_tcp {
+    tcp flags & (fin | syn | rst | ack) == syn ip daddr @routed4 notrack
+    tcp flags & (fin | syn | rst | ack) == syn ip6 daddr @routed6 notrack
+  }
+  chain first_udp {
     ip daddr @routed4 ip saddr . udp sport . ip daddr . udp dport @udp4 update @udp4 { ip saddr . udp sport . ip daddr . udp dport } return
     ip6 daddr @routed6 ip6 saddr . udp sport . ip6 daddr . udp dport @udp6 update @udp6 { ip6 saddr . udp sport . ip6 daddr . udp dport } return
     ip daddr @routed4 meta l4proto udp notrack
