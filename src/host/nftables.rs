@@ -390,28 +390,38 @@ fn render_by_service() -> String {
              flags dynamic,timeout; timeout {BY_SERVICE_TIMEOUT}; counter; }}\n"
         ));
     }
+    // Every forwarded packet of ours passes this chain: one jump by family, then the
+    // family's four rules, instead of eight tried in turn.
     s.push_str(&format!(
         "  chain by_service {{\n    type filter hook forward priority 0; policy accept;\n    \
-         ct mark and {MARK_OWNER_MASK:#x} != {MARK_OWNER:#x} return\n"
+         ct mark and {MARK_OWNER_MASK:#x} != {MARK_OWNER:#x} return\n    \
+         meta nfproto vmap {{ ipv4 : jump by_service4, ipv6 : jump by_service6 }}\n  }}\n"
     ));
-    for (name, family, dir) in BY_SERVICE_SETS {
-        let (nfproto, daddr) = match family {
-            Family::V4 => ("ipv4", "ip daddr"),
-            Family::V6 => ("ipv6", "ip6 daddr"),
-        };
-        let way = match dir {
-            Direction::ToEndpoint => "original",
-            Direction::ToClient => "reply",
-        };
-        // `ct original proto-dst` takes its type from the protocol matched before it.
-        for l4 in ["tcp", "udp"] {
-            s.push_str(&format!(
-                "    meta nfproto {nfproto} meta l4proto {l4} ct direction {way} update @{name} \
-                 {{ ct original {daddr} . meta l4proto . ct original proto-dst }}\n"
-            ));
+    for (chain, want) in [("by_service4", Family::V4), ("by_service6", Family::V6)] {
+        s.push_str(&format!("  chain {chain} {{\n"));
+        for (name, family, dir) in BY_SERVICE_SETS {
+            if family != want {
+                continue;
+            }
+            let daddr = match family {
+                Family::V4 => "ip daddr",
+                Family::V6 => "ip6 daddr",
+            };
+            let way = match dir {
+                Direction::ToEndpoint => "original",
+                Direction::ToClient => "reply",
+            };
+            // `ct original proto-dst` takes its type from the protocol matched before it.
+            for l4 in ["tcp", "udp"] {
+                s.push_str(&format!(
+                    "    meta l4proto {l4} ct direction {way} update @{name} \
+                     {{ ct original {daddr} . meta l4proto . ct original proto-dst }}\n"
+                ));
+            }
         }
+        s.push_str("  }\n");
     }
-    s.push_str("  }\n}\n");
+    s.push_str("}\n");
     s
 }
 
@@ -572,14 +582,19 @@ table inet clusterway {
   chain by_service {
     type filter hook forward priority 0; policy accept;
     ct mark and 0xffff0000 != 0x63770000 return
-    meta nfproto ipv4 meta l4proto tcp ct direction original update @svc4_to_endpoint { ct original ip daddr . meta l4proto . ct original proto-dst }
-    meta nfproto ipv4 meta l4proto udp ct direction original update @svc4_to_endpoint { ct original ip daddr . meta l4proto . ct original proto-dst }
-    meta nfproto ipv4 meta l4proto tcp ct direction reply update @svc4_to_client { ct original ip daddr . meta l4proto . ct original proto-dst }
-    meta nfproto ipv4 meta l4proto udp ct direction reply update @svc4_to_client { ct original ip daddr . meta l4proto . ct original proto-dst }
-    meta nfproto ipv6 meta l4proto tcp ct direction original update @svc6_to_endpoint { ct original ip6 daddr . meta l4proto . ct original proto-dst }
-    meta nfproto ipv6 meta l4proto udp ct direction original update @svc6_to_endpoint { ct original ip6 daddr . meta l4proto . ct original proto-dst }
-    meta nfproto ipv6 meta l4proto tcp ct direction reply update @svc6_to_client { ct original ip6 daddr . meta l4proto . ct original proto-dst }
-    meta nfproto ipv6 meta l4proto udp ct direction reply update @svc6_to_client { ct original ip6 daddr . meta l4proto . ct original proto-dst }
+    meta nfproto vmap { ipv4 : jump by_service4, ipv6 : jump by_service6 }
+  }
+  chain by_service4 {
+    meta l4proto tcp ct direction original update @svc4_to_endpoint { ct original ip daddr . meta l4proto . ct original proto-dst }
+    meta l4proto udp ct direction original update @svc4_to_endpoint { ct original ip daddr . meta l4proto . ct original proto-dst }
+    meta l4proto tcp ct direction reply update @svc4_to_client { ct original ip daddr . meta l4proto . ct original proto-dst }
+    meta l4proto udp ct direction reply update @svc4_to_client { ct original ip daddr . meta l4proto . ct original proto-dst }
+  }
+  chain by_service6 {
+    meta l4proto tcp ct direction original update @svc6_to_endpoint { ct original ip6 daddr . meta l4proto . ct original proto-dst }
+    meta l4proto udp ct direction original update @svc6_to_endpoint { ct original ip6 daddr . meta l4proto . ct original proto-dst }
+    meta l4proto tcp ct direction reply update @svc6_to_client { ct original ip6 daddr . meta l4proto . ct original proto-dst }
+    meta l4proto udp ct direction reply update @svc6_to_client { ct original ip6 daddr . meta l4proto . ct original proto-dst }
   }
 }
 ";
