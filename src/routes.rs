@@ -413,12 +413,14 @@ pub fn run(args: RoutesArgs) -> Result<()> {
                 // TUN device vanished, and BGP goes on announcing it.
                 tracing::warn!(
                     table = opts.route_table,
-                    "FRR keeps announcing an imported table's routes after the gateway                      crashes (its TUN device gone); the main table (the default) is withdrawn"
+                    "FRR keeps announcing an imported table's routes after the gateway \
+                     crashes (its TUN device gone); the main table (the default) is withdrawn"
                 );
             } else {
                 tracing::warn!(
                     table = opts.route_table,
-                    "BIRD only reads this table: the host forwards by its main table, so add                      a policy rule (ip rule add to <Service CIDR> lookup <table>) or keep main"
+                    "BIRD only reads this table: the host forwards by its main table, so add \
+                     a policy rule (ip rule add to <Service CIDR> lookup <table>) or keep main"
                 );
             }
         }
