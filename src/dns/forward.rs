@@ -11,10 +11,11 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::stats::DropReason;
+use super::PerClient;
 
 /// Queries in flight to the forwarder at most; past it new ones are dropped (counted).
 pub const MAX_IN_FLIGHT: usize = 1024;
@@ -38,8 +39,8 @@ pub struct Pending {
 #[derive(Debug)]
 pub struct InFlight {
     entries: HashMap<u16, Pending>,
-    /// Entries per client address (only addresses with one: at most `cap` keys).
-    per_client: HashMap<IpAddr, usize>,
+    /// Entries per client address.
+    per_client: PerClient,
     cap: usize,
     per_client_cap: usize,
     timeout: Duration,
@@ -57,7 +58,7 @@ impl InFlight {
     pub fn new(cap: usize, per_client_cap: usize, timeout: Duration) -> Self {
         InFlight {
             entries: HashMap::new(),
-            per_client: HashMap::new(),
+            per_client: PerClient::default(),
             // At most the ID space.
             cap: cap.min(usize::from(u16::MAX)),
             per_client_cap,
@@ -80,7 +81,7 @@ impl InFlight {
         let full = |f: &Self| {
             if f.entries.len() >= f.cap {
                 Some(DropReason::ForwardTableFull)
-            } else if f.per_client.get(&ip).copied().unwrap_or(0) >= f.per_client_cap {
+            } else if f.per_client.held(ip) >= f.per_client_cap {
                 Some(DropReason::ForwardClientLimit)
             } else {
                 None
@@ -92,7 +93,7 @@ impl InFlight {
                 return Err(why);
             }
         }
-        *self.per_client.entry(ip).or_insert(0) += 1;
+        self.per_client.take(ip, self.per_client_cap);
         // The table is less than full, so a free ID turns up quickly.
         loop {
             self.counter = self.counter.wrapping_add(1);
@@ -133,13 +134,7 @@ impl InFlight {
     }
 
     fn release(&mut self, client: SocketAddr) {
-        let ip = client.ip().to_canonical();
-        if let Some(n) = self.per_client.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_client.remove(&ip);
-            }
-        }
+        self.per_client.release(client.ip().to_canonical());
     }
 
     pub fn len(&self) -> usize {
@@ -221,7 +216,7 @@ mod tests {
         for port in 10..14 {
             f.insert(from(1, port), port, 0, later).unwrap();
         }
-        assert_eq!(f.per_client.get(&from(1, 0).ip()), Some(&4));
+        assert_eq!(f.per_client.held(from(1, 0).ip()), 4);
         assert_eq!(f.len(), 4);
     }
 

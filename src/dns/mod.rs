@@ -20,7 +20,8 @@ pub mod forward;
 pub mod server;
 pub mod stats;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use clap::Args;
@@ -78,6 +79,45 @@ impl DnsArgs {
             }
         }
         Ok(())
+    }
+}
+
+/// How many of a bounded resource (TCP connections, forwarded queries) each client address
+/// holds, each at most its cap. Only addresses holding one are kept, so the map is no
+/// larger than the resource's own bound.
+#[derive(Debug, Default)]
+pub struct PerClient {
+    held: HashMap<IpAddr, usize>,
+}
+
+impl PerClient {
+    /// What `client` holds now.
+    pub fn held(&self, client: IpAddr) -> usize {
+        self.held.get(&client).copied().unwrap_or(0)
+    }
+
+    /// One more for `client`, unless it holds `cap` already.
+    pub fn take(&mut self, client: IpAddr, cap: usize) -> bool {
+        if self.held(client) >= cap {
+            return false;
+        }
+        *self.held.entry(client).or_insert(0) += 1;
+        true
+    }
+
+    /// One given back by `client`.
+    pub fn release(&mut self, client: IpAddr) {
+        if let Some(n) = self.held.get_mut(&client) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&client);
+            }
+        }
+    }
+
+    /// Whether no address holds any.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
     }
 }
 

@@ -14,7 +14,6 @@
 //! The in-flight table is the one structure written by several tasks (the listeners insert,
 //! the forwarder's reader takes): a short mutex, never held across an await.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use tokio::task::JoinSet;
 use super::answer::{handle, DnsConfig, Outcome, Reply, Transport};
 use super::forward::{InFlight, FORWARD_TIMEOUT};
 use super::stats::{DnsStats, DropReason, RCODES};
-use super::DnsArgs;
+use super::{DnsArgs, PerClient};
 use crate::cluster::table::ServiceTable;
 
 /// Open TCP connections at most (each is a descriptor and a task).
@@ -118,7 +117,7 @@ impl DnsServer {
             inflight,
             listeners,
             forwarder: self.forwarder.clone(),
-            tcp_clients: Mutex::new(HashMap::new()),
+            tcp_clients: Mutex::new(PerClient::default()),
         });
         for (i, sock) in self.udp.into_iter().enumerate() {
             tasks.spawn(shell.clone().serve_udp(i, sock));
@@ -146,9 +145,8 @@ struct Shell {
     inflight: Arc<Mutex<InFlight>>,
     listeners: Arc<[Arc<UdpSocket>]>,
     forwarder: Option<(SocketAddr, Arc<UdpSocket>)>,
-    /// Open TCP connections per client address (only addresses with one open: at most
-    /// [`MAX_TCP_CONNECTIONS`] entries).
-    tcp_clients: Mutex<HashMap<IpAddr, usize>>,
+    /// Open TCP connections per client address.
+    tcp_clients: Mutex<PerClient>,
 }
 
 /// One client's claim on a TCP connection slot, given back when dropped.
@@ -161,11 +159,9 @@ impl ClientSlot {
     /// Takes a slot for `client`, or `None` when it holds [`MAX_TCP_PER_CLIENT`] already.
     fn take(shell: &Arc<Shell>, client: IpAddr) -> Option<ClientSlot> {
         let mut open = shell.tcp_clients.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(client).or_insert(0);
-        if *n >= MAX_TCP_PER_CLIENT {
+        if !open.take(client, MAX_TCP_PER_CLIENT) {
             return None;
         }
-        *n += 1;
         Some(ClientSlot {
             shell: shell.clone(),
             client,
@@ -175,17 +171,11 @@ impl ClientSlot {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut open = self
-            .shell
+        self.shell
             .tcp_clients
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.client);
-            }
-        }
+            .unwrap_or_else(|e| e.into_inner())
+            .release(self.client);
     }
 }
 
