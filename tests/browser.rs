@@ -8,42 +8,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{http_get_here, namespaces_with_prefix, BIN};
+use common::{http_get_here, namespaces_with_prefix, LabProcess};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// `clusterway lab`, stopped with SIGINT (its own cleanup) when dropped.
-struct Lab {
-    child: Child,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: kill(2) on our own child, no memory effects.
-            unsafe { libc::kill(pid, libc::SIGINT) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Requests from the lab's client namespace until `stop` is set (so the charts, flows and
 /// counters have something to show).
 fn traffic(client_ns: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
@@ -96,33 +73,14 @@ fn dashboard_in_chromium_shows_services_live_and_filters() {
     );
 
     let prefix = clusterway::lab::netns::unique_prefix();
-    let child = Command::new(BIN)
-        .args(["lab", "--prefix", &prefix, "--status-addr", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting clusterway lab");
-    let mut lab = Lab { child };
+    let mut lab = LabProcess::start(&prefix, true);
 
     // The lab prints the status page URL and the snapshot path once it is up.
-    let stderr = lab.child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("lab| {line}");
-            let _ = tx.send(line);
-        }
-    });
     let (mut url, mut snapshot) = (None, None);
     let deadline = Instant::now() + Duration::from_secs(40);
     while (url.is_none() || snapshot.is_none()) && Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
-            assert!(
-                !matches!(lab.child.try_wait(), Ok(Some(_))),
-                "the lab exited during start"
-            );
+        let Ok(line) = lab.lines.recv_timeout(Duration::from_millis(200)) else {
+            assert!(!lab.exited(), "the lab exited during start");
             continue;
         };
         let line = line.trim();

@@ -96,52 +96,16 @@ fn namespaces_are_removed_when_a_test_panics() {
 }
 
 /// `clusterway lab`, stopped with SIGINT (its own cleanup) when dropped.
-struct Lab(std::process::Child);
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            // SAFETY: kill(2) on our own child, no memory effects.
-            unsafe { libc::kill(pid, libc::SIGINT) };
-        }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while std::time::Instant::now() < deadline {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The lab shows names: `clusterway lab` starts the DNS server, and every `dig` command it
 /// prints (and the `curl --resolve` by name) works as printed, answering what the demo
 /// snapshot says; no tool is reported missing here (they are installed).
 #[test]
 fn the_lab_s_printed_name_commands_work() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     use std::time::{Duration, Instant};
 
     let prefix = clusterway::lab::netns::unique_prefix();
-    let child = Command::new(BIN)
-        .args(["lab", "--prefix", &prefix, "--status-addr", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting clusterway lab");
-    let mut lab = Lab(child);
-    let stderr = lab.0.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let mut lab = LabProcess::start(&prefix, false);
     let mut printed = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
@@ -150,9 +114,9 @@ fn the_lab_s_printed_name_commands_work() {
             "the lab never printed its instructions:\n{}",
             printed.join("\n")
         );
-        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+        let Ok(line) = lab.lines.recv_timeout(Duration::from_millis(200)) else {
             assert!(
-                !matches!(lab.0.try_wait(), Ok(Some(_))),
+                !lab.exited(),
                 "the lab exited during start:\n{}",
                 printed.join("\n")
             );

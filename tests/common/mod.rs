@@ -764,3 +764,59 @@ pub fn refuse_netfilter_netlink() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// `clusterway lab` under `prefix` (its namespaces `{prefix}-*`), its standard error read
+/// line by line into `lines` (and echoed as `lab| …` when `echo`). Dropped: SIGINT, and
+/// SIGKILL if it has not exited 15 s later.
+pub struct LabProcess {
+    pub child: Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl LabProcess {
+    pub fn start(prefix: &str, echo: bool) -> LabProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(BIN)
+            .args(["lab", "--prefix", prefix, "--status-addr", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting clusterway lab");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("lab| {line}");
+                }
+                let _ = tx.send(line);
+            }
+        });
+        LabProcess { child, lines }
+    }
+
+    /// Whether the lab has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for LabProcess {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child, no memory effects.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.exited() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
