@@ -918,6 +918,12 @@ fn a_queued_fragment_is_not_a_drop_and_a_timed_out_one_is() {
 }
 
 fn offload_engine(now: Instant) -> Engine<u32> {
+    offload_engine_with(now, false)
+}
+
+/// The offload engine, recording TCP affinities at hand-over or leaving them to the
+/// conntrack events (`affinity_from_events`).
+fn offload_engine_with(now: Instant, affinity_from_events: bool) -> Engine<u32> {
     let nat = NatConfig::new(
         "198.18.0.0/16".parse().unwrap(),
         "fdc7:7779::/64".parse().unwrap(),
@@ -928,7 +934,27 @@ fn offload_engine(now: Instant) -> Engine<u32> {
     cfg.errors = Arc::new(ErrorBudget::new(1000, 1000, now));
     cfg.service_cidrs = vec!["10.96.0.0/16".parse().unwrap()];
     cfg.offload = true;
+    cfg.affinity_from_events = affinity_from_events;
     Engine::new(cfg, 4000, Arc::new(Stats::default()), now)
+}
+
+/// The flow `pkt` starts, which the engine hands over to the kernel.
+fn handed_over(
+    e: &mut Engine<u32>,
+    table: &ServiceTable,
+    pkt: &[u8],
+    now: Instant,
+) -> (FlowKey, Arc<ServicePort>, SocketAddr) {
+    let mut r = Run::new(pkt);
+    match r.handle(e, table, pkt.len(), now) {
+        Verdict::Offload {
+            key,
+            port,
+            endpoint,
+            ..
+        } => (key, port, endpoint),
+        v => panic!("expected Offload, got {v:?}"),
+    }
 }
 
 #[test]
@@ -1016,28 +1042,9 @@ fn with_offload_a_handed_over_syn_leaves_no_affinity_when_the_events_record_it()
         p
     };
     for from_events in [true, false] {
-        let nat = NatConfig::new(
-            "198.18.0.0/16".parse().unwrap(),
-            "fdc7:7779::/64".parse().unwrap(),
-            4,
-        );
-        let mut cfg = EngineConfig::new(nat, 1);
-        cfg.errors = Arc::new(ErrorBudget::new(1000, 1000, t0));
-        cfg.service_cidrs = vec!["10.96.0.0/16".parse().unwrap()];
-        cfg.offload = true;
-        cfg.affinity_from_events = from_events;
-        let mut e: Engine<u32> = Engine::new(cfg, 4000, Arc::new(Stats::default()), t0);
+        let mut e = offload_engine_with(t0, from_events);
         let syn = tcp(CLIENT, 7000, WEB, 80, true, false);
-        let mut r = Run::new(&syn);
-        let (key, port, endpoint) = match r.handle(&mut e, &table, syn.len(), t0) {
-            Verdict::Offload {
-                key,
-                port,
-                endpoint,
-                ..
-            } => (key, port, endpoint),
-            v => panic!("expected Offload, got {v:?}"),
-        };
+        let (key, port, endpoint) = handed_over(&mut e, &table, &syn, t0);
         assert_eq!(port.protocol, Protocol::Tcp);
         e.offloaded(key, &sticky(&port), endpoint, t0);
         assert_eq!(
@@ -1046,16 +1053,7 @@ fn with_offload_a_handed_over_syn_leaves_no_affinity_when_the_events_record_it()
             "affinity_from_events = {from_events}"
         );
         let d = udp(CLIENT, 5000, [10, 96, 0, 53], 53, b"query");
-        let mut r = Run::new(&d);
-        let (key, port, endpoint) = match r.handle(&mut e, &table, d.len(), t0) {
-            Verdict::Offload {
-                key,
-                port,
-                endpoint,
-                ..
-            } => (key, port, endpoint),
-            v => panic!("expected Offload, got {v:?}"),
-        };
+        let (key, port, endpoint) = handed_over(&mut e, &table, &d, t0);
         e.offloaded(key, &sticky(&port), endpoint, t0);
         assert_eq!(e.nat().affinities(), 1 + usize::from(!from_events));
     }
